@@ -1,0 +1,177 @@
+"""Configuration: one frozen settings tree (DESIGN.md section 4).
+
+Read once at start-up from ``--config FILE`` (YAML), then overridden by environment variables
+``SAFEGUARD_<SECTION>__<KEY>`` (for example ``SAFEGUARD_KAFKA__BOOTSTRAP_SERVERS``). Unknown keys are
+an error in both places. The tree is passed down; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+Kind = Literal["message", "completion", "chat", "review"]
+Effort = Literal["low", "medium", "high"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "safeguard"
+    input_topics: list[str] = Field(default_factory=lambda: ["safeguard.content"], min_length=1)
+    labels_topic: str = "safeguard.labels"
+    dead_letter_topic: str = "safeguard.dlq"
+    reasoning_topic: str = "safeguard.reasoning"
+    policies_topic: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class ReplicaSettings(_Section):
+    urls: list[str] = Field(default_factory=lambda: ["http://localhost:8000/v1"], min_length=1)
+    model: str = "openai/gpt-oss-safeguard-20b"
+    api_key: SecretStr | None = None
+    max_inflight_per_replica: int = Field(256, gt=0)
+    request_timeout_s: float = Field(300, gt=0)
+    max_attempts: int = Field(5, gt=0)
+    structured_output: bool = False
+
+    @field_validator("urls")
+    @classmethod
+    def _strip_slash(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"replica url must start with http:// or https://, got {url!r}")
+        return [u.rstrip("/") for u in urls]
+
+
+class Route(_Section):
+    topic: str | None = None
+    kind: Kind | None = None
+    policies: list[str] = Field(min_length=1)
+
+
+class PolicySettings(_Section):
+    dir: Path = Path("policies")
+    default: list[str] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    reasoning_effort: Effort = "low"
+
+
+class InputSettings(_Section):
+    format: Literal["json", "avro"] = "json"
+    max_event_bytes: int = Field(1_048_576, gt=0)
+
+
+class OutputSettings(_Section):
+    format: Literal["json", "avro"] = "json"
+    reasoning: Literal["inline", "separate", "none"] = "inline"
+
+
+class SchemaRegistrySettings(_Section):
+    url: str | None = None
+
+
+class BatchingSettings(_Section):
+    max_poll_records: int = Field(500, gt=0)
+    max_inflight_events: int = Field(4096, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+
+class MetricsSettings(_Section):
+    port: int = Field(9400, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEGUARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
+    policies: PolicySettings = Field(default_factory=PolicySettings)
+    input: InputSettings = Field(default_factory=InputSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so it overrides the YAML file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read the YAML file (if any), apply ``SAFEGUARD_*`` environment overrides, validate.
+
+    Args:
+        path: YAML config file; ``None`` uses defaults plus the environment.
+        overrides: extra values merged over the file (used by ``demo`` and tests), below the env.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or any key or value is invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a YAML mapping at the top level")
+        data = loaded
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path)) from exc
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _explain(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""librdkafka configuration rendered from the typed settings plus the ``kafka.librdkafka`` escape hatch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.config import Settings
+
+_rdkafka_log = logging.getLogger("streams.librdkafka")
+
+
+def common(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, "logger": _rdkafka_log}
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """Consumer: manual commits of tracked watermarks, cooperative rebalancing by default."""
+    conf = common(settings) | {
+        "group.id": settings.kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.kafka.auto_offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+        "max.poll.interval.ms": 300_000,
+    }
+    return conf | _overrides(settings, producer=False)
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Producer: idempotent (no duplicates from librdkafka's own retries), lz4 for reasoning text."""
+    conf = common(settings) | {
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    return conf | _overrides(settings, producer=True)
+
+
+_CONSUMER_ONLY = ("group.", "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
+                  "auto.offset.reset", "enable.auto.", "partition.assignment.strategy", "isolation.level",
+                  "fetch.", "queued.", "group.instance.id", "enable.partition.eof")
+_PRODUCER_ONLY = ("linger.ms", "batch.", "compression.", "acks", "enable.idempotence", "transactional.",
+                  "message.timeout.ms", "delivery.timeout.ms", "queue.buffering.")
+
+
+def _overrides(settings: Settings, *, producer: bool) -> dict[str, Any]:
+    # One escape hatch for both clients; keys that only apply to the other client are dropped so
+    # librdkafka does not log a warning per key at start-up.
+    skip = _CONSUMER_ONLY if producer else _PRODUCER_ONLY
+    return {k: v for k, v in settings.kafka.librdkafka.items() if not k.startswith(skip)}

@@ -1,0 +1,80 @@
+"""Prometheus metrics (DESIGN.md section 9), built by a factory against an injected registry.
+
+Label values stay bounded: topics, partitions, policies, replicas, outcomes; never an event id or
+any content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    events_consumed: Counter
+    labels_produced: Counter
+    dead_letters: Counter
+    inference_requests: Counter
+    inference_latency: Histogram
+    inflight_requests: Gauge
+    event_latency: Histogram
+    consumer_lag: Gauge
+    replica_healthy: Gauge
+    policy_info: Gauge
+
+
+def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Create every safeguard metric on ``registry`` (a fresh one if None)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        registry=reg,
+        events_consumed=Counter(
+            "safeguard_events_consumed", "Content events read from input topics.", ["topic"], registry=reg
+        ),
+        labels_produced=Counter(
+            "safeguard_labels_produced",
+            "Label events acknowledged by the broker.",
+            ["policy", "violation", "decided_by"],
+            registry=reg,
+        ),
+        dead_letters=Counter(
+            "safeguard_dead_letters", "Dead letters acknowledged by the broker.", ["error_type"], registry=reg
+        ),
+        inference_requests=Counter(
+            "safeguard_inference_requests",
+            "Chat completion requests by replica and outcome (ok, error).",
+            ["replica", "outcome"],
+            registry=reg,
+        ),
+        inference_latency=Histogram(
+            "safeguard_inference_latency_seconds",
+            "Latency of successful chat completion requests.",
+            ["replica"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        inflight_requests=Gauge(
+            "safeguard_inflight_requests", "Requests outstanding per replica.", ["replica"], registry=reg
+        ),
+        event_latency=Histogram(
+            "safeguard_event_latency_seconds",
+            "From consuming an event to the broker acknowledging all its labels or dead letters.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        consumer_lag=Gauge(
+            "safeguard_consumer_lag", "Messages behind the high watermark.", ["topic", "partition"], registry=reg
+        ),
+        replica_healthy=Gauge(
+            "safeguard_replica_healthy", "1 if the replica is in rotation.", ["replica"], registry=reg
+        ),
+        policy_info=Gauge(
+            "safeguard_policy_info", "Loaded policies and their versions (value 1).", ["policy", "version"],
+            registry=reg,
+        ),
+    )

@@ -1,0 +1,134 @@
+"""HTTP client for one OpenAI-compatible replica (vLLM ``/v1/chat/completions``).
+
+Maps outcomes onto the error tree: network errors, timeouts, 408/429/5xx and auth or model
+misconfiguration (401/403/404: the replica, not the event, is wrong) are ``RetryableError``; other
+4xx (e.g. prompt longer than the context) is ``PoisonError("request_rejected")``. Responses are read
+tolerantly because servers add fields: ``message.reasoning`` falls back to
+``message.reasoning_content`` (vLLM before PR #27752).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from streams.errors import PoisonError, RetryableError
+
+_RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The parts of a chat completion that labels need."""
+
+    content: str | None
+    reasoning: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    replica: str
+    latency_s: float
+
+
+class ReplicaClient:
+    """One replica. ``base_url`` is the OpenAI base, e.g. ``http://host:8000/v1``."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, api_key: str | None, timeout_s: float):
+        self.base_url = base_url.rstrip("/")
+        self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.supports_structured_output = True
+
+    def __repr__(self) -> str:
+        return f"ReplicaClient({self.base_url})"
+
+    async def chat(self, body: dict[str, Any]) -> ChatResult:
+        """POST one chat completion. Raises RetryableError or PoisonError as described above."""
+        if not self.supports_structured_output and "response_format" in body:
+            body = {k: v for k, v in body.items() if k != "response_format"}
+        started = time.monotonic()
+        url = self.base_url + "/chat/completions"
+        try:
+            async with self._session.post(
+                url, data=orjson.dumps(body), headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise RetryableError(f"timeout after {self._timeout.total}s", replica=self.base_url) from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}", replica=self.base_url) from exc
+        if status != 200:
+            detail = _error_detail(raw)
+            if status == 400 and "response_format" in body and self.supports_structured_output:
+                # Servers without guided decoding reject response_format: fall back to the plain request.
+                self.supports_structured_output = False
+                return await self.chat(body)
+            if status >= 500 or status in _RETRYABLE_4XX:
+                raise RetryableError(f"HTTP {status}: {detail}", replica=self.base_url, retry_after=retry_after)
+            raise PoisonError("request_rejected", f"replica rejected the request: HTTP {status}: {detail}")
+        return self._parse(raw, time.monotonic() - started)
+
+    def _parse(self, raw: bytes, latency: float) -> ChatResult:
+        try:
+            doc = orjson.loads(raw)
+            choice = doc["choices"][0]
+            message = choice.get("message") or {}
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            # A 200 that is not a completion is a broken server, not a bad event.
+            raise RetryableError(f"malformed response body: {raw[:200]!r}", replica=self.base_url) from exc
+        usage = doc.get("usage") or {}
+        reasoning = message.get("reasoning")
+        if reasoning is None:
+            reasoning = message.get("reasoning_content")
+        return ChatResult(
+            content=message.get("content"),
+            reasoning=reasoning,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            replica=self.base_url,
+            latency_s=latency,
+        )
+
+    async def health(self, timeout_s: float = 2.0) -> bool:
+        """``GET /health`` at the server root: 200 means the engine is alive."""
+        try:
+            async with self._session.get(
+                self.root_url + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_detail(raw: bytes) -> str:
+    try:
+        doc = orjson.loads(raw)
+        if isinstance(doc, dict):
+            err = doc.get("error", doc)
+            if isinstance(err, dict):
+                return str(err.get("message") or err)[:300]
+            return str(err)[:300]
+    except orjson.JSONDecodeError:
+        pass
+    return raw[:300].decode("utf-8", "replace")

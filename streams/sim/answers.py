@@ -1,0 +1,120 @@
+"""Where the simulator's verdicts come from (DESIGN.md section 8), in order:
+
+1. ``--answer-key`` JSONL ``{"text": ..., "label": 0|1, "category": ..., "policy": optional id}``:
+   the exact user content, else the longest key text contained in it (e.g. one turn of a chat
+   transcript). An entry with ``policy`` only applies when the policy's first line names that id
+   (as a whole word, e.g. ``# Spam (policy spam)``).
+2. The policy's own EXAMPLES section: ``Content: ...`` followed by ``Answer: ...`` lines, matched
+   the same way.
+3. Otherwise "no violation".
+Nothing here is a fixed result: each verdict is looked up from data the caller supplies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from streams.errors import ConfigError, PoisonError
+from streams.verdict import parse_verdict
+
+MIN_CONTAINED = 12
+_EXAMPLES = re.compile(r"^#+\s*EXAMPLES\b.*?$(.*?)(?=^#+\s|\Z)", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+_PAIR = re.compile(r"Content:\s*(.+?)\s*\n\s*Answer[^:\n]*:\s*(.+?)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Answer:
+    violation: bool
+    category: str | None
+    source: str  # answer-key | policy-examples | default
+
+
+@dataclass(frozen=True)
+class _Entry:
+    text: str
+    answer: Answer
+    policy: str | None
+
+
+class _Index:
+    """Exact and contained-text lookup over (text, answer) entries."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self._exact: dict[str, list[_Entry]] = {}
+        for e in entries:
+            self._exact.setdefault(e.text, []).append(e)
+        # Longest first so the most specific contained text wins.
+        self._contained = sorted((e for e in entries if len(e.text) >= MIN_CONTAINED), key=lambda e: -len(e.text))
+
+    def find(self, content: str, policy_head: str) -> Answer | None:
+        for e in self._exact.get(content, ()):
+            if _applies(e, policy_head):
+                return e.answer
+        for e in self._contained:
+            if e.text in content and _applies(e, policy_head):
+                return e.answer
+        return None
+
+
+def _applies(entry: _Entry, policy_head: str) -> bool:
+    if entry.policy is None:
+        return True
+    return re.search(rf"(?<![\w-]){re.escape(entry.policy)}(?![\w-])", policy_head) is not None
+
+
+class AnswerKey:
+    """The ``--answer-key`` file."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self._index = _Index(entries)
+        self.size = len(entries)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnswerKey:
+        entries: list[_Entry] = []
+        p = Path(path)
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read answer key {p}: {exc}") from exc
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+                text, label = row["text"], row["label"]
+                if not isinstance(text, str) or label not in (0, 1, True, False):
+                    raise ValueError("'text' must be a string and 'label' 0 or 1")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{p}:{n}: bad answer-key line ({exc})") from exc
+            cat = row.get("category")
+            entries.append(_Entry(text, Answer(bool(label), cat if cat else None, "answer-key"), row.get("policy")))
+        return cls(entries)
+
+    def find(self, content: str, policy_text: str) -> Answer | None:
+        return self._index.find(content, _head(policy_text))
+
+
+def policy_examples(policy_text: str) -> _Index:
+    """Index of the ``Content:``/``Answer:`` pairs in the policy's EXAMPLES section."""
+    entries: list[_Entry] = []
+    for section in _EXAMPLES.findall(policy_text):
+        for content, answer in _PAIR.findall(section):
+            try:
+                v = parse_verdict(answer)
+            except PoisonError:
+                continue
+            entries.append(_Entry(content.strip().strip('"\u201c\u201d'), Answer(v.violation, v.category,
+                                                                                 "policy-examples"), None))
+    return _Index(entries)
+
+
+def _head(policy_text: str) -> str:
+    for line in policy_text.splitlines():
+        if line.strip():
+            return line
+    return ""
