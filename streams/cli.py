@@ -235,7 +235,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = asyncio.run(run_demo(events=args.events, replicas=args.replicas, time_scale=args.time_scale,
                                   profile=args.profile))
     summary = result.summary()
-    con = Console(stderr=args.json)
+    con = Console(stderr=args.json, width=None if sys.stdout.isatty() else 150)
     _render_labels(con, result)
     con.print(
         f"[bold]{summary['events']}[/] events -> [bold]{summary['labels']}[/] labels "
@@ -255,10 +255,11 @@ def _render_labels(con: Console, result: Any, rows: int = 14) -> None:
     shown = [lab for lab in labels if lab["violation"]][: rows // 2]
     shown += [lab for lab in labels if not lab["violation"]][: rows - len(shown)]
     table = Table(title=f"Sample of {len(labels)} labels", show_lines=False)
-    for col in ("event", "policy", "verdict", "category", "latency", "rationale"):
-        table.add_column(col, overflow="fold")
+    for col in ("event", "content", "policy", "verdict", "category", "latency", "rationale"):
+        table.add_column(col, overflow="ellipsis", no_wrap=True)
     for lab in shown:
-        table.add_row(lab["event_id"], lab["policy_id"],
+        text = result.texts.get(lab["event_id"], "")
+        table.add_row(lab["event_id"], text[:48] + ("..." if len(text) > 48 else ""), lab["policy_id"],
                       "[red]violation[/]" if lab["violation"] else "[green]ok[/]",
-                      lab["category"] or "", f"{lab['latency_ms'] / 1000:.2f}s", (lab["rationale"] or "")[:90])
+                      lab["category"] or "", f"{lab['latency_ms'] / 1000:.2f}s", (lab["rationale"] or "")[:70])
     con.print(table)

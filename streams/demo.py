@@ -77,6 +77,7 @@ class DemoResult:
     expected: dict[tuple[str, str], int]
     labels: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     aborted: bool = False
 
@@ -210,7 +211,9 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                 base = by_id[ev["event_id"].split("-")[0]]
                 for p in router.resolve(topic=CONTENT_TOPIC, kind=ev["kind"], requested=ev.get("policies")):
                     expected[(ev["event_id"], p.id)] = base["expect"][p.id]["label"]
-            result = DemoResult(events=len(produced), expected=expected)
+            result = DemoResult(events=len(produced), expected=expected,
+                                texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
+                                       for ev in produced})
             holder: list[Pipeline] = []
             consumer_task = asyncio.create_task(run_consumer(settings, on_pipeline=holder.append))
             deadline = time.monotonic() + (timeout_s or 120 + events / 5)

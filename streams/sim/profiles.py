@@ -52,9 +52,9 @@ class Profile:
 
 
 def _line(single_tps: float, saturated_tps: float, seqs: int) -> tuple[float, float]:
-    base = 1.0 / single_tps
-    per_seq = (seqs / saturated_tps - base) / seqs
-    return base, per_seq
+    # The line through step(1) = 1/single_tps and step(seqs) = seqs/saturated_tps.
+    per_seq = (seqs / saturated_tps - 1.0 / single_tps) / (seqs - 1)
+    return 1.0 / single_tps - per_seq, per_seq
 
 
 _EFFORT = {"low": 240.0, "medium": 600.0, "high": 1440.0}

@@ -286,11 +286,9 @@ def _text_of(message: dict[str, Any] | None) -> str:
 def _render_final(answer: Answer, json_out: bool) -> str:
     if not json_out:
         return "1" if answer.violation else "0"
-    rationale = {
-        "answer-key": "Verdict taken from the simulator's answer key for this content.",
-        "policy-examples": "Content matches one of the policy's own labelled examples.",
-        "default": "Nothing in the content matches the policy's violating criteria.",
-    }[answer.source]
+    where = {"answer-key": "answer key", "policy-examples": "policy example", "default": "no match"}[answer.source]
+    rationale = (f"Simulated verdict ({where}): violates {answer.category or 'the policy'}." if answer.violation
+                 else f"Simulated verdict ({where}): no violating rule applies.")
     return orjson.dumps({
         "violation": int(answer.violation),
         "policy_category": answer.category if answer.violation else None,

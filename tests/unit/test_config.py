@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from streams.config import load_settings
+from streams.errors import ConfigError
+
+
+def test_defaults_match_design() -> None:
+    s = load_settings(None)
+    assert s.kafka.bootstrap_servers == "localhost:9092"
+    assert s.kafka.input_topics == ["safeguard.content"]
+    assert s.delivery == "at_least_once"
+    assert s.replicas.max_inflight_per_replica == 256
+    assert s.policies.reasoning_effort == "low"
+    assert s.input.max_event_bytes == 1_048_576
+    assert s.output.reasoning == "inline"
+    assert s.batching.max_poll_records == 500
+    assert s.metrics.port == 9400
+
+
+def test_yaml_then_env_override(tmp_path, monkeypatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  bootstrap_servers: a:1\n  group_id: g1\nreplicas:\n  urls: [http://r1:8000/v1/]\n")
+    monkeypatch.setenv("SAFEGUARD_KAFKA__BOOTSTRAP_SERVERS", "b:2")
+    s = load_settings(f)
+    assert s.kafka.bootstrap_servers == "b:2"  # env wins
+    assert s.kafka.group_id == "g1"  # file kept where env is silent
+    assert s.replicas.urls == ["http://r1:8000/v1"]
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  bootstrap_server: typo:1\n")
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server: unknown key"):
+        load_settings(f)
+
+
+def test_unknown_key_in_env_is_an_error(monkeypatch) -> None:
+    monkeypatch.setenv("SAFEGUARD_BATCHING__NOPE", "1")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings(None)
+
+
+def test_bad_values_are_explained(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("delivery: sometimes\nreplicas:\n  max_inflight_per_replica: 0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(f)
+    assert "delivery" in str(exc.value) and "max_inflight_per_replica" in str(exc.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_secret_not_in_repr() -> None:
+    s = load_settings(None, {"replicas": {"api_key": "sk-very-secret"}})
+    assert "sk-very-secret" not in repr(s)
+    assert s.replicas.api_key is not None and s.replicas.api_key.get_secret_value() == "sk-very-secret"
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(None)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen assignment
+        s.kafka.group_id = "x"  # type: ignore[misc]
