@@ -21,7 +21,7 @@ from streams.health import health_app, start_health_server
 from streams.kafka_config import common
 from streams.metrics import Metrics, build_metrics
 from streams.pipeline import Pipeline
-from streams.policies import load_policies, Router
+from streams.policies import Router, load_policies
 from streams.replicas.pool import ReplicaPool
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,12 @@ def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
         if outcome == "ok":
             metrics.inference_latency.labels(replica).observe(latency)
     return observe
+
+
+def _replica_state(pool: ReplicaPool, url: str, index: int) -> Callable[[], float]:
+    def read() -> float:
+        return float(pool.replica_states()[url][index])
+    return read
 
 
 def check_output_topics(settings: Settings, timeout_s: float = 15.0) -> None:
@@ -75,9 +81,8 @@ async def run_consumer(
         observer=pool_observer(metrics),
     ) as pool:
         for url in settings.replicas.urls:
-            states = pool.replica_states
-            metrics.replica_healthy.labels(url).set_function(lambda u=url, s=states: float(s()[u][0]))
-            metrics.inflight_requests.labels(url).set_function(lambda u=url, s=states: float(s()[u][1]))
+            metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
+            metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
         pipeline = Pipeline(settings, router, pool, metrics)
         if on_pipeline is not None:
             on_pipeline(pipeline)

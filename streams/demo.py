@@ -13,11 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,11 +25,12 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from streams.app import run_consumer
-from streams.broker import EmbeddedBroker, create_topics, free_port
+from streams.broker import EmbeddedBroker, create_topics
 from streams.config import Route, Settings, load_settings
 from streams.errors import FatalError
 from streams.pipeline import Pipeline
 from streams.policies import Router, load_policies
+from streams.sim.launcher import SimProcesses
 
 log = logging.getLogger(__name__)
 
@@ -100,51 +98,6 @@ class DemoResult:
         }
 
 
-class SimProcesses:
-    """K ``safeguard replica-sim`` subprocesses on free loopback ports."""
-
-    def __init__(self, count: int, answer_key: Path, time_scale: float, profile: str) -> None:
-        self.urls: list[str] = []
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._args = (count, answer_key, time_scale, profile)
-
-    def __enter__(self) -> SimProcesses:
-        count, key, scale, profile = self._args
-        for _ in range(count):
-            port = free_port()
-            cmd = [sys.executable, "-m", "streams", "--log-level", "warning", "replica-sim", "--port", str(port),
-                   "--answer-key", str(key), "--time-scale", str(scale), "--profile", profile]
-            self._procs.append(subprocess.Popen(cmd))
-            self.urls.append(f"http://127.0.0.1:{port}/v1")
-        for url, proc in zip(self.urls, self._procs, strict=True):
-            wait_healthy(url, proc)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self._procs:
-            p.terminate()
-        for p in self._procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 20.0) -> None:
-    root = url[: -len("/v1")] if url.endswith("/v1") else url
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise FatalError(f"replica simulator for {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(root + "/health", timeout=1) as resp:  # noqa: S310 - loopback URL we built
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise FatalError(f"replica simulator at {url} not healthy after {timeout_s}s")
-
-
 def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """Produce ``n`` events cycling through the samples (ids made unique per cycle)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
@@ -173,7 +126,7 @@ def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: fl
             for msg in consumer.consume(500, 0.2):
                 if msg.error():
                     continue
-                doc = orjson.loads(msg.value())
+                doc = orjson.loads(msg.value() or b"{}")
                 if msg.topic() == settings.kafka.labels_topic:
                     result.labels[(doc["event_id"], doc["policy_id"])] = doc
                 else:
@@ -193,7 +146,8 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
     with tempfile.TemporaryDirectory(prefix="safeguard-demo-") as tmp:
         key_path = Path(tmp) / "answer-key.jsonl"
         key_path.write_bytes(b"\n".join(orjson.dumps(r) for r in answer_key_rows(samples)) + b"\n")
-        with EmbeddedBroker() as broker, SimProcesses(replicas, key_path, time_scale, profile) as sims:
+        sims_cm = SimProcesses(replicas, answer_key=key_path, time_scale=time_scale, profile=profile)
+        with EmbeddedBroker() as broker, sims_cm as sims:
             settings = load_settings(None, {
                 "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": "safeguard-demo",
                           "input_topics": [CONTENT_TOPIC], "librdkafka": {"session.timeout.ms": 6000}},
@@ -209,8 +163,8 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
             by_id = {s["event"]["event_id"]: s for s in samples}
             for ev in produced:
                 base = by_id[ev["event_id"].split("-")[0]]
-                for p in router.resolve(topic=CONTENT_TOPIC, kind=ev["kind"], requested=ev.get("policies")):
-                    expected[(ev["event_id"], p.id)] = base["expect"][p.id]["label"]
+                for pol in router.resolve(topic=CONTENT_TOPIC, kind=ev["kind"], requested=ev.get("policies")):
+                    expected[(ev["event_id"], pol.id)] = base["expect"][pol.id]["label"]
             result = DemoResult(events=len(produced), expected=expected,
                                 texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
                                        for ev in produced})

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -164,7 +164,7 @@ def decode_content(value: bytes | None, *, max_bytes: int) -> ContentEvent:
         raise PoisonError("schema_violation", _describe(errors)) from exc
 
 
-def _describe(errors: list) -> str:  # type: ignore[type-arg]
+def _describe(errors: list[Any]) -> str:
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "event"

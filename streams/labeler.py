@@ -115,7 +115,7 @@ class Labeler:
             violation=v.violation,
             category=v.category,
             rule_ids=v.rule_ids,
-            confidence=v.confidence,  # type: ignore[arg-type]
+            confidence=v.confidence,
             rationale=v.rationale,
             reasoning=decision.reasoning if self._inline else None,
             decided_by="model",

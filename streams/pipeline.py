@@ -28,14 +28,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.config import Settings
 from streams.errors import FatalError, PoisonError
-from streams.events import ReasoningRecord, Source, decode_content, dead_letter_for
+from streams.events import ReasoningRecord, Source, dead_letter_for, decode_content
 from streams.kafka_config import consumer_config
 from streams.labeler import Labeler, Outcome
 from streams.metrics import Metrics
@@ -176,7 +178,7 @@ class Pipeline:
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", err)
             return
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
         key = (topic, partition)
         self._tracker.add(topic, partition, offset)
         self._inflight_events += 1
@@ -231,8 +233,9 @@ class Pipeline:
         assert label is not None and self._producer is not None
         separate = self._s.output.reasoning == "separate"
         work.outstanding += 1 if separate else 0
-        m = self._metrics.labels_produced.labels(label.policy_id, str(label.violation).lower(), label.decided_by)
-        self._producer.label(label, key, lambda: (m.inc(), self._acked(work)))
+        counter = self._metrics.labels_produced.labels(label.policy_id, str(label.violation).lower(),
+                                                       label.decided_by)
+        self._producer.label(label, key, self._on_acked(work, counter.inc))
         if separate:
             record = ReasoningRecord(label_id=label.label_id, event_id=label.event_id, policy_id=label.policy_id,
                                      reasoning=outcome.reasoning)
@@ -246,8 +249,14 @@ class Pipeline:
                     source.topic, source.partition, source.offset, exc.error_type, policy_id, exc)
         letter = dead_letter_for(source=source, key=key, value=value, error_type=exc.error_type, error=str(exc),
                                  event_id=event_id, policy_id=policy_id, attempts=attempts)
-        m = self._metrics.dead_letters.labels(exc.error_type)
-        self._producer.dead_letter(letter, key, lambda: (m.inc(), self._acked(work)))
+        counter = self._metrics.dead_letters.labels(exc.error_type)
+        self._producer.dead_letter(letter, key, self._on_acked(work, counter.inc))
+
+    def _on_acked(self, work: _Work, count: Callable[[], None]) -> Callable[[], None]:
+        def acked() -> None:
+            count()
+            self._acked(work)
+        return acked
 
     def _acked(self, work: _Work) -> None:
         work.outstanding -= 1
@@ -269,7 +278,10 @@ class Pipeline:
             return
         offsets = [TopicPartition(t, p, pos) for (t, p), pos in positions.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("commit failed (will retry with the next commit) error=%s", exc)
 
