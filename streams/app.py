@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from streams.config import Settings
 from streams.errors import FatalError
 from streams.health import health_app, start_health_server
-from streams.kafka_config import common
+from streams.kafka_config import admin_config
 from streams.metrics import Metrics, build_metrics
 from streams.pipeline import Pipeline
 from streams.policies import Router, load_policies
@@ -47,9 +47,8 @@ def check_output_topics(settings: Settings, timeout_s: float = 15.0) -> None:
     needed = [settings.kafka.labels_topic, settings.kafka.dead_letter_topic]
     if settings.output.reasoning == "separate":
         needed.append(settings.kafka.reasoning_topic)
-    conf = {k: v for k, v in common(settings).items() if k != "logger"} | dict(settings.kafka.librdkafka)
     try:
-        meta = AdminClient(conf).list_topics(timeout=timeout_s)
+        meta = AdminClient(admin_config(settings)).list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise FatalError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
     missing = [t for t in needed if t not in meta.topics]

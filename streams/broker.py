@@ -73,7 +73,7 @@ class EmbeddedBroker:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(5)
+                self._proc.wait(1)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()

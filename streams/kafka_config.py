@@ -45,6 +45,11 @@ _PRODUCER_ONLY = ("linger.ms", "batch.", "compression.", "acks", "enable.idempot
                   "message.timeout.ms", "delivery.timeout.ms", "queue.buffering.")
 
 
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """Admin client (topic checks): the common settings plus producer-compatible overrides."""
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers} | _overrides(settings, producer=True)
+
+
 def _overrides(settings: Settings, *, producer: bool) -> dict[str, Any]:
     # One escape hatch for both clients; keys that only apply to the other client are dropped so
     # librdkafka does not log a warning per key at start-up.

@@ -13,6 +13,7 @@ Nothing here is a fixed result: each verdict is looked up from data the caller s
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +52,23 @@ class _Index:
         self._contained = sorted((e for e in entries if len(e.text) >= MIN_CONTAINED), key=lambda e: -len(e.text))
 
     def find(self, content: str, policy_head: str) -> Answer | None:
-        for e in self._exact.get(content, ()):
-            if _applies(e, policy_head):
-                return e.answer
-        for e in self._contained:
-            if e.text in content and _applies(e, policy_head):
-                return e.answer
+        """Exact match first, then contained text; an entry scoped to this policy beats an unscoped one."""
+        exact = self._exact.get(content, ())
+        for candidates in (exact, [e for e in self._contained if e.text in content]):
+            best = _best(candidates, policy_head)
+            if best is not None:
+                return best.answer
         return None
+
+
+def _best(candidates: Iterable[_Entry], policy_head: str) -> _Entry | None:
+    unscoped = None
+    for e in candidates:
+        if e.policy is None:
+            unscoped = unscoped or e
+        elif _applies(e, policy_head):
+            return e
+    return unscoped
 
 
 def _applies(entry: _Entry, policy_head: str) -> bool:

@@ -1,0 +1,70 @@
+"""Helpers for integration tests: produce, read back, write configs, run the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 8_000_000})
+    for key, value in items:
+        p.produce(topic, key=key, value=value)
+        p.poll(0)
+    assert p.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0,
+             isolation: str = "read_uncommitted") -> list[Any]:
+    """Read a topic from the beginning until ``expect`` messages arrived (or the timeout).
+
+    Partitions are assigned directly (no consumer group), so there is no join delay.
+    """
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": isolation})
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            for m in c.consume(500, 0.2):
+                if m.error() is None:
+                    out.append(m)
+    finally:
+        c.close()
+    return out
+
+
+def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: list[str], **extra: Any) -> Path:
+    conf: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{names['input']}",
+                  "input_topics": [names["input"]], "labels_topic": names["labels"],
+                  "dead_letter_topic": names["dlq"], "reasoning_topic": names["reasoning"],
+                  "librdkafka": {"session.timeout.ms": 6000}},
+        "replicas": {"urls": urls},
+        "policies": {"dir": str(ROOT / "policies"), "default": ["spam"]},
+        "metrics": {"port": 0},
+    }
+    for section, values in extra.items():
+        if isinstance(values, dict):
+            conf.setdefault(section, {}).update(values)
+        else:
+            conf[section] = values
+    path = tmp_path / f"config-{names['input']}.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def safeguard(*args: str, timeout: float = 180, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

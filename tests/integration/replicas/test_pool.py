@@ -1,0 +1,86 @@
+"""Replica pool and client against real HTTP simulators."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from streams.broker import free_port
+from streams.labeler import Labeler
+from streams.policies import load_policies
+from streams.prompt import build_request
+from streams.replicas.pool import ReplicaPool
+from tests.integration.helpers import ROOT, safeguard
+
+POLICIES = load_policies(ROOT / "policies")
+MODEL = "openai/gpt-oss-safeguard-20b"
+
+
+def body(text: str) -> dict:
+    return build_request(POLICIES["spam"], text, model=MODEL, reasoning_effort="low")
+
+
+async def test_least_outstanding_spreads_load(sims) -> None:
+    urls = sims(2, time_scale=5.0).urls
+    seen: dict[str, int] = {}
+
+    def observe(replica: str, outcome: str, latency: float, inflight: int) -> None:
+        seen[replica] = seen.get(replica, 0) + 1
+
+    async with ReplicaPool(urls, observer=observe) as pool:
+        results = await asyncio.gather(*(pool.chat(body(f"message {i}")) for i in range(60)))
+    assert all(r.content for r in results)
+    assert set(seen) == set(urls)
+    assert min(seen.values()) >= 20  # neither replica was starved
+
+
+async def test_dead_replica_is_retried_elsewhere_and_taken_out(sims) -> None:
+    alive = sims(1).urls[0]
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here: connection refused
+    async with ReplicaPool([dead, alive], backoff_base_s=0.01, backoff_max_s=0.05) as pool:
+        results = await asyncio.gather(*(pool.chat(body(f"m{i}")) for i in range(30)))
+        assert {r.replica for r in results} == {alive}
+        assert pool.replica_states()[dead][0] is False
+        assert pool.healthy_count == 1
+
+
+async def test_inflight_cap_is_respected(sims) -> None:
+    url = sims(1, time_scale=2.0).urls[0]
+    peak = 0
+
+    async with ReplicaPool([url], max_inflight_per_replica=4) as pool:
+        async def one(i: int) -> None:
+            nonlocal peak
+            task = asyncio.ensure_future(pool.chat(body(f"x{i}")))
+            await asyncio.sleep(0)
+            peak = max(peak, pool.inflight)
+            await task
+
+        await asyncio.gather(*(one(i) for i in range(20)))
+    assert peak == 4
+
+
+async def test_reasoning_content_fallback(sims) -> None:
+    url = sims(1, extra_args=["--reasoning-field", "reasoning_content"]).urls[0]
+    async with ReplicaPool([url]) as pool:
+        d = await Labeler(pool, model=MODEL, default_effort="low", max_attempts=2).decide(POLICIES["spam"], "hi")
+    assert d.reasoning and "simulated" in d.reasoning
+
+
+def test_classify_cli(sims, answer_key) -> None:
+    key = answer_key([{"text": "win a free phone at scam.example", "label": 1, "category": "SP2"}])
+    url = sims(1, answer_key=key).urls[0]
+    proc = safeguard("classify", "--policy", str(ROOT / "policies/spam.md"), "--text",
+                     "win a free phone at scam.example", "--replica", url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["violation"] is True and doc["category"] == "SP2" and doc["reasoning"]
+    assert doc["policy_version"].startswith("1-")
+
+
+def test_classify_cli_unreachable_replica_is_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    proc = safeguard("classify", "--policy", str(ROOT / "policies/spam.md"), "--text", "hi", "--replica", url,
+                     timeout=60)
+    assert proc.returncode == 1
+    assert "replica unavailable" in proc.stderr

@@ -1,0 +1,207 @@
+"""End to end on the real broker and simulators over HTTP: labels, dead letters, crash safety."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.app import run_consumer
+from streams.config import load_settings
+from tests.integration.helpers import produce, read_all, safeguard, write_config
+
+
+def event(i: int, text: str, **extra: object) -> tuple[bytes, bytes]:
+    doc = {"event_id": f"e{i}", "text": text, **extra}
+    return f"key-{i}".encode(), orjson.dumps(doc)
+
+
+async def consume_until_idle(config: Path, idle: float = 3.0) -> None:
+    await run_consumer(load_settings(config), until_idle=idle)
+
+
+async def test_every_event_labelled_per_routed_policy_with_answer_key_verdicts(
+        kafka_bootstrap, topics, sims, answer_key, tmp_path) -> None:
+    names = topics()
+    rows, items, expected = [], [], {}
+    for i in range(60):
+        text = f"message number {i} " + ("buy cheap followers now" if i % 3 == 0 else "about the weather")
+        violation = i % 3 == 0
+        rows.append({"text": text, "label": int(violation), "category": "SP1" if violation else None})
+        extra: dict[str, object] = {"metadata": {"tenant": f"t{i % 2}"}}
+        if i % 4 == 0:
+            extra["policies"] = ["spam", "game-cheating"]  # event's own routing: two labels
+        items.append(event(i, text, **extra))
+        for pid in extra.get("policies", ["spam"]):  # type: ignore[union-attr]
+            expected[(f"e{i}", pid)] = violation if pid == "spam" else False
+    urls = sims(2, answer_key=answer_key(rows + [
+        {"text": r["text"], "label": 0, "policy": "game-cheating"} for r in rows])).urls
+    produce(kafka_bootstrap, names["input"], items)
+    await consume_until_idle(write_config(tmp_path, kafka_bootstrap, names, urls))
+
+    msgs = read_all(kafka_bootstrap, names["labels"], expect=len(expected))
+    labels = {(d["event_id"], d["policy_id"]): (m, d) for m in msgs for d in [orjson.loads(m.value())]}
+    assert set(labels) == set(expected)
+    for (eid, pid), (msg, lab) in labels.items():
+        i = int(eid[1:])
+        assert lab["violation"] is expected[(eid, pid)]
+        assert msg.key() == f"key-{i}".encode()  # Kafka key carried
+        assert lab["metadata"] == {"tenant": f"t{i % 2}"}
+        assert lab["reasoning"] and lab["rationale"] and lab["decided_by"] == "model"
+        assert lab["source"]["topic"] == names["input"] and lab["schema_version"] == 1
+        assert lab["usage"]["completion_tokens"] > 0 and lab["latency_ms"] > 0
+        assert lab["policy_version"].startswith("1-") and lab["reasoning_effort"] == "low"
+    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=3) == []
+
+
+async def test_poison_is_dead_lettered_and_the_pipeline_keeps_going(
+        kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=1)
+    big = orjson.dumps({"event_id": "big", "text": "a" * (1024 * 1024 + 10)})
+    items = [
+        event(1, "fine before"),
+        (b"k-json", b"{this is not json"),
+        (b"k-missing", orjson.dumps({"event_id": "no-text", "kind": "message"})),
+        (b"k-kind", orjson.dumps({"event_id": "bad-kind", "kind": "tweet", "text": "x"})),
+        (b"k-big", big),
+        (b"k-policy", orjson.dumps({"event_id": "ghost", "text": "x", "policies": ["ghost"]})),
+        event(2, "fine after"),
+    ]
+    urls = sims(1).urls
+    produce(kafka_bootstrap, names["input"], items)
+    await consume_until_idle(write_config(tmp_path, kafka_bootstrap, names, urls))
+
+    letters = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["dlq"], expect=5)]
+    by_key = {base64.b64decode(d["key"]).decode(): d for d in letters}
+    assert {k: d["error_type"] for k, d in by_key.items()} == {
+        "k-json": "invalid_json", "k-missing": "schema_violation", "k-kind": "schema_violation",
+        "k-big": "too_large", "k-policy": "unknown_policy"}
+    assert base64.b64decode(by_key["k-json"]["value"]) == b"{this is not json"  # original bytes kept
+    assert by_key["k-big"]["value_truncated"] and by_key["k-big"]["event_id"] is None
+    assert by_key["k-missing"]["source"]["offset"] == 2 and by_key["k-missing"]["error"]
+    assert by_key["k-policy"]["event_id"] == "ghost"
+    labels = [orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=2)]
+    assert sorted(labels) == ["e1", "e2"]
+
+
+async def test_unusable_model_output_is_retried_then_dead_lettered(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=1)
+    urls = sims(1, extra_args=["--malformed-rate", "1.0"]).urls
+    produce(kafka_bootstrap, names["input"], [event(1, "anything")])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls, replicas={"urls": urls, "max_attempts": 3})
+    await consume_until_idle(config)
+    letters = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["dlq"], expect=1)]
+    assert len(letters) == 1
+    assert letters[0]["error_type"] == "unparseable_output" and letters[0]["attempts"] == 3
+    assert letters[0]["policy_id"] == "spam" and letters[0]["event_id"] == "e1"
+
+
+async def test_reasoning_on_its_own_topic(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=1)
+    urls = sims(1).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(5)])
+    await consume_until_idle(write_config(tmp_path, kafka_bootstrap, names, urls, output={"reasoning": "separate"}))
+    labels = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["labels"], expect=5)]
+    records = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["reasoning"], expect=5)]
+    assert all(lab["reasoning"] is None for lab in labels)
+    assert {r["label_id"] for r in records} == {lab["label_id"] for lab in labels}
+    assert all(r["reasoning"] for r in records)
+
+
+def test_missing_output_topic_fails_fast(kafka_bootstrap, topics, tmp_path) -> None:
+    names = topics()
+    names["labels"] = "does-not-exist-" + names["input"]
+    config = write_config(tmp_path, kafka_bootstrap, names, ["http://127.0.0.1:9/v1"])
+    proc = safeguard("run", "--config", str(config), "--until-idle", "2", timeout=60)
+    assert proc.returncode == 1
+    assert "output topics do not exist" in proc.stderr
+
+
+def test_sigkill_mid_stream_then_restart_leaves_no_event_unlabelled(
+        kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics()
+    n = 600
+    urls = sims(2, time_scale=10.0).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"event text {i}") for i in range(n)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls, batching={"commit_interval_s": 0.2})
+    cmd = [sys.executable, "-m", "streams", "--log-level", "warning", "run", "--config", str(config)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    labelled = 0
+    while time.monotonic() < deadline and labelled < n // 3:  # kill once a third is labelled
+        labelled = len(read_all(kafka_bootstrap, names["labels"], expect=n // 3, timeout_s=2))
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert 0 < labelled < n, "the kill must land mid-stream"
+
+    proc = safeguard("run", "--config", str(config), "--until-idle", "4", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ids = Counter(orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n))
+    assert set(ids) == {f"e{i}" for i in range(n)}  # no gap; duplicates allowed (at-least-once)
+
+
+def test_demo_json_summary() -> None:
+    proc = safeguard("demo", "--events", "300", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"events", "labels", "dead_letters", "violations", "elapsed_s", "events_per_s"}
+    assert summary["events"] == 300 and summary["labels"] >= summary["events"]
+    assert summary["dead_letters"] == 0 and summary["violations"] > 0
+
+
+def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap, topics, tmp_path) -> None:
+    """Not our simulator: a minimal server with the bare OpenAI shape (no reasoning, no usage)."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from streams.broker import free_port
+
+    seen: list[dict] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        answer = "1" if "scam" in body["messages"][-1]["content"] else "0"
+        return web.json_response({"choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": answer}}]})
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    started.wait(10)
+    try:
+        names = topics(partitions=2)
+        produce(kafka_bootstrap, names["input"], [event(1, "a scam offer"), event(2, "a nice day")])
+        config = write_config(tmp_path, kafka_bootstrap, names, [f"http://127.0.0.1:{port}/v1"])
+        proc = safeguard("run", "--config", str(config), "--until-idle", "5", timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        labels = {d["event_id"]: d for m in read_all(kafka_bootstrap, names["labels"], expect=2)
+                  for d in [orjson.loads(m.value())]}
+        assert labels["e1"]["violation"] is True and labels["e2"]["violation"] is False
+        assert labels["e1"]["reasoning"] is None and labels["e1"]["usage"]["prompt_tokens"] == 0
+        assert seen[0]["messages"][0]["role"] == "system" and seen[0]["reasoning_effort"] == "low"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
