@@ -1,0 +1,53 @@
+"""schemas/*.avsc mirror the wire models: same fields, and real events round-trip through them."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from streams.events import ContentEvent, DeadLetter, LabelEvent, ReasoningRecord, Source, Usage, dead_letter_for
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def parsed() -> dict[str, dict]:
+    named: dict = {}
+    fastavro.parse_schema(json.loads((SCHEMAS / "source.avsc").read_text()), named_schemas=named)
+    out = {}
+    for name in ("content", "label", "reasoning", "dead_letter"):
+        out[name] = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()), named_schemas=named)
+    return out
+
+
+def roundtrip(schema: dict, record: dict) -> dict:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+    buf.seek(0)
+    return fastavro.schemaless_reader(buf, schema)
+
+
+@pytest.mark.parametrize("name,model", [("content", ContentEvent), ("label", LabelEvent),
+                                        ("reasoning", ReasoningRecord), ("dead_letter", DeadLetter)])
+def test_fields_match_models(name: str, model: type) -> None:
+    doc = json.loads((SCHEMAS / f"{name}.avsc").read_text())
+    assert [f["name"] for f in doc["fields"]] == list(model.model_fields)
+
+
+def test_events_roundtrip() -> None:
+    schemas = parsed()
+    label = LabelEvent(label_id="l", event_id="e", policy_id="spam", policy_version="1-abcdef01", violation=True,
+                       category="SP1", rule_ids=["SP1"], confidence="high", rationale="r", reasoning="cot",
+                       model="m", reasoning_effort="low", source=Source(topic="t", partition=0, offset=5),
+                       metadata={"a": "b"}, latency_ms=12.5, usage=Usage(prompt_tokens=3, completion_tokens=4))
+    doc = label.model_dump(mode="json")
+    assert roundtrip(schemas["label"], doc) == doc
+    dl = dead_letter_for(source=Source(topic="t", partition=1, offset=2), key=b"k", value=b"v",
+                         error_type="invalid_json", error="bad").model_dump(mode="json")
+    assert roundtrip(schemas["dead_letter"], dl) == dl
+    ev = ContentEvent.model_validate({"event_id": "c", "kind": "chat",
+                                      "messages": [{"role": "user", "content": "hi"}]}).model_dump(mode="json")
+    assert roundtrip(schemas["content"], ev) == ev
