@@ -65,3 +65,11 @@ def test_settings_are_frozen() -> None:
     s = load_settings(None)
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen assignment
         s.kafka.group_id = "x"  # type: ignore[misc]
+
+
+def test_env_json_merges_into_librdkafka_from_file(tmp_path, monkeypatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  librdkafka: {security.protocol: SASL_SSL, sasl.username: u}\n")
+    monkeypatch.setenv("SAFEGUARD_KAFKA__LIBRDKAFKA", '{"sasl.password": "pw"}')
+    s = load_settings(f)
+    assert s.kafka.librdkafka == {"security.protocol": "SASL_SSL", "sasl.username": "u", "sasl.password": "pw"}
