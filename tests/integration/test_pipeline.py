@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from streams.app import run_consumer
 from streams.config import load_settings

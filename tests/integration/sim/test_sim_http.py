@@ -66,7 +66,8 @@ def test_binary_policy_gets_binary_answer(sims, answer_key) -> None:
     key = answer_key([{"text": "bad thing", "label": 1}])
     url = sims(1, answer_key=key).urls[0]
     policy = "# Binary (policy bin)\nReturn exactly one character: 0 or 1."
-    body = {"model": MODEL, "messages": [{"role": "system", "content": policy}, {"role": "user", "content": "bad thing"}]}
+    body = {"model": MODEL,
+            "messages": [{"role": "system", "content": policy}, {"role": "user", "content": "bad thing"}]}
     _, doc = post(url, body)
     assert doc["choices"][0]["message"]["content"] == "1"
 
