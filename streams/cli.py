@@ -235,7 +235,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = asyncio.run(run_demo(events=args.events, replicas=args.replicas, time_scale=args.time_scale,
                                   profile=args.profile))
     summary = result.summary()
-    con = Console(stderr=args.json, width=None if sys.stdout.isatty() else 150)
+    con = Console(stderr=args.json, width=None if sys.stdout.isatty() else 190)
     _render_labels(con, result)
     con.print(
         f"[bold]{summary['events']}[/] events -> [bold]{summary['labels']}[/] labels "
@@ -255,8 +255,9 @@ def _render_labels(con: Console, result: Any, rows: int = 14) -> None:
     shown = [lab for lab in labels if lab["violation"]][: rows // 2]
     shown += [lab for lab in labels if not lab["violation"]][: rows - len(shown)]
     table = Table(title=f"Sample of {len(labels)} labels", show_lines=False)
-    for col in ("event", "content", "policy", "verdict", "category", "latency", "rationale"):
-        table.add_column(col, overflow="ellipsis", no_wrap=True)
+    for col, width in (("event", 8), ("content", 30), ("policy", 13), ("verdict", 9), ("category", 8),
+                       ("latency", 7), ("rationale", 20)):
+        table.add_column(col, overflow="ellipsis", no_wrap=True, min_width=width)
     for lab in shown:
         text = result.texts.get(lab["event_id"], "")
         table.add_row(lab["event_id"], text[:48] + ("..." if len(text) > 48 else ""), lab["policy_id"],
