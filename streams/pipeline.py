@@ -101,6 +101,11 @@ class Pipeline:
         self._stopping.set()
 
     @property
+    def inflight_events(self) -> int:
+        """Events consumed whose outputs are not all acknowledged yet."""
+        return self._inflight_events
+
+    @property
     def ready(self) -> bool:
         return self._assigned_at is not None and self._pool.healthy_count > 0
 

@@ -204,3 +204,60 @@ def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap
         assert seen[0]["messages"][0]["role"] == "system" and seen[0]["reasoning_effort"] == "low"
     finally:
         loop.call_soon_threadsafe(loop.stop)
+
+
+async def test_backpressure_bounds_in_flight_events(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    import asyncio
+
+    names = topics(partitions=2)
+    n, limit, batch = 200, 20, 10
+    urls = sims(1, time_scale=20.0).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls,
+                          batching={"max_inflight_events": limit, "max_poll_records": batch})
+    peak = 0
+    holder: list = []
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            if holder:
+                peak = max(peak, holder[0].inflight_events)
+            await asyncio.sleep(0.002)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await run_consumer(load_settings(config), until_idle=3.0, on_pipeline=holder.append)
+    finally:
+        watcher.cancel()
+    labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
+    assert labels == {f"e{i}" for i in range(n)}
+    assert limit <= peak <= limit + batch  # reached the limit, never ran away past one poll batch
+
+
+def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    names = topics(partitions=2)
+    n = 400
+    urls = sims(1, time_scale=5.0).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls)
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not read_all(kafka_bootstrap, names["labels"], expect=1, timeout_s=0.5):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "draining" in err or "consumer closed" in err
+
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{names['input']}"})
+    committed = c.committed([TopicPartition(names["input"], p) for p in range(2)], timeout=10)
+    c.close()
+    labels = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["labels"], expect=n, timeout_s=5)]
+    done = {(lab["source"]["partition"], lab["source"]["offset"]) for lab in labels}
+    assert sum(max(tp.offset, 0) for tp in committed) > 0  # the drain committed progress
+    for tp in committed:  # every offset below the committed position has its label
+        assert all((tp.partition, off) in done for off in range(max(tp.offset, 0)))
