@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=_positive_float, default=300.0, help="request timeout in seconds")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     c.set_defaults(func=_cmd_classify)
+
+    from streams.cli_policies import add_commands
+
+    add_commands(sub, _emit_json)
     return p
 
 

@@ -65,6 +65,8 @@ class PolicySettings(_Section):
     default: list[str] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     reasoning_effort: Effort = "low"
+    mode: Literal["separate", "combined"] = "separate"
+    reload_interval_s: float = Field(2.0, ge=0)  # 0 disables watching policies.dir
 
 
 class InputSettings(_Section):

@@ -42,9 +42,10 @@ from streams.kafka_config import consumer_config
 from streams.labeler import Labeler, Outcome
 from streams.metrics import Metrics
 from streams.offsets import OffsetTracker, TopicPartitionKey
-from streams.policies import Policy, Router
+from streams.policies import Policy
 from streams.producer import OutputProducer
 from streams.prompt import render_content
+from streams.registry import PolicyRegistry
 from streams.replicas.pool import ReplicaPool
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ class _Work:
 class Pipeline:
     """Runs the consumer until stopped (``stop()``, SIGTERM) or idle (``until_idle``)."""
 
-    def __init__(self, settings: Settings, router: Router, pool: ReplicaPool, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, policies: PolicyRegistry, pool: ReplicaPool, metrics: Metrics) -> None:
         self._s = settings
-        self._router = router
+        self._policies = policies
         self._pool = pool
         self._metrics = metrics
         self._labeler = Labeler(
@@ -194,7 +195,7 @@ class Pipeline:
         try:
             event = decode_content(value, max_bytes=self._s.input.max_event_bytes)
             event_id = event.event_id
-            policies = self._router.resolve(topic=topic, kind=event.kind, requested=event.policies)
+            policies = self._policies.resolve(topic=topic, kind=event.kind, requested=event.policies)
         except PoisonError as exc:
             work = self._start(key, offset, now, outstanding=1)
             self._dead_letter(work, source, msg.key(), value, exc, event_id=event_id)
@@ -240,7 +241,7 @@ class Pipeline:
         work.outstanding += 1 if separate else 0
         counter = self._metrics.labels_produced.labels(label.policy_id, str(label.violation).lower(),
                                                        label.decided_by)
-        self._producer.label(label, key, self._on_acked(work, counter.inc))
+        self._producer.label(label, key, self._on_acked(work, counter.inc), shadow=outcome.policy.meta.shadow)
         if separate:
             record = ReasoningRecord(label_id=label.label_id, event_id=label.event_id, policy_id=label.policy_id,
                                      reasoning=outcome.reasoning)

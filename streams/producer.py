@@ -29,13 +29,15 @@ class OutputProducer:
 
     def __init__(self, settings: Settings, on_failed: Callable[[str, KafkaError], None]) -> None:
         self._labels = settings.kafka.labels_topic
+        self._shadow = settings.kafka.labels_topic + ".shadow"
         self._dlq = settings.kafka.dead_letter_topic
         self._reasoning = settings.kafka.reasoning_topic
         self._on_failed = on_failed
         self._producer = Producer(producer_config(settings))
 
-    def label(self, label: LabelEvent, key: bytes | None, on_acked: Acked) -> None:
-        self._send(self._labels, key, label.model_dump_json().encode(), on_acked)
+    def label(self, label: LabelEvent, key: bytes | None, on_acked: Acked, *, shadow: bool = False) -> None:
+        """Labels of shadow policies go to ``<labels_topic>.shadow`` so they never act on content."""
+        self._send(self._shadow if shadow else self._labels, key, label.model_dump_json().encode(), on_acked)
 
     def reasoning(self, record: ReasoningRecord, key: bytes | None, on_acked: Acked) -> None:
         self._send(self._reasoning, key, record.model_dump_json().encode(), on_acked)
