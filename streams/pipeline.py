@@ -102,6 +102,10 @@ class Pipeline:
         self._stopping.set()
 
     @property
+    def policies(self) -> PolicyRegistry:
+        return self._policies
+
+    @property
     def inflight_events(self) -> int:
         """Events consumed whose outputs are not all acknowledged yet."""
         return self._inflight_events

@@ -148,6 +148,8 @@ class ReplicaPool:
             if replica is not None:
                 replica.inflight += 1
                 return replica
+            if self._retry_limit is not None and self.healthy_count == 0:
+                raise RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
