@@ -19,7 +19,8 @@ from tests.integration.helpers import ROOT, produce, read_all, safeguard, write_
 
 
 def events(start: int, n: int) -> list[tuple[bytes, bytes]]:
-    return [(f"k{i}".encode(), orjson.dumps({"event_id": f"e{i}", "text": f"message {i}"})) for i in range(start, start + n)]
+    return [(f"k{i}".encode(), orjson.dumps({"event_id": f"e{i}", "text": f"message {i}"}))
+            for i in range(start, start + n)]
 
 
 async def labels_until(bootstrap: str, topic: str, n: int) -> list[dict]:
