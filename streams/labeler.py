@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from streams.errors import PoisonError
 from streams.events import LabelEvent, Source, Usage, label_id
 from streams.policies import Policy
-from streams.prompt import build_request
+from streams.prompt import build_combined_request, build_request
+from streams.replicas.client import ChatResult
 from streams.replicas.pool import ReplicaPool
-from streams.verdict import Verdict, parse_verdict
+from streams.verdict import Verdict, parse_combined, parse_verdict
 
 log = logging.getLogger(__name__)
+
+_EFFORT_RANK = {"low": 0, "medium": 1, "high": 2}
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,27 @@ class Labeler:
         assert last is not None
         raise PoisonError(last.error_type, f"{last} (after {self._max_attempts} attempts)") from last
 
+    async def decide_combined(self, policies: list[Policy], content: str
+                              ) -> tuple[dict[str, Verdict | PoisonError], ChatResult, int]:
+        """One request for several policies; retried while any policy's verdict is unusable.
+
+        Returns per-policy verdicts or errors, the last response, and the attempts made.
+        """
+        effort = max((p.effort(self._default_effort) for p in policies), key=_EFFORT_RANK.__getitem__)
+        body = build_combined_request(policies, content, model=self.model, reasoning_effort=effort)
+        ids = [p.id for p in policies]
+        best: dict[str, Verdict | PoisonError] = {}
+        for attempt in range(1, self._max_attempts + 1):
+            result = await self._pool.chat(body)
+            parsed = parse_combined(result.content, ids, result.finish_reason)
+            for pid, v in parsed.items():  # a good verdict from an earlier attempt is kept
+                if isinstance(v, Verdict) or not isinstance(best.get(pid), Verdict):
+                    best[pid] = v
+            if all(isinstance(v, Verdict) for v in best.values()):
+                return best, result, attempt
+            log.warning("unusable combined answer policies=%s replica=%s attempt=%d", ids, result.replica, attempt)
+        return best, result, self._max_attempts
+
     async def label(
         self,
         policy: Policy,
@@ -106,8 +130,47 @@ class Labeler:
         except PoisonError as exc:
             attempts = self._max_attempts if exc.error_type != "request_rejected" else 1
             return Outcome(policy=policy, failure=exc, attempts=attempts)
-        v = decision.verdict
-        label = LabelEvent(
+        label = self._label(policy, decision.verdict, decision.reasoning, decision.prompt_tokens,
+                            decision.completion_tokens, event_id=event_id, source=source, metadata=metadata,
+                            started=started)
+        return Outcome(policy=policy, label=label, reasoning=decision.reasoning, attempts=decision.attempts)
+
+    async def label_combined(
+        self,
+        policies: list[Policy],
+        *,
+        event_id: str,
+        content: str,
+        source: Source,
+        metadata: dict[str, str] | None,
+        started: float,
+    ) -> list[Outcome]:
+        """Label one event for several policies with one request (``policies.mode: combined``).
+
+        The request's token usage is split evenly over the labels so that summing ``usage`` over
+        labels gives the real cost.
+        """
+        try:
+            verdicts, result, attempts = await self.decide_combined(policies, content)
+        except PoisonError as exc:  # request_rejected: the same for every policy
+            return [Outcome(policy=p, failure=exc, attempts=1) for p in policies]
+        k = len(policies)
+        outcomes = []
+        for i, p in enumerate(policies):
+            v = verdicts[p.id]
+            if isinstance(v, PoisonError):
+                outcomes.append(Outcome(policy=p, failure=v, attempts=attempts))
+                continue
+            prompt = result.prompt_tokens // k + (result.prompt_tokens % k if i == 0 else 0)
+            completion = result.completion_tokens // k + (result.completion_tokens % k if i == 0 else 0)
+            label = self._label(p, v, result.reasoning, prompt, completion, event_id=event_id, source=source,
+                                metadata=metadata, started=started)
+            outcomes.append(Outcome(policy=p, label=label, reasoning=result.reasoning, attempts=attempts))
+        return outcomes
+
+    def _label(self, policy: Policy, v: Verdict, reasoning: str | None, prompt_tokens: int, completion_tokens: int,
+               *, event_id: str, source: Source, metadata: dict[str, str] | None, started: float) -> LabelEvent:
+        return LabelEvent(
             label_id=label_id(event_id, policy.id, policy.version),
             event_id=event_id,
             policy_id=policy.id,
@@ -117,13 +180,12 @@ class Labeler:
             rule_ids=v.rule_ids,
             confidence=v.confidence,
             rationale=v.rationale,
-            reasoning=decision.reasoning if self._inline else None,
+            reasoning=reasoning if self._inline else None,
             decided_by="model",
             model=self.model,
             reasoning_effort=policy.effort(self._default_effort),
             source=source,
             metadata=metadata or {},
             latency_ms=round((time.monotonic() - started) * 1000, 3),
-            usage=Usage(prompt_tokens=decision.prompt_tokens, completion_tokens=decision.completion_tokens),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
         )
-        return Outcome(policy=policy, label=label, reasoning=decision.reasoning, attempts=decision.attempts)

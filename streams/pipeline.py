@@ -206,11 +206,20 @@ class Pipeline:
             return
         work = self._start(key, offset, now, outstanding=len(policies))
         content = render_content(event)
-        for policy in policies:
-            task = asyncio.create_task(self._label(work, policy, event.event_id, content, source, event.metadata,
+        for group in self._groups(policies):
+            task = asyncio.create_task(self._label(work, group, event.event_id, content, source, event.metadata,
                                                    msg.key(), value))
             work.tasks.add(task)
             task.add_done_callback(work.tasks.discard)
+
+    def _groups(self, policies: list[Policy]) -> list[list[Policy]]:
+        """Requests per event: one per policy, or (combined mode) one for all acting policies.
+        Shadow policies always get their own request so they cannot change acting verdicts."""
+        if self._s.policies.mode != "combined":
+            return [[p] for p in policies]
+        acting = [p for p in policies if not p.meta.shadow]
+        groups = [acting] if len(acting) > 1 else [[p] for p in acting]
+        return groups + [[p] for p in policies if p.meta.shadow]
 
     def _start(self, key: TopicPartitionKey, offset: int, now: float, outstanding: int) -> _Work:
         work = _Work(key=key, offset=offset, started=now, outstanding=outstanding)
@@ -220,7 +229,7 @@ class Pipeline:
     async def _label(
         self,
         work: _Work,
-        policy: Policy,
+        group: list[Policy],
         event_id: str,
         content: str,
         source: Source,
@@ -228,10 +237,14 @@ class Pipeline:
         key: bytes | None,
         value: bytes | None,
     ) -> None:
-        outcome = await self._labeler.label(
-            policy, event_id=event_id, content=content, source=source, metadata=metadata, started=work.started
-        )
-        self._emit(work, outcome, source, key, value, event_id)
+        if len(group) == 1:
+            outcomes = [await self._labeler.label(group[0], event_id=event_id, content=content, source=source,
+                                                  metadata=metadata, started=work.started)]
+        else:
+            outcomes = await self._labeler.label_combined(group, event_id=event_id, content=content, source=source,
+                                                          metadata=metadata, started=work.started)
+        for outcome in outcomes:
+            self._emit(work, outcome, source, key, value, event_id)
 
     def _emit(self, work: _Work, outcome: Outcome, source: Source, key: bytes | None, value: bytes | None,
               event_id: str) -> None:

@@ -63,3 +63,39 @@ def build_request(
             "json_schema": {"name": "safeguard_verdict", "schema": VERDICT_SCHEMA, "strict": True},
         }
     return body
+
+
+COMBINED_MARKER = "=== POLICY {id} ==="
+
+
+def build_combined_request(
+    policies: list[Policy],
+    content: str,
+    *,
+    model: str,
+    reasoning_effort: str,
+) -> dict[str, Any]:
+    """One request evaluating several policies (``policies.mode: combined``).
+
+    The model's guide supports several policies in one prompt but reports a small accuracy loss,
+    so this is opt-in. Each policy keeps its own text under a ``=== POLICY <id> ===`` marker; the
+    answer is one JSON object keyed by policy id, each value a verdict object.
+    """
+    ids = [p.id for p in policies]
+    header = (
+        "# Multi-policy classification\n\n"
+        "Evaluate the content against each policy below independently, as if it were the only policy. "
+        "Answer with exactly one JSON object and nothing else, with one key per policy id "
+        f"({', '.join(ids)}) and, as each value, that policy's verdict: "
+        '{"violation": 0 or 1, "policy_category": "<rule id or null>", "rule_ids": ["<rule ids>"], '
+        '"confidence": "low|medium|high", "rationale": "<one or two sentences>"}.\n'
+    )
+    sections = [f"\n{COMBINED_MARKER.format(id=p.id)}\n{p.body}" for p in policies]
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": header + "".join(sections)},
+            {"role": "user", "content": content},
+        ],
+        "reasoning_effort": reasoning_effort,
+    }

@@ -104,3 +104,38 @@ def _flag(value: Any) -> bool | None:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_combined(content: str | None, policy_ids: list[str], finish_reason: str | None = None,
+                   ) -> dict[str, Verdict | PoisonError]:
+    """Parse a multi-policy answer ``{"<id>": {verdict}, ...}``: one result per policy id.
+
+    A policy missing from the answer, or with an unreadable value, gets a PoisonError of its own;
+    the others still count.
+    """
+    if content is None or not content.strip():
+        err = PoisonError("truncated_reasoning" if finish_reason == "length" else "unparseable_output",
+                          "model returned no final answer")
+        return dict.fromkeys(policy_ids, err)
+    text = _FENCE.sub("", content.strip()).strip()
+    start, end = text.find("{"), text.rfind("}")
+    obj: Any = None
+    if start != -1 and end > start:
+        try:
+            obj = orjson.loads(text[start : end + 1])
+        except orjson.JSONDecodeError:
+            obj = None
+    if not isinstance(obj, dict):
+        err = PoisonError("unparseable_output", f"combined answer is not a JSON object: {_clip(content)}")
+        return dict.fromkeys(policy_ids, err)
+    out: dict[str, Verdict | PoisonError] = {}
+    for pid in policy_ids:
+        value = obj.get(pid)
+        if not isinstance(value, dict):
+            out[pid] = PoisonError("unparseable_output", f"combined answer has no verdict object for {pid!r}")
+            continue
+        try:
+            out[pid] = _from_json(value, orjson.dumps(value).decode())
+        except PoisonError as exc:
+            out[pid] = exc
+    return out

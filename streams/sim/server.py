@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 HARMONY_OVERHEAD_TOKENS = 64  # system header (identity, dates, effort, channels) and role tokens
 CHARS_PER_TOKEN = 4.0  # o200k averages ~4 characters per token on English text
+COMBINED_REASONING_SHARE = 0.8
+_COMBINED = re.compile(r"^=== POLICY (\S+) ===$", re.MULTILINE)
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 _FILLER = (
@@ -221,12 +224,20 @@ class SimServer:
         malformed = 0 <= roll < f.malformed_rate
         truncated = f.malformed_rate <= roll < f.malformed_rate + f.truncate_rate
 
-        answer = self._answer(user, policy)
-        json_out = "response_format" in body or '"violation"' in policy
-        final = _render_final(answer, json_out) if not malformed else "I am not sure what to answer here."
-        rng = random.Random(_digest(f"{f.seed}\x1f{policy}\x1f{user}\x1f{effort}"))
-        reasoning_tokens = _lognormal(rng, self.config.profile.reasoning_median[effort],
-                                      self.config.profile.reasoning_sigma)
+        sections = _combined_sections(policy)
+        if sections:
+            answers = {pid: self._answer(user, text) for pid, text in sections}
+            answer = next(iter(answers.values()))
+            final = _render_combined(answers) if not malformed else "I am not sure what to answer here."
+            # [U] assumption: the content is read once, each policy is still reasoned about: 80% of the
+            # sum of the per-policy reasoning lengths. The real ratio is not published.
+            reasoning_tokens = int(COMBINED_REASONING_SHARE * sum(
+                self._reasoning_tokens(f.seed, text, user, effort) for _, text in sections))
+        else:
+            answer = self._answer(user, policy)
+            json_out = "response_format" in body or '"violation"' in policy
+            final = _render_final(answer, json_out) if not malformed else "I am not sure what to answer here."
+            reasoning_tokens = self._reasoning_tokens(f.seed, policy, user, effort)
         final_tokens = estimate_tokens(final)
         policy_tokens = estimate_tokens(policy)
         prompt_tokens = HARMONY_OVERHEAD_TOKENS + policy_tokens + estimate_tokens(user)
@@ -259,6 +270,11 @@ class SimServer:
             "prompt_logprobs": None,
         })
 
+    def _reasoning_tokens(self, seed: int, policy: str, user: str, effort: str) -> int:
+        """Heavy-tailed reasoning length, the same for the same request (seeded by its content)."""
+        rng = random.Random(_digest(f"{seed}\x1f{policy}\x1f{user}\x1f{effort}"))
+        return _lognormal(rng, self.config.profile.reasoning_median[effort], self.config.profile.reasoning_sigma)
+
     def _answer(self, user: str, policy: str) -> Answer:
         if self.config.answer_key is not None:
             found = self.config.answer_key.find(user, policy)
@@ -281,6 +297,17 @@ def _text_of(message: dict[str, Any] | None) -> str:
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return content if isinstance(content, str) else ""
+
+
+def _combined_sections(system: str) -> list[tuple[str, str]]:
+    """(policy id, policy text) for each ``=== POLICY <id> ===`` section of a combined prompt."""
+    parts = _COMBINED.split(system)
+    return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+
+
+def _render_combined(answers: dict[str, Answer]) -> str:
+    parts = (f"{orjson.dumps(pid).decode()}: {_render_final(a, True)}" for pid, a in answers.items())
+    return "{" + ", ".join(parts) + "}"
 
 
 def _render_final(answer: Answer, json_out: bool) -> str:

@@ -37,3 +37,14 @@ def test_structured_output_only_for_json_policies() -> None:
     assert j["response_format"]["type"] == "json_schema"
     assert "violation" in j["response_format"]["json_schema"]["schema"]["properties"]
     assert "response_format" not in b
+
+
+def test_combined_request_keeps_each_policy_under_its_marker() -> None:
+    from streams.prompt import build_combined_request
+
+    body = build_combined_request([JSON_POLICY, BIN_POLICY], "hello", model="m", reasoning_effort="medium")
+    system = body["messages"][0]["content"]
+    assert "=== POLICY j ===\n" + JSON_POLICY.body in system
+    assert "=== POLICY b ===\n" + BIN_POLICY.body in system
+    assert system.index("=== POLICY j") < system.index("=== POLICY b")
+    assert body["messages"][1] == {"role": "user", "content": "hello"}

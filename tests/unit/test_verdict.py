@@ -54,3 +54,17 @@ def test_truncated_reasoning() -> None:
     with pytest.raises(PoisonError) as exc:
         parse_verdict(None, "stop")
     assert exc.value.error_type == "unparseable_output"
+
+
+def test_combined_answers_per_policy() -> None:
+    from streams.verdict import Verdict, parse_combined
+
+    out = parse_combined('```json\n{"spam": {"violation": 1, "policy_category": "SP1"}, "cheat": {"violation": 0}}\n```',
+                         ["spam", "cheat", "missing"])
+    assert isinstance(out["spam"], Verdict) and out["spam"].violation and out["spam"].category == "SP1"
+    assert isinstance(out["cheat"], Verdict) and not out["cheat"].violation
+    assert isinstance(out["missing"], PoisonError) and out["missing"].error_type == "unparseable_output"
+    bad = parse_combined("1", ["a", "b"])
+    assert all(isinstance(v, PoisonError) for v in bad.values())
+    cut = parse_combined(None, ["a"], "length")
+    assert isinstance(cut["a"], PoisonError) and cut["a"].error_type == "truncated_reasoning"
