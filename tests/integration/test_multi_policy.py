@@ -62,7 +62,7 @@ async def test_combined_mode_one_request_per_event_same_verdicts(
     assert comb["uncached_prompt_tokens"] <= sep["uncached_prompt_tokens"]
     # usage is split over a combined request's labels, so it still sums to the replica's count
     assert sum(lab["usage"]["prompt_tokens"] for lab in comb["labels"]) == comb["prompt_tokens"]
-    print("\nmulti-policy measurement (2 policies, %d events):" % N)
+    print(f"\nmulti-policy measurement (2 policies, {N} events):")
     for key in ("requests", "prompt_tokens", "uncached_prompt_tokens", "generation_tokens"):
         print(f"  {key}: separate={sep[key]:.0f} combined={comb[key]:.0f} ratio={comb[key] / sep[key]:.2f}")
 

@@ -59,8 +59,8 @@ def test_truncated_reasoning() -> None:
 def test_combined_answers_per_policy() -> None:
     from streams.verdict import Verdict, parse_combined
 
-    out = parse_combined('```json\n{"spam": {"violation": 1, "policy_category": "SP1"}, "cheat": {"violation": 0}}\n```',
-                         ["spam", "cheat", "missing"])
+    answer = '```json\n{"spam": {"violation": 1, "policy_category": "SP1"}, "cheat": {"violation": 0}}\n```'
+    out = parse_combined(answer, ["spam", "cheat", "missing"])
     assert isinstance(out["spam"], Verdict) and out["spam"].violation and out["spam"].category == "SP1"
     assert isinstance(out["cheat"], Verdict) and not out["cheat"].violation
     assert isinstance(out["missing"], PoisonError) and out["missing"].error_type == "unparseable_output"
