@@ -42,8 +42,8 @@ class Running:
         self.holder: list[Pipeline] = []
         self.task = asyncio.create_task(run_consumer(load_settings(config), on_pipeline=self.holder.append))
 
-    async def started(self) -> Pipeline:
-        await wait_for(lambda: bool(self.holder and self.holder[0].assigned))
+    async def started(self, *, with_partitions: bool = True) -> Pipeline:
+        await wait_for(lambda: bool(self.holder and (self.holder[0].assigned or not with_partitions)))
         return self.holder[0]
 
     async def stop(self) -> None:
@@ -128,3 +128,27 @@ async def test_policies_topic_updates_every_consumer_and_rejects_invalid(
     assert len(labels) == 30 and len(version_of) == 30
     assert {version_of[f"e{i}"] for i in range(10)} == {v1}
     assert {version_of[f"e{i}"] for i in range(10, 30)} == {v3}
+
+
+async def test_topic_update_reaches_every_consumer_and_late_joiners(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=2)
+    policies_topic = f"policies-{names['input']}"
+    create_topics(kafka_bootstrap, {policies_topic: 1})
+    urls = sims(1).urls
+    kafka = {"policies_topic": policies_topic, "bootstrap_servers": kafka_bootstrap, "group_id": f"g-{names['input']}",
+             "input_topics": [names["input"]], "labels_topic": names["labels"], "dead_letter_topic": names["dlq"],
+             "librdkafka": {"session.timeout.ms": 6000}}
+    config = write_config(tmp_path, kafka_bootstrap, names, urls, kafka=kafka,
+                          policies={"dir": str(ROOT / "policies"), "default": ["spam"], "reload_interval_s": 0})
+    a, b = Running(config), Running(config)
+    pa, pb = await a.started(), await b.started()
+    new_file = tmp_path / "spam.md"
+    new_file.write_text(spam_text(4))
+    proc = await asyncio.to_thread(safeguard, "policies", "publish", str(new_file), "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    await wait_for(lambda: all(p.policies.policies["spam"].version.startswith("4-") for p in (pa, pb)), 10)
+    late = Running(config)  # started after the update: catches up from the topic before consuming
+    pc = await late.started(with_partitions=False)  # (two partitions, so it may get none)
+    assert pc.policies.policies["spam"].version == pa.policies.policies["spam"].version
+    for r in (a, b, late):
+        await r.stop()
