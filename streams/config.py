@@ -32,6 +32,7 @@ class KafkaSettings(_Section):
     dead_letter_topic: str = "safeguard.dlq"
     reasoning_topic: str = "safeguard.reasoning"
     policies_topic: str | None = None
+    transactional_id: str | None = None  # exactly_once: stable per instance; default "<group_id>-<hostname>"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
