@@ -85,6 +85,7 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self.assigned: set[TopicPartitionKey] = set()
+        self._error_logged: dict[int, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -327,8 +328,12 @@ class Pipeline:
         if err.fatal():
             self._fatal = KafkaException(err)
             log.error("fatal kafka error: %s", err)
-        else:
-            log.warning("kafka error: %s", err)
+            return
+        # librdkafka retries these itself and logs each attempt; say it once per code per 30 s.
+        now = time.monotonic()
+        if now - self._error_logged.get(err.code(), -1e9) >= 30.0:
+            self._error_logged[err.code()] = now
+            log.warning("kafka error (librdkafka keeps retrying): %s", err)
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

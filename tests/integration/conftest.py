@@ -17,6 +17,7 @@ import pytest
 
 from streams.broker import EmbeddedBroker, create_topics
 from streams.sim.launcher import SimProcesses
+from tests.integration.helpers import ConsumerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +86,19 @@ def sims() -> Iterator[Callable[..., SimProcesses]]:
     yield start
     for sp in started:
         sp.__exit__(None, None, None)
+
+
+@pytest.fixture
+def consumers(tmp_path: Path) -> Iterator[Callable[[Path], ConsumerProcess]]:
+    """Factory: ``safeguard run`` subprocesses, killed at teardown whatever happened."""
+    started: list[ConsumerProcess] = []
+
+    def start(config: Path) -> ConsumerProcess:
+        c = ConsumerProcess(config, tmp_path / f"consumer-{len(started)}.log").start()
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        if c.alive():
+            c.kill()

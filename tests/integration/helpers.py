@@ -68,3 +68,48 @@ def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: li
 def safeguard(*args: str, timeout: float = 180, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+class ConsumerProcess:
+    """``safeguard run`` as a subprocess that tests can SIGKILL and restart."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConsumerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--config", str(self.config)],
+                                     stdout=log, stderr=log)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def read_until(bootstrap: str, topic: str, done: Any, *, timeout_s: float = 60.0,
+               isolation: str = "read_uncommitted") -> list[Any]:
+    """Read a topic from the beginning until ``done(messages)`` is true (or the timeout)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": isolation})
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(out) and time.monotonic() < deadline:
+            out.extend(m for m in c.consume(500, 0.2) if m.error() is None)
+    finally:
+        c.close()
+    return out
