@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class _Replica:
     inflight: int = 0
     failures: int = 0
     healthy: bool = True
+    logged_at: float = -1e9
+    suppressed: int = 0
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -125,10 +128,7 @@ class ReplicaPool:
                 if self._retry_limit is not None and attempt > self._retry_limit:
                     raise
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
-                log.warning(
-                    "inference retry replica=%s attempt=%d delay_s=%.2f error=%s",
-                    replica.client.base_url, attempt, delay, exc,
-                )
+                self._log_retry(replica, attempt, delay, exc)
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
@@ -137,6 +137,16 @@ class ReplicaPool:
             self._release(replica)
             self._on_success(replica, result.latency_s)
             return result
+
+    def _log_retry(self, replica: _Replica, attempt: int, delay: float, exc: RetryableError) -> None:
+        # Hundreds of requests fail together when a replica dies: one line per replica per 5 s.
+        now = time.monotonic()
+        if now - replica.logged_at < 5.0:
+            replica.suppressed += 1
+            return
+        log.warning("inference retry replica=%s attempt=%d delay_s=%.2f error=%s (similar since last: %d)",
+                    replica.client.base_url, attempt, delay, exc, replica.suppressed)
+        replica.logged_at, replica.suppressed = now, 0
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))

@@ -63,3 +63,58 @@ def _kafka(bootstrap: str, names: dict[str, str], **extra: object) -> dict[str, 
     return {"bootstrap_servers": bootstrap, "group_id": f"g-{names['input']}", "input_topics": [names["input"]],
             "labels_topic": names["labels"], "dead_letter_topic": names["dlq"],
             "reasoning_topic": names["reasoning"], "librdkafka": {"session.timeout.ms": 6000}, **extra}
+
+
+def labelled_events(bootstrap: str, topic: str, distinct: int, timeout_s: float = 120) -> set[str]:
+    return set(label_ids(bootstrap, topic, distinct, isolation="read_uncommitted", timeout_s=timeout_s))
+
+
+def test_one_of_two_replicas_killed_then_restarted(kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
+    n = 600
+    names = topics(partitions=2)
+    replicas = sims(2, time_scale=5.0)
+    produce(kafka_bootstrap, names["input"], events(n))
+    consumer = consumers(write_config(tmp_path, kafka_bootstrap, names, replicas.urls))
+    labelled_events(kafka_bootstrap, names["labels"], n // 4)
+    replicas.kill(0)
+    time.sleep(3)
+    replicas.start_one(0)
+    assert labelled_events(kafka_bootstrap, names["labels"], n) == {f"e{i}" for i in range(n)}
+    wait_for_log(consumer, "back in rotation")
+    assert consumer.terminate() == 0
+    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    assert "taken out of rotation" in consumer.log_path.read_text()
+
+
+def wait_for_log(consumer, text: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in consumer.log_path.read_text():
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        time.sleep(0.2)
+
+
+def test_all_replicas_down_for_20s_pauses_and_resumes(kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
+    n = 600
+    names = topics(partitions=2)
+    replicas = sims(2, time_scale=5.0)
+    produce(kafka_bootstrap, names["input"], events(n))
+    consumer = consumers(write_config(tmp_path, kafka_bootstrap, names, replicas.urls,
+                                      batching={"max_inflight_events": 200}))
+    before = labelled_events(kafka_bootstrap, names["labels"], n // 4)
+    replicas.kill(0)
+    replicas.kill(1)
+    outage_start = time.monotonic()
+    time.sleep(5)
+    during = labelled_events(kafka_bootstrap, names["labels"], n, timeout_s=1)
+    time.sleep(max(0.0, 20 - (time.monotonic() - outage_start)))
+    after_outage = labelled_events(kafka_bootstrap, names["labels"], n, timeout_s=1)
+    assert during == after_outage, "labels appeared while every replica was down"
+    assert len(after_outage) < n and len(before) <= len(after_outage)
+    assert consumer.alive(), "the consumer must ride out the outage"
+    replicas.start_one(0)
+    replicas.start_one(1)
+    assert labelled_events(kafka_bootstrap, names["labels"], n) == {f"e{i}" for i in range(n)}
+    assert consumer.terminate() == 0
+    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    log = consumer.log_path.read_text()
+    assert "paused partitions" in log and "resumed partitions" in log
