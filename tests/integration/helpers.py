@@ -45,7 +45,8 @@ def read_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0
     return out
 
 
-def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: list[str], **extra: Any) -> Path:
+def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: list[str], *, name: str = "",
+                 **extra: Any) -> Path:
     conf: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{names['input']}",
                   "input_topics": [names["input"]], "labels_topic": names["labels"],
@@ -60,7 +61,7 @@ def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: li
             conf.setdefault(section, {}).update(values)
         else:
             conf[section] = values
-    path = tmp_path / f"config-{names['input']}.yaml"
+    path = tmp_path / f"config-{names['input']}{name}.yaml"
     path.write_text(yaml.safe_dump(conf))
     return path
 

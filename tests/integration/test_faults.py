@@ -56,13 +56,22 @@ def test_three_sigkills_at_random_points(delivery, kafka_bootstrap, topics, sims
         final = label_ids(kafka_bootstrap, names["labels"], N_KILL + 1, isolation=isolation, timeout_s=2)
         assert max(final.values()) == 1 and sum(final.values()) == N_KILL, "a label was seen twice"
     assert consumer.terminate() == 0
-    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
+    report(f"3 SIGKILLs, {delivery}", N_KILL, final, len(dlq))
+    assert dlq == []
 
 
 def _kafka(bootstrap: str, names: dict[str, str], **extra: object) -> dict[str, object]:
     return {"bootstrap_servers": bootstrap, "group_id": f"g-{names['input']}", "input_topics": [names["input"]],
             "labels_topic": names["labels"], "dead_letter_topic": names["dlq"],
             "reasoning_topic": names["reasoning"], "librdkafka": {"session.timeout.ms": 6000}, **extra}
+
+
+def report(scenario: str, n: int, labels: Counter, dead_letters: int) -> None:
+    """One line per scenario for the issue's closing table (visible with pytest -s)."""
+    dup = sum(labels.values()) - len(labels)
+    print(f"\nSCENARIO {scenario}: events_in={n} labelled_events={len(labels)} label_records={sum(labels.values())} "
+          f"duplicates={dup} dead_letters={dead_letters}")
 
 
 def labelled_events(bootstrap: str, topic: str, distinct: int, timeout_s: float = 120) -> set[str]:
@@ -82,7 +91,10 @@ def test_one_of_two_replicas_killed_then_restarted(kafka_bootstrap, topics, sims
     assert labelled_events(kafka_bootstrap, names["labels"], n) == {f"e{i}" for i in range(n)}
     wait_for_log(consumer, "back in rotation")
     assert consumer.terminate() == 0
-    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
+    report("1 of 2 replicas killed and restarted", n, label_ids(kafka_bootstrap, names["labels"], n,
+                                                                isolation="read_uncommitted"), len(dlq))
+    assert dlq == []
     assert "taken out of rotation" in consumer.log_path.read_text()
 
 
@@ -115,6 +127,40 @@ def test_all_replicas_down_for_20s_pauses_and_resumes(kafka_bootstrap, topics, s
     replicas.start_one(1)
     assert labelled_events(kafka_bootstrap, names["labels"], n) == {f"e{i}" for i in range(n)}
     assert consumer.terminate() == 0
-    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
+    report("all replicas down 20 s", n, label_ids(kafka_bootstrap, names["labels"], n, isolation="read_uncommitted"),
+           len(dlq))
+    assert dlq == []
     log = consumer.log_path.read_text()
     assert "paused partitions" in log and "resumed partitions" in log
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_consumer_added_and_removed_under_load(delivery, kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
+    n = 1500
+    names = topics(partitions=6)
+    urls = sims(2, time_scale=3.0).urls
+    produce(kafka_bootstrap, names["input"], events(n))
+    isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
+
+    def config(i: int) -> Path:
+        return write_config(tmp_path, kafka_bootstrap, names, urls, name=f"-{i}", delivery=delivery,
+                            kafka=_kafka(kafka_bootstrap, names, transactional_id=f"tx-{names['input']}-{i}"),
+                            batching={"commit_interval_s": 0.3})
+
+    group = [consumers(config(i)) for i in range(3)]
+    label_ids(kafka_bootstrap, names["labels"], n // 5, isolation=isolation)
+    group.append(consumers(config(3)))  # scale up
+    label_ids(kafka_bootstrap, names["labels"], n // 2, isolation=isolation)
+    assert group[0].terminate() == 0  # scale down: a graceful leave
+    final = label_ids(kafka_bootstrap, names["labels"], n, isolation=isolation, timeout_s=240)
+    assert set(final) == {f"e{i}" for i in range(n)}
+    if delivery == "exactly_once":
+        time.sleep(1.0)
+        final = label_ids(kafka_bootstrap, names["labels"], n + 1, isolation=isolation, timeout_s=2)
+        assert max(final.values()) == 1 and sum(final.values()) == n, "a label was seen twice"
+    for c in group[1:]:
+        assert c.terminate() == 0
+    dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
+    report(f"3 consumers, +1 -1 under load, {delivery}", n, final, len(dlq))
+    assert dlq == []
