@@ -36,6 +36,7 @@ from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for, decode_content
 from streams.kafka_config import consumer_config
 from streams.labeler import Labeler, Outcome
+from streams.logutil import RateLimitedLog
 from streams.metrics import Metrics
 from streams.policies import Policy
 from streams.producer import OutputProducer
@@ -85,7 +86,8 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self.assigned: set[TopicPartitionKey] = set()
-        self._error_logged: dict[int, float] = {}
+        self._kafka_log = RateLimitedLog(log, 30.0)
+        self._dlq_log = RateLimitedLog(log, 1.0)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -207,12 +209,18 @@ class Pipeline:
 
     async def _label(self, work: Work, group: list[Policy], event_id: str, content: str, source: Source,
                      metadata: dict[str, str] | None, value: bytes | None) -> None:
-        if len(group) == 1:
-            outcomes = [await self._labeler.label(group[0], event_id=event_id, content=content, source=source,
-                                                  metadata=metadata, started=work.started)]
-        else:
-            outcomes = await self._labeler.label_combined(group, event_id=event_id, content=content, source=source,
-                                                          metadata=metadata, started=work.started)
+        try:
+            if len(group) == 1:
+                outcomes = [await self._labeler.label(group[0], event_id=event_id, content=content, source=source,
+                                                      metadata=metadata, started=work.started)]
+            else:
+                outcomes = await self._labeler.label_combined(group, event_id=event_id, content=content,
+                                                              source=source, metadata=metadata, started=work.started)
+        except Exception as exc:  # noqa: BLE001 - a bug triggered by one event must not stall its partition
+            log.exception("internal error labelling topic=%s partition=%d offset=%d", source.topic,
+                          source.partition, source.offset)
+            failure = PoisonError("internal_error", f"{type(exc).__name__}: {exc}")
+            outcomes = [Outcome(policy=p, failure=failure) for p in group]
         if not self._ledger.holds(work):
             return  # partition revoked or rewound meanwhile: the event will be consumed again
         for outcome in outcomes:
@@ -239,8 +247,9 @@ class Pipeline:
 
     def _dead_letter(self, work: Work, source: Source, value: bytes | None, exc: PoisonError, *,
                      event_id: str | None, policy_id: str | None = None, attempts: int = 1) -> None:
-        log.warning("dead letter topic=%s partition=%d offset=%d error_type=%s policy=%s error=%s",
-                    source.topic, source.partition, source.offset, exc.error_type, policy_id, exc)
+        self._dlq_log.log(logging.WARNING, exc.error_type,
+                          "dead letter topic=%s partition=%d offset=%d error_type=%s policy=%s error=%s",
+                          source.topic, source.partition, source.offset, exc.error_type, policy_id, exc)
         letter = dead_letter_for(source=source, key=work.msg_key, value=value, error_type=exc.error_type,
                                  error=str(exc), event_id=event_id, policy_id=policy_id, attempts=attempts)
         counter = self._metrics.dead_letters.labels(exc.error_type)
@@ -330,10 +339,7 @@ class Pipeline:
             log.error("fatal kafka error: %s", err)
             return
         # librdkafka retries these itself and logs each attempt; say it once per code per 30 s.
-        now = time.monotonic()
-        if now - self._error_logged.get(err.code(), -1e9) >= 30.0:
-            self._error_logged[err.code()] = now
-            log.warning("kafka error (librdkafka keeps retrying): %s", err)
+        self._kafka_log.log(logging.WARNING, err.code(), "kafka error (librdkafka keeps retrying): %s", err)
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

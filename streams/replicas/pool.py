@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from streams.errors import RetryableError
+from streams.logutil import RateLimitedLog
 from streams.replicas.client import ChatResult, ReplicaClient
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ class _Replica:
     inflight: int = 0
     failures: int = 0
     healthy: bool = True
-    logged_at: float = -1e9
-    suppressed: int = 0
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -83,6 +81,7 @@ class ReplicaPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._rr = 0
         self.health_changed = asyncio.Event()
+        self._retry_log = RateLimitedLog(log)
 
     async def __aenter__(self) -> ReplicaPool:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
@@ -140,13 +139,9 @@ class ReplicaPool:
 
     def _log_retry(self, replica: _Replica, attempt: int, delay: float, exc: RetryableError) -> None:
         # Hundreds of requests fail together when a replica dies: one line per replica per 5 s.
-        now = time.monotonic()
-        if now - replica.logged_at < 5.0:
-            replica.suppressed += 1
-            return
-        log.warning("inference retry replica=%s attempt=%d delay_s=%.2f error=%s (similar since last: %d)",
-                    replica.client.base_url, attempt, delay, exc, replica.suppressed)
-        replica.logged_at, replica.suppressed = now, 0
+        self._retry_log.log(logging.WARNING, replica.client.base_url,
+                            "inference retry replica=%s attempt=%d delay_s=%.2f error=%s",
+                            replica.client.base_url, attempt, delay, exc)
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
