@@ -46,7 +46,8 @@ def corpus(seed: int = 11) -> list[bytes]:
             return json.dumps({"event_id": f"c{i}", "kind": "chat",
                                "messages": rng.choice([[], [{"role": "bot", "content": "x"}], "nope"])}).encode()
         if pick < 0.72:
-            return json.dumps({**valid, "event_id": f"big{i}", "text": "a" * (MAX_BYTES + rng.randint(1, 5000))}).encode()
+            big = "a" * (MAX_BYTES + rng.randint(1, 5000))
+            return json.dumps({**valid, "event_id": f"big{i}", "text": big}).encode()
         if pick < 0.80:
             text = "".join(rng.choice(weird + ["abc", " "]) for _ in range(rng.randint(1, 30)))
             return json.dumps({**valid, "event_id": f"uni{i}", "text": text}, ensure_ascii=rng.random() < 0.5).encode()

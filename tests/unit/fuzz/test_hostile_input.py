@@ -18,8 +18,9 @@ from streams.verdict import Verdict, parse_combined, parse_verdict
 
 ERROR_TYPES = {"invalid_json", "schema_violation", "too_large"}
 KEYS = ["event_id", "kind", "text", "messages", "policies", "metadata", "created_at", "role", "content", "x"]
+WORDS = ["message", "chat", "review", "completion", "user", "tool", "2026-01-01T00:00:00Z"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=50),
-                    st.sampled_from(["message", "chat", "review", "completion", "user", "tool", "2026-01-01T00:00:00Z"]))
+                    st.sampled_from(WORDS))
 json_values = st.recursive(scalars, lambda children: st.one_of(
     st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS), children, max_size=6)), max_leaves=25)
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
