@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/safeguard demo
 
+# Integration tests mostly wait on brokers, replicas and timers: three workers on two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 3 --dist load tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
