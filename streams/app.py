@@ -19,7 +19,7 @@ from streams.config import Settings
 from streams.errors import FatalError
 from streams.health import health_app, start_health_server
 from streams.kafka_config import admin_config
-from streams.metrics import Metrics, build_metrics
+from streams.metrics import Metrics, build_metrics, register_cache
 from streams.pipeline import Pipeline
 from streams.policies import Policy, load_policies
 from streams.policy_topic import PolicyTopicReader
@@ -128,6 +128,9 @@ async def run_consumer(
                 metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
             pipeline = Pipeline(settings, policies, pool, metrics)
+            cache = pipeline.cache
+            if cache is not None:
+                register_cache(metrics, lambda: (cache.lookups, cache.hits))
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

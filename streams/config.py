@@ -91,6 +91,10 @@ class BatchingSettings(_Section):
     drain_timeout_s: float = Field(30.0, ge=0)
 
 
+class CacheSettings(_Section):
+    max_entries: int = Field(100_000, ge=0)  # dedupe cache of decided (content, policy version); 0 disables
+
+
 class MetricsSettings(_Section):
     port: int = Field(9400, ge=0, le=65535)
 
@@ -113,6 +117,7 @@ class Settings(BaseSettings):
     output: OutputSettings = Field(default_factory=OutputSettings)
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

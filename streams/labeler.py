@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from streams.cache import DedupeCache, cache_key
 from streams.errors import PoisonError
 from streams.events import LabelEvent, Source, Usage, label_id
 from streams.policies import Policy
@@ -60,7 +61,9 @@ class Labeler:
         max_attempts: int,
         structured_output: bool = False,
         inline_reasoning: bool = True,
+        cache: DedupeCache[Decision] | None = None,
     ) -> None:
+        self._cache = cache
         self._pool = pool
         self.model = model
         self._default_effort = default_effort
@@ -124,15 +127,24 @@ class Labeler:
         metadata: dict[str, str] | None,
         started: float,
     ) -> Outcome:
-        """Label one event for one policy. ``started`` is the ``time.monotonic()`` of consumption."""
+        """Label one event for one policy. ``started`` is the ``time.monotonic()`` of consumption.
+
+        With a dedupe cache, identical content already decided under the same policy version, model
+        and effort is labelled from the cache (``decided_by: cache``, zero token usage).
+        """
+        cached = False
         try:
-            decision = await self.decide(policy, content)
+            if self._cache is None:
+                decision = await self.decide(policy, content)
+            else:
+                key = cache_key(content, policy.version, policy.id, self.model, policy.effort(self._default_effort))
+                decision, cached = await self._cache.get_or_compute(key, lambda: self.decide(policy, content))
         except PoisonError as exc:
             attempts = self._max_attempts if exc.error_type != "request_rejected" else 1
             return Outcome(policy=policy, failure=exc, attempts=attempts)
-        label = self._label(policy, decision.verdict, decision.reasoning, decision.prompt_tokens,
-                            decision.completion_tokens, event_id=event_id, source=source, metadata=metadata,
-                            started=started)
+        usage = (0, 0) if cached else (decision.prompt_tokens, decision.completion_tokens)
+        label = self._label(policy, decision.verdict, decision.reasoning, *usage, event_id=event_id, source=source,
+                            metadata=metadata, started=started, decided_by="cache" if cached else "model")
         return Outcome(policy=policy, label=label, reasoning=decision.reasoning, attempts=decision.attempts)
 
     async def label_combined(
@@ -169,7 +181,8 @@ class Labeler:
         return outcomes
 
     def _label(self, policy: Policy, v: Verdict, reasoning: str | None, prompt_tokens: int, completion_tokens: int,
-               *, event_id: str, source: Source, metadata: dict[str, str] | None, started: float) -> LabelEvent:
+               *, event_id: str, source: Source, metadata: dict[str, str] | None, started: float,
+               decided_by: str = "model") -> LabelEvent:
         return LabelEvent(
             label_id=label_id(event_id, policy.id, policy.version),
             event_id=event_id,
@@ -181,7 +194,7 @@ class Labeler:
             confidence=v.confidence,
             rationale=v.rationale,
             reasoning=reasoning if self._inline else None,
-            decided_by="model",
+            decided_by=decided_by,
             model=self.model,
             reasoning_effort=policy.effort(self._default_effort),
             source=source,

@@ -6,9 +6,13 @@ any content.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
@@ -78,3 +82,18 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             registry=reg,
         ),
     )
+
+
+class _CacheCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        lookups, hits = self._read()
+        yield CounterMetricFamily("safeguard_cache_lookups", "Dedupe cache lookups.", value=lookups)
+        yield CounterMetricFamily("safeguard_cache_hits", "Labels decided by the dedupe cache.", value=hits)
+
+
+def register_cache(metrics: Metrics, read: Callable[[], tuple[int, int]]) -> None:
+    """Expose the dedupe cache's (lookups, hits) as ``safeguard_cache_{lookups,hits}_total``."""
+    metrics.registry.register(_CacheCollector(read))

@@ -30,12 +30,13 @@ from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streams.cache import DedupeCache
 from streams.config import Settings
 from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for, decode_content
 from streams.kafka_config import consumer_config
-from streams.labeler import Labeler, Outcome
+from streams.labeler import Decision, Labeler, Outcome
 from streams.logutil import RateLimitedLog
 from streams.metrics import Metrics
 from streams.policies import Policy
@@ -64,6 +65,8 @@ class Pipeline:
         self._policies = policies
         self._pool = pool
         self._metrics = metrics
+        self.cache: DedupeCache[Decision] | None = (
+            DedupeCache(settings.cache.max_entries) if settings.cache.max_entries else None)
         self._labeler = Labeler(
             pool,
             model=settings.replicas.model,
@@ -71,6 +74,7 @@ class Pipeline:
             max_attempts=settings.replicas.max_attempts,
             structured_output=settings.replicas.structured_output,
             inline_reasoning=settings.output.reasoning == "inline",
+            cache=self.cache,
         )
         k = settings.kafka
         self._topics = {"label": k.labels_topic, "shadow": k.labels_topic + ".shadow", "dlq": k.dead_letter_topic,

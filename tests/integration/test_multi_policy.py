@@ -86,3 +86,18 @@ async def test_shadow_policy_labels_go_to_the_shadow_topic(kafka_bootstrap, topi
     shadow = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["labels"] + ".shadow", expect=5)]
     assert {lab["policy_id"] for lab in main} == {"spam"} and len(main) == 5
     assert {lab["policy_id"] for lab in shadow} == {"spam-v2"} and len(shadow) == 5
+
+
+async def test_duplicate_content_is_decided_once(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=2)
+    url = sims(1).urls[0]
+    texts = ["Great product!!! buy now", "GREAT product!!!   buy NOW", "a different review", "third text"]
+    produce(kafka_bootstrap, names["input"],
+            [(f"k{i}".encode(), orjson.dumps({"event_id": f"e{i}", "text": texts[i % 4]})) for i in range(40)])
+    await run_consumer(load_settings(write_config(tmp_path, kafka_bootstrap, names, [url])), until_idle=3.0)
+    labels = [orjson.loads(m.value()) for m in read_all(kafka_bootstrap, names["labels"], expect=40)]
+    assert len({lab["event_id"] for lab in labels}) == 40
+    by = {lab["decided_by"] for lab in labels}
+    assert by == {"model", "cache"}
+    assert metric(url, "vllm:e2e_request_latency_seconds_count") == 3  # the first two texts normalise alike
+    assert all(lab["usage"]["completion_tokens"] == 0 for lab in labels if lab["decided_by"] == "cache")

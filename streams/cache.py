@@ -1,0 +1,79 @@
+"""Dedupe cache: identical content under the same policy version, model and effort is decided once.
+
+Fake reviews and spam arrive in near-identical copies; each copy costs hundreds of reasoning tokens.
+Keys are a 16-byte digest of (normalised content, policy version, model, effort), so memory is
+bounded by ``max_entries`` (LRU) whatever the content size. Normalisation: Unicode NFKC, case
+folding and collapsed whitespace, so trivial variants share an entry. Concurrent duplicates share
+one request (single flight) instead of racing to the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def cache_key(content: str, policy_version: str, policy_id: str, model: str, effort: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in (policy_id, policy_version, model, effort, normalise(content)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.digest()
+
+
+class DedupeCache(Generic[T]):
+    """LRU of decided values plus single-flight for keys being decided right now."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._done: OrderedDict[bytes, T] = OrderedDict()
+        self._flying: dict[bytes, asyncio.Future[T]] = {}
+        self.lookups = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Return (value, from_cache). Failures are not cached; waiters of a failed flight retry."""
+        self.lookups += 1
+        if key in self._done:
+            self._done.move_to_end(key)
+            self.hits += 1
+            return self._done[key], True
+        flying = self._flying.get(key)
+        if flying is not None:
+            try:
+                value = await asyncio.shield(flying)
+            except Exception:  # noqa: BLE001 - the leader's failure is its own; decide again
+                return await compute(), False
+            self.hits += 1
+            return value, True
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._flying[key] = fut
+        try:
+            value = await compute()
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                fut.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._flying.pop(key, None)
+        fut.set_result(value)
+        self._done[key] = value
+        if len(self._done) > self._max:
+            self._done.popitem(last=False)
+        return value, False
