@@ -114,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     c.set_defaults(func=_cmd_classify)
 
+    b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
+                       description="One run, one machine: embedded broker, simulated replicas (same profile, time "
+                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough.")
+    b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
+    b.add_argument("--time-scale", type=_positive_float, default=10.0, help="simulated GPU speed-up (default 10)")
+    b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
+    b.add_argument("--replicas", type=_positive_int, default=1, help="simulated replicas (default 1)")
+    b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    b.set_defaults(func=_cmd_bench)
+
     from streams.cli_policies import add_commands
 
     add_commands(sub, _emit_json)
@@ -228,6 +238,28 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if decision.reasoning:
         con.print(f"[dim]reasoning ({decision.completion_tokens} completion tokens):[/] "
                   f"[dim]{decision.reasoning[:600]}[/]", highlight=False)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench.runner import run_bench
+
+    err = Console(stderr=True)
+    result = run_bench(quick=args.quick, time_scale=args.time_scale, profile=args.profile, replicas=args.replicas,
+                       progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.json:
+        _emit_json(result)
+        return 0
+    con = Console()
+    table = Table(title="safeguard bench")
+    for col in ("mode", "events/s", "p50 s", "p99 s", "CPU us/event"):
+        table.add_column(col, justify="right" if col != "mode" else "left")
+    for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
+        r = result[mode]
+        table.add_row(mode, str(r.get("events_per_s")), str(r.get("p50_s", "")), str(r.get("p99_s", "")),
+                      str(r.get("cpu_us_per_event", "")))
+    con.print(table)
+    con.print(result["ratios"], highlight=False)
     return 0
 
 

@@ -90,6 +90,7 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self.assigned: set[TopicPartitionKey] = set()
+        self.consumed = 0
         self._kafka_log = RateLimitedLog(log, 30.0)
         self._dlq_log = RateLimitedLog(log, 1.0)
 
@@ -179,6 +180,7 @@ class Pipeline:
                 log.warning("consume error: %s", err)
             return
         topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+        self.consumed += 1
         self._metrics.events_consumed.labels(topic).inc()
         source = Source(topic=topic, partition=partition, offset=offset)
         value = msg.value()
