@@ -11,6 +11,7 @@ import time
 
 import orjson
 
+from streams import aio
 from streams.app import run_consumer
 from streams.config import load_settings
 from streams.pipeline import Pipeline
@@ -30,7 +31,7 @@ async def main(config: str, n: int) -> dict[str, float]:
     while pipeline.consumed < n or pipeline.inflight_events:
         if task.done():
             task.result()
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
     wall, cpu = time.monotonic() - t0, time.process_time() - c0
     pipeline.stop()
     await task
@@ -38,5 +39,5 @@ async def main(config: str, n: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    result = aio.run(main(sys.argv[1], int(sys.argv[2])))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

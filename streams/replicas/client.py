@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from streams.errors import PoisonError, RetryableError
+from streams.replicas.http import HttpPool
 
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
 
@@ -37,11 +37,12 @@ class ChatResult:
 class ReplicaClient:
     """One replica. ``base_url`` is the OpenAI base, e.g. ``http://host:8000/v1``."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, api_key: str | None, timeout_s: float):
+    def __init__(self, base_url: str, *, api_key: str | None, timeout_s: float):
         self.base_url = base_url.rstrip("/")
         self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http = HttpPool(self.base_url)
+        self._root = HttpPool(self.root_url)
+        self._timeout = timeout_s
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -55,18 +56,15 @@ class ReplicaClient:
         if not self.supports_structured_output and "response_format" in body:
             body = {k: v for k, v in body.items() if k != "response_format"}
         started = time.monotonic()
-        url = self.base_url + "/chat/completions"
         try:
-            async with self._session.post(
-                url, data=orjson.dumps(body), headers=self._headers, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+            resp = await self._http.request("POST", "/chat/completions", orjson.dumps(body), headers=self._headers,
+                                            timeout=self._timeout)
         except TimeoutError as exc:
-            raise RetryableError(f"timeout after {self._timeout.total}s", replica=self.base_url) from exc
-        except aiohttp.ClientError as exc:
+            raise RetryableError(f"timeout after {self._timeout}s", replica=self.base_url) from exc
+        except OSError as exc:  # ConnectionError, refused, unreachable, TLS
             raise RetryableError(f"{type(exc).__name__}: {exc}", replica=self.base_url) from exc
+        status, raw = resp.status, resp.body
+        retry_after = _retry_after(resp.headers.get("retry-after"))
         if status != 200:
             detail = _error_detail(raw)
             if status == 400 and "response_format" in body and self.supports_structured_output:
@@ -103,13 +101,14 @@ class ReplicaClient:
     async def health(self, timeout_s: float = 2.0) -> bool:
         """``GET /health`` at the server root: 200 means the engine is alive."""
         try:
-            async with self._session.get(
-                self.root_url + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError):
+            resp = await self._root.request("GET", "/health", timeout=timeout_s)
+        except (TimeoutError, OSError):
             return False
+        return resp.status == 200
+
+    def close(self) -> None:
+        self._http.close()
+        self._root.close()
 
 
 def _retry_after(value: str | None) -> float | None:

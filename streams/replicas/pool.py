@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from streams.errors import RetryableError
 from streams.logutil import RateLimitedLog
 from streams.replicas.client import ChatResult, ReplicaClient
@@ -76,7 +74,6 @@ class ReplicaPool:
         self._probe_interval = probe_interval_s
         self._retry_limit = retry_limit
         self._observer = observer
-        self._session: aiohttp.ClientSession | None = None
         self._replicas: list[_Replica] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._rr = 0
@@ -84,11 +81,8 @@ class ReplicaPool:
         self._retry_log = RateLimitedLog(log)
 
     async def __aenter__(self) -> ReplicaPool:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector)
         self._replicas = [
-            _Replica(ReplicaClient(u, self._session, api_key=self._api_key, timeout_s=self._timeout), self._cap)
-            for u in self._urls
+            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout), self._cap) for u in self._urls
         ]
         return self
 
@@ -96,8 +90,7 @@ class ReplicaPool:
         for r in self._replicas:
             if r.probe is not None:
                 r.probe.cancel()
-        if self._session is not None:
-            await self._session.close()
+            r.client.close()
 
     @property
     def healthy_count(self) -> int:
