@@ -122,11 +122,13 @@ async def run_consumer(
             max_inflight_per_replica=settings.replicas.max_inflight_per_replica,
             request_timeout_s=settings.replicas.request_timeout_s,
             api_key=api_key,
+            adaptive=settings.replicas.adaptive_concurrency,
             observer=pool_observer(metrics),
         ) as pool:
             for url in settings.replicas.urls:
                 metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
+                metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
             pipeline = Pipeline(settings, policies, pool, metrics)
             cache = pipeline.cache
             if cache is not None:

@@ -42,6 +42,7 @@ class ReplicaSettings(_Section):
     model: str = "openai/gpt-oss-safeguard-20b"
     api_key: SecretStr | None = None
     max_inflight_per_replica: int = Field(256, gt=0)
+    adaptive_concurrency: bool = True  # AIMD on the replica's vllm:num_requests_waiting, up to the max above
     request_timeout_s: float = Field(300, gt=0)
     max_attempts: int = Field(5, gt=0)
     structured_output: bool = False

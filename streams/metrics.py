@@ -26,6 +26,7 @@ class Metrics:
     inference_requests: Counter
     inference_latency: Histogram
     inflight_requests: Gauge
+    concurrency_limit: Gauge
     event_latency: Histogram
     consumer_lag: Gauge
     replica_healthy: Gauge
@@ -64,6 +65,9 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         inflight_requests=Gauge(
             "safeguard_inflight_requests", "Requests outstanding per replica.", ["replica"], registry=reg
+        ),
+        concurrency_limit=Gauge(
+            "safeguard_replica_concurrency_limit", "Adaptive in-flight limit per replica.", ["replica"], registry=reg
         ),
         event_latency=Histogram(
             "safeguard_event_latency_seconds",

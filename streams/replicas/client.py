@@ -106,6 +106,24 @@ class ReplicaClient:
             return False
         return resp.status == 200
 
+    async def queue_length(self, timeout_s: float = 2.0) -> float | None:
+        """``vllm:num_requests_waiting`` from ``GET /metrics`` (summed over engines), None if absent."""
+        try:
+            resp = await self._root.request("GET", "/metrics", timeout=timeout_s)
+        except (TimeoutError, OSError):
+            return None
+        if resp.status != 200:
+            return None
+        total, found = 0.0, False
+        for line in resp.body.decode("utf-8", "replace").splitlines():
+            if line.startswith("vllm:num_requests_waiting"):
+                try:
+                    total += float(line.rsplit(" ", 1)[1])
+                    found = True
+                except (IndexError, ValueError):
+                    continue
+        return total if found else None
+
     def close(self) -> None:
         self._http.close()
         self._root.close()

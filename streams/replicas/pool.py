@@ -1,8 +1,9 @@
 """Replica pool: least-outstanding routing, retries on another replica, health tracking.
 
 Contract of :meth:`ReplicaPool.chat`:
-- Many requests are in flight per replica (up to ``max_inflight_per_replica``): vLLM's continuous
-  batching needs hundreds of running sequences to fill a GPU. When every replica is at its cap,
+- Many requests are in flight per replica: vLLM's continuous batching needs hundreds of running
+  sequences to fill a GPU. The per-replica limit adapts (:mod:`streams.replicas.adaptive`) to the
+  replica's own queue, up to ``max_inflight_per_replica``. When every replica is at its limit,
   callers wait in FIFO order for a slot.
 - Each request goes to the healthy replica with the fewest outstanding requests (ties rotate, so a
   burst does not land on one replica).
@@ -27,6 +28,7 @@ from typing import Any
 
 from streams.errors import RetryableError
 from streams.logutil import RateLimitedLog
+from streams.replicas.adaptive import AimdLimit
 from streams.replicas.client import ChatResult, ReplicaClient
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Replica:
     client: ReplicaClient
-    cap: int
+    aimd: AimdLimit
     inflight: int = 0
     failures: int = 0
     healthy: bool = True
@@ -60,6 +62,7 @@ class ReplicaPool:
         backoff_max_s: float = 5.0,
         probe_interval_s: float = 1.0,
         retry_limit: int | None = None,
+        adaptive: bool = True,
         observer: Observer | None = None,
     ) -> None:
         if not urls:
@@ -73,6 +76,8 @@ class ReplicaPool:
         self._backoff_max = backoff_max_s
         self._probe_interval = probe_interval_s
         self._retry_limit = retry_limit
+        self._adaptive = adaptive
+        self._scrapers: list[asyncio.Task[None]] = []
         self._observer = observer
         self._replicas: list[_Replica] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -82,11 +87,16 @@ class ReplicaPool:
 
     async def __aenter__(self) -> ReplicaPool:
         self._replicas = [
-            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout), self._cap) for u in self._urls
+            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout), AimdLimit(maximum=self._cap))
+            for u in self._urls
         ]
+        if self._adaptive:
+            self._scrapers = [asyncio.create_task(self._scrape(r)) for r in self._replicas]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in self._scrapers:
+            task.cancel()
         for r in self._replicas:
             if r.probe is not None:
                 r.probe.cancel()
@@ -100,9 +110,18 @@ class ReplicaPool:
     def inflight(self) -> int:
         return sum(r.inflight for r in self._replicas)
 
-    def replica_states(self) -> dict[str, tuple[bool, int]]:
-        """``{url: (healthy, inflight)}`` for metrics and readiness."""
-        return {r.client.base_url: (r.healthy, r.inflight) for r in self._replicas}
+    def replica_states(self) -> dict[str, tuple[bool, int, int]]:
+        """``{url: (healthy, inflight, in-flight limit)}`` for metrics and readiness."""
+        return {r.client.base_url: (r.healthy, r.inflight, r.aimd.value) for r in self._replicas}
+
+    async def _scrape(self, replica: _Replica, interval_s: float = 1.0) -> None:
+        """Feed the replica's ``vllm:num_requests_waiting`` to its adaptive limit, once a second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = await replica.client.queue_length()
+            if waiting is not None:
+                replica.aimd.observe_queue(waiting, loop.time())
+            await asyncio.sleep(interval_s)
 
     async def chat(self, body: dict[str, Any]) -> ChatResult:
         """Send one request, retrying retryable failures until a replica answers (see module doc)."""
@@ -165,7 +184,7 @@ class ReplicaPool:
         self._rr = (self._rr + 1) % n
         for i in range(n):
             r = replicas[(self._rr + i) % n]
-            if not r.healthy or r.inflight >= r.cap:
+            if not r.healthy or r.inflight >= r.aimd.value:
                 continue
             if r is avoid:
                 fallback = r
@@ -193,6 +212,7 @@ class ReplicaPool:
 
     def _on_success(self, replica: _Replica, latency: float) -> None:
         replica.failures = 0
+        replica.aimd.on_success(replica.inflight)
         if self._observer is not None:
             self._observer(replica.client.base_url, "ok", latency, replica.inflight)
 

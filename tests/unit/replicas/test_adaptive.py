@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from streams.replicas.adaptive import AimdLimit
+
+
+def test_fixed_maximum_without_queue_metrics() -> None:
+    a = AimdLimit(maximum=256)
+    for _ in range(1000):
+        a.on_success(inflight=255)
+    assert a.value == 256
+
+
+def test_starts_full_and_slow_starts_after_a_cut() -> None:
+    assert AimdLimit(maximum=256).value == 256
+    a = AimdLimit(maximum=256, initial=32)
+    a.observe_queue(0, now=0.0)
+    for _ in range(a.value):  # one round trip at the limit with an empty replica queue doubles it
+        a.on_success(inflight=a.value - 1)
+    assert a.value == 64
+
+
+def test_grows_about_one_per_round_trip_after_a_cut() -> None:
+    a = AimdLimit(maximum=256, initial=40, waiting_target=4)
+    a.observe_queue(10, now=0.0)  # congestion: cut to 32, leave slow start
+    assert a.value == 32
+    a.observe_queue(0, now=5.0)
+    for _ in range(10):  # ten round trips at the limit
+        for _ in range(a.value):
+            a.on_success(inflight=a.value - 1)
+    assert 40 <= a.value <= 44
+
+
+def test_does_not_grow_when_load_is_below_the_limit() -> None:
+    a = AimdLimit(maximum=256, initial=32)
+    a.observe_queue(0, now=0.0)
+    for _ in range(500):
+        a.on_success(inflight=3)
+    assert a.value == 32
+
+
+def test_backs_off_when_the_replica_queue_builds_then_converges() -> None:
+    a = AimdLimit(maximum=512, initial=300, waiting_target=4)
+    # A replica with 256 slots: anything above 256 in flight waits in its queue.
+    now = 0.0
+    for _ in range(200):
+        now += 0.5
+        a.observe_queue(max(0, a.value - 256), now)
+        for _ in range(a.value):
+            a.on_success(inflight=a.value - 1)
+    assert 200 <= a.value <= 270  # close to the replica's real capacity, not the 512 ceiling
+    assert a.minimum <= a.value <= a.maximum
