@@ -111,6 +111,9 @@ class AtLeastOnce:
                 self._ledger.settle(work)
         return acked
 
+    def awaiting_acks(self) -> bool:
+        return self._producer.pending() > 0
+
     def tick(self, now: float, consumer: Consumer) -> None:
         self._producer.poll(0)
         if now - self._last_commit >= self._interval:
@@ -173,6 +176,9 @@ class ExactlyOnce:
 
     def complete(self, work: Work) -> None:
         work.ready = True  # released in offset order by tick()
+
+    def awaiting_acks(self) -> bool:
+        return False  # the transaction commit is the acknowledgement
 
     def release(self) -> None:
         for works in self._ledger.works.values():

@@ -48,7 +48,8 @@ from streams.work import OutRecord, TopicPartitionKey, Work
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 0.1
+POLL_TIMEOUT_S = 0.1  # idle: wait this long for new records
+BUSY_POLL_TIMEOUT_S = 0.005  # records awaiting acknowledgement: come back soon to serve their callbacks
 RESUME_FRACTION = 0.75
 
 
@@ -130,8 +131,9 @@ class Pipeline:
                  self._s.kafka.group_id, self._s.delivery)
         try:
             while not self._stopping.is_set() and self._fatal is None:
+                timeout = BUSY_POLL_TIMEOUT_S if self._delivery.awaiting_acks() else POLL_TIMEOUT_S
                 msgs = await loop.run_in_executor(self._executor, consumer.consume,
-                                                  self._s.batching.max_poll_records, POLL_TIMEOUT_S)
+                                                  self._s.batching.max_poll_records, timeout)
                 now = time.monotonic()
                 if msgs:
                     self._last_input = now

@@ -64,6 +64,10 @@ class OutputProducer:
         """Serve delivery callbacks (they run in the calling thread)."""
         return self.producer.poll(timeout)
 
+    def pending(self) -> int:
+        """Records queued or in flight, not yet reported delivered."""
+        return len(self.producer)
+
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still not acknowledged."""
         return self.producer.flush(timeout)
