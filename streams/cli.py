@@ -18,7 +18,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from streams import __version__
+from streams import __version__, aio
 from streams.errors import ConfigError, FatalError, PoisonError, RetryableError
 
 log = logging.getLogger("streams.cli")
@@ -163,7 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
     settings = load_settings(args.config)
-    asyncio.run(run_consumer(settings, until_idle=args.until_idle))
+    aio.run(run_consumer(settings, until_idle=args.until_idle))
     return 0
 
 

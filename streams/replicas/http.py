@@ -57,6 +57,10 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport.is_closing():
+            # The peer went away while this connection sat idle: fail now, never wait for the deadline.
+            self._waiter.set_exception(ConnectionError("connection closed while idle"))
+            return self._waiter
         self._head_done, self._chunked, self._length = False, False, None
         self._body.clear()
         self.received_any = False
@@ -166,6 +170,8 @@ class HttpPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for _ in range(2):
+            while self._idle and self._idle[-1].closed:
+                self._idle.pop()  # closed by the peer while idle
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await asyncio.wait_for(self._connect(), timeout)
             waiter = conn.send(data)

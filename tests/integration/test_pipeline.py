@@ -16,7 +16,7 @@ import orjson
 
 from streams.app import run_consumer
 from streams.config import load_settings
-from tests.integration.helpers import produce, read_all, safeguard, write_config
+from tests.integration.helpers import produce, read_all, read_until, safeguard, write_config
 
 
 def event(i: int, text: str, **extra: object) -> tuple[bytes, bytes]:
@@ -144,7 +144,11 @@ def test_sigkill_mid_stream_then_restart_leaves_no_event_unlabelled(
 
     proc = safeguard("run", "--config", str(config), "--until-idle", "4", timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ids = Counter(orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n))
+    def complete(msgs: list) -> bool:
+        return len({orjson.loads(m.value())["event_id"] for m in msgs}) >= n
+
+    ids = Counter(orjson.loads(m.value())["event_id"]
+                  for m in read_until(kafka_bootstrap, names["labels"], complete, timeout_s=60))
     assert set(ids) == {f"e{i}" for i in range(n)}  # no gap; duplicates allowed (at-least-once)
 
 
