@@ -295,8 +295,13 @@ class Pipeline:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         if self._assigned_at is None:
             self._assigned_at = time.monotonic()
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        if partitions:
+            # Set the pause state explicitly: a partition coming back to this member may still carry
+            # the pause it had when it was revoked, and would then never be fetched again.
+            if self._paused:
+                consumer.pause(partitions)
+            else:
+                consumer.resume(partitions)
         log.info("assigned partitions=%s", _fmt(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
