@@ -29,20 +29,7 @@ def read_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0
 
     Partitions are assigned directly (no consumer group), so there is no join delay.
     """
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "isolation.level": isolation})
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expect and time.monotonic() < deadline:
-            for m in c.consume(500, 0.2):
-                if m.error() is None:
-                    out.append(m)
-    finally:
-        c.close()
-    return out
+    return read_until(bootstrap, topic, lambda out: len(out) >= expect, timeout_s=timeout_s, isolation=isolation)
 
 
 def write_config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: list[str], *, name: str = "",
