@@ -24,6 +24,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": False,
         "max.poll.interval.ms": 300_000,
+        "statistics.interval.ms": 5_000,  # consumer lag for safeguard_consumer_lag
     }
     return conf | _overrides(settings, producer=False)
 

@@ -28,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.cache import DedupeCache
@@ -123,7 +124,7 @@ class Pipeline:
         else:
             self._delivery = AtLeastOnce(self._s, self._ledger, OutputProducer(self._s, self._delivery_failed))
         await loop.run_in_executor(self._executor, self._delivery.start)
-        conf = consumer_config(self._s) | {"error_cb": self._kafka_error}
+        conf = consumer_config(self._s) | {"error_cb": self._kafka_error, "stats_cb": self._stats}
         self._consumer = consumer = Consumer(conf)
         consumer.subscribe(self._s.kafka.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
@@ -341,6 +342,18 @@ class Pipeline:
     async def _lose(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         self._ledger.drop(keys)
         return {}
+
+    def _stats(self, raw: str) -> None:
+        """librdkafka statistics (consumer thread): per-partition lag for the lag gauge (KEDA, alerts)."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        for topic, tdata in (doc.get("topics") or {}).items():
+            for part, pdata in (tdata.get("partitions") or {}).items():
+                lag = pdata.get("consumer_lag", -1)
+                if part != "-1" and isinstance(lag, int) and lag >= 0 and (topic, int(part)) in self.assigned:
+                    self._metrics.consumer_lag.labels(topic, part).set(lag)
 
     def _delivery_failed(self, topic: str, err: KafkaError) -> None:
         log.error("output not delivered topic=%s error=%s: stopping without committing past it", topic, err)

@@ -107,11 +107,15 @@ class ReplicaClient:
         return resp.status == 200
 
     async def queue_length(self, timeout_s: float = 2.0) -> float | None:
-        """``vllm:num_requests_waiting`` from ``GET /metrics`` (summed over engines), None if absent."""
+        """``vllm:num_requests_waiting`` from ``GET /metrics`` (summed over engines), None if absent.
+
+        Raises:
+            RetryableError: the replica cannot be reached at all.
+        """
         try:
             resp = await self._root.request("GET", "/metrics", timeout=timeout_s)
-        except (TimeoutError, OSError):
-            return None
+        except (TimeoutError, OSError) as exc:
+            raise RetryableError(f"metrics scrape failed: {type(exc).__name__}: {exc}", replica=self.base_url) from exc
         if resp.status != 200:
             return None
         total, found = 0.0, False

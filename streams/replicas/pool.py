@@ -118,9 +118,15 @@ class ReplicaPool:
         """Feed the replica's ``vllm:num_requests_waiting`` to its adaptive limit, once a second."""
         loop = asyncio.get_running_loop()
         while True:
-            waiting = await replica.client.queue_length()
-            if waiting is not None:
-                replica.aimd.observe_queue(waiting, loop.time())
+            if replica.healthy:  # an unhealthy replica is already being probed
+                try:
+                    waiting = await replica.client.queue_length()
+                except RetryableError as exc:
+                    # An unreachable replica is noticed even with no traffic, so readiness is honest.
+                    self._count_failure(replica, exc)
+                else:
+                    if waiting is not None:
+                        replica.aimd.observe_queue(waiting, loop.time())
             await asyncio.sleep(interval_s)
 
     async def chat(self, body: dict[str, Any]) -> ChatResult:
@@ -217,9 +223,12 @@ class ReplicaPool:
             self._observer(replica.client.base_url, "ok", latency, replica.inflight)
 
     def _on_failure(self, replica: _Replica, exc: RetryableError) -> None:
-        replica.failures += 1
         if self._observer is not None:
             self._observer(replica.client.base_url, "error", 0.0, replica.inflight)
+        self._count_failure(replica, exc)
+
+    def _count_failure(self, replica: _Replica, exc: RetryableError) -> None:
+        replica.failures += 1
         if replica.healthy and replica.failures >= self._failure_threshold:
             replica.healthy = False
             log.error(
