@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint bench clean
+.PHONY: demo test unit integration lint bench clean k8s
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
+
+# Regenerate the policies ConfigMap from policies/ (a test fails when it is stale).
+k8s: $(STAMP)
+	$(BIN)/safeguard --log-level warning policies configmap policies > k8s/base/policies.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check streams tests

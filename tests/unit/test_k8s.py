@@ -1,0 +1,79 @@
+"""k8s/ manifests validate offline and agree with the code they deploy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from streams.cli_policies import policies_configmap
+from streams.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "k8s" / "base"
+K8S_VERSION = "1.30"
+CRD_REQUIRED = {  # schemas of CRDs are not bundled offline: check the fields their controllers require
+    ("keda.sh/v1alpha1", "ScaledObject"): ["spec.scaleTargetRef.name", "spec.triggers"],
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ["spec.secretTargetRef"],
+    ("monitoring.coreos.com/v1", "PodMonitor"): ["spec.selector", "spec.podMetricsEndpoints"],
+}
+
+
+def documents() -> list[dict]:
+    docs = []
+    for path in sorted(BASE.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def by_kind(kind: str, name: str) -> dict:
+    return next(d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def dig(doc: dict, dotted: str) -> object:
+    for key in dotted.split("."):
+        doc = doc[key]
+    return doc
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_manifest_validates(doc: dict) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_REQUIRED:
+        for field in CRD_REQUIRED[key]:
+            assert dig(doc, field), f"{doc['kind']} needs {field}"
+        return
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_consumer_config_loads_with_our_settings_model(tmp_path: Path) -> None:
+    path = tmp_path / "safeguard.yaml"
+    path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
+    settings = load_settings(path)
+    deployment = by_kind("Deployment", "safeguard-consumer")["spec"]["template"]["spec"]
+    assert deployment["terminationGracePeriodSeconds"] > settings.batching.drain_timeout_s
+    container = deployment["containers"][0]
+    assert container["ports"][0]["containerPort"] == settings.metrics.port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert deployment["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    scaled = by_kind("ScaledObject", "safeguard-consumer")
+    trigger = scaled["spec"]["triggers"][0]["metadata"]
+    assert trigger["consumerGroup"] == settings.kafka.group_id
+    assert trigger["topic"] in settings.kafka.input_topics
+    assert scaled["spec"]["maxReplicaCount"] <= 12  # the input topic's partitions
+
+
+def test_policies_configmap_is_current() -> None:
+    expected = policies_configmap(ROOT / "policies", "safeguard-policies").split("\n", 1)[1]
+    current = (BASE / "policies.yaml").read_text().split("\n", 1)[1]
+    assert current == expected, "k8s/base/policies.yaml is stale: run `make k8s`"
