@@ -114,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     c.set_defaults(func=_cmd_classify)
 
+    sv = sub.add_parser("serve-replica", help="print (or run) the recommended vllm serve command",
+                        description="Print the vllm serve command recommended for a model and GPU profile; "
+                        "--exec runs it when vLLM is installed (pip install 'safeguard-streams[vllm]').")
+    sv.add_argument("--profile", default="gpt-oss-safeguard-20b@h100",
+                    help="gpt-oss-safeguard-20b@h100 (default), gpt-oss-safeguard-120b@h100, "
+                    "gpt-oss-safeguard-120b@2xh100")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--exec", dest="run", action="store_true", help="run it instead of printing it")
+    sv.set_defaults(func=_cmd_serve)
+
     b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
                        description="One run, one machine: embedded broker, simulated replicas (same profile, time "
                        "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough.")
@@ -239,6 +249,26 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         con.print(f"[dim]reasoning ({decision.completion_tokens} completion tokens):[/] "
                   f"[dim]{decision.reasoning[:600]}[/]", highlight=False)
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+    import shutil
+
+    from streams.serve import SERVE_PROFILES, serve_command
+
+    if args.profile not in SERVE_PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(SERVE_PROFILES)}")
+    cmd = serve_command(args.profile, port=args.port)
+    if not args.run:
+        sys.stdout.write(shlex.join(cmd) + "\n")
+        return 0
+    binary = shutil.which("vllm")
+    if binary is None:
+        raise FatalError("vllm is not installed here; pip install 'safeguard-streams[vllm]' on a GPU machine")
+    os.execv(binary, cmd)  # noqa: S606 - replacing this process with vllm is the point
+    return 0  # pragma: no cover
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -77,3 +77,41 @@ def test_policies_configmap_is_current() -> None:
     expected = policies_configmap(ROOT / "policies", "safeguard-policies").split("\n", 1)[1]
     current = (BASE / "policies.yaml").read_text().split("\n", 1)[1]
     assert current == expected, "k8s/base/policies.yaml is stale: run `make k8s`"
+
+
+def test_serve_replica_flags_match_the_vllm_manifest(capsys) -> None:
+    from streams.cli import main
+    from streams.serve import serve_command
+
+    assert main(["serve-replica"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[:3] == ["vllm", "serve", "openai/gpt-oss-safeguard-20b"]
+    container = by_kind("Deployment", "vllm")["spec"]["template"]["spec"]["containers"][0]
+    flags = {a for a in serve_command("gpt-oss-safeguard-20b@h100") if a.startswith("--") and "host" not in a}
+    manifest = set(container["args"])
+    assert {f for f in flags if not f.startswith("--port")} <= manifest
+    assert "--model=openai/gpt-oss-safeguard-20b" in manifest
+    assert main(["serve-replica", "--exec"]) == 1  # vllm is not installed here: a clear error, not a crash
+
+
+def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
+    import json
+    import re
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import build_metrics, register_cache
+
+    metrics = build_metrics(CollectorRegistry())
+    register_cache(metrics, lambda: (0, 0))
+    exported: set[str] = set()
+    for family in metrics.registry.collect():
+        suffix = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        exported |= {family.name + s for s in suffix}
+    dashboard = json.loads((ROOT / "k8s/grafana/safeguard-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"safeguard_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("lag", "latency", "replica health", "violations", "dead letters", "events consumed"):
+        assert topic in titles
