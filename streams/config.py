@@ -24,6 +24,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class KafkaSecurity(_Section):
+    """Typed security settings rendered into librdkafka's ``security.protocol``, ``sasl.*``, ``ssl.*``.
+
+    Secrets are ``SecretStr``: never in ``repr``, logs or errors. Set them through the environment,
+    e.g. ``SAFEGUARD_KAFKA__SECURITY__SASL_PASSWORD``.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+
+    def librdkafka(self) -> dict[str, str]:
+        pairs: dict[str, str | SecretStr | None] = {
+            "sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password, "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location, "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password,
+        }
+        out: dict[str, str] = {"security.protocol": self.protocol}
+        for key, value in pairs.items():
+            if value is not None:
+                out[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return out
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "safeguard"
@@ -34,7 +64,9 @@ class KafkaSettings(_Section):
     policies_topic: str | None = None
     transactional_id: str | None = None  # exactly_once: stable per instance; default "<group_id>-<hostname>"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # Raw librdkafka overrides (may hold secrets such as sasl.password): kept out of repr and dumps.
+    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False, exclude=True)
 
 
 class ReplicaSettings(_Section):

@@ -11,7 +11,9 @@ _rdkafka_log = logging.getLogger("streams.librdkafka")
 
 
 def common(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, "logger": _rdkafka_log}
+    """Bootstrap, typed security settings, and librdkafka's log lines routed to Python logging."""
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, "logger": _rdkafka_log,
+            **settings.kafka.security.librdkafka()}
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -48,7 +50,8 @@ _PRODUCER_ONLY = ("linger.ms", "batch.", "compression.", "acks", "enable.idempot
 
 def admin_config(settings: Settings) -> dict[str, Any]:
     """Admin client (topic checks): the common settings plus producer-compatible overrides."""
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers} | _overrides(settings, producer=True)
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.security.librdkafka()} | \
+        _overrides(settings, producer=True)
 
 
 def _overrides(settings: Settings, *, producer: bool) -> dict[str, Any]:
