@@ -32,10 +32,11 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.cache import DedupeCache
+from streams.codec import Codec
 from streams.config import Settings
 from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.errors import FatalError, PoisonError
-from streams.events import ReasoningRecord, Source, dead_letter_for, decode_content
+from streams.events import ReasoningRecord, Source, dead_letter_for
 from streams.kafka_config import consumer_config
 from streams.labeler import Decision, Labeler, Outcome
 from streams.logutil import RateLimitedLog
@@ -82,6 +83,7 @@ class Pipeline:
         self._topics = {"label": k.labels_topic, "shadow": k.labels_topic + ".shadow", "dlq": k.dead_letter_topic,
                         "reasoning": k.reasoning_topic}
         self._ledger = Ledger(self._settled)
+        self._codec = Codec(settings)
         self._delivery: Delivery | None = None
         self._paused = False
         self._stopping = asyncio.Event()
@@ -191,7 +193,7 @@ class Pipeline:
         self._ledger.add(work)
         event_id: str | None = None
         try:
-            event = decode_content(value, max_bytes=self._s.input.max_event_bytes)
+            event = self._codec.decode(value, topic)
             event_id = event.event_id
             policies = self._policies.resolve(topic=topic, kind=event.kind, requested=event.policies)
         except PoisonError as exc:
@@ -248,11 +250,12 @@ class Pipeline:
         counter = self._metrics.labels_produced.labels(label.policy_id, str(label.violation).lower(),
                                                        label.decided_by)
         topic = self._topics["shadow" if outcome.policy.meta.shadow else "label"]
-        work.records.append(OutRecord(topic, label.model_dump_json().encode(), counter.inc))
+        work.records.append(OutRecord(topic, self._codec.encode(label, "label", topic), counter.inc))
         if self._s.output.reasoning == "separate":
             record = ReasoningRecord(label_id=label.label_id, event_id=label.event_id, policy_id=label.policy_id,
                                      reasoning=outcome.reasoning)
-            work.records.append(OutRecord(self._topics["reasoning"], record.model_dump_json().encode()))
+            topic = self._topics["reasoning"]
+            work.records.append(OutRecord(topic, self._codec.encode(record, "reasoning", topic)))
 
     def _dead_letter(self, work: Work, source: Source, value: bytes | None, exc: PoisonError, *,
                      event_id: str | None, policy_id: str | None = None, attempts: int = 1) -> None:
@@ -262,7 +265,8 @@ class Pipeline:
         letter = dead_letter_for(source=source, key=work.msg_key, value=value, error_type=exc.error_type,
                                  error=str(exc), event_id=event_id, policy_id=policy_id, attempts=attempts)
         counter = self._metrics.dead_letters.labels(exc.error_type)
-        work.records.append(OutRecord(self._topics["dlq"], letter.model_dump_json().encode(), counter.inc))
+        dlq = self._topics["dlq"]
+        work.records.append(OutRecord(dlq, self._codec.encode(letter, "dead_letter", dlq), counter.inc))
 
     def _finish(self, work: Work) -> None:
         assert self._delivery is not None
