@@ -11,10 +11,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import FatalError
@@ -96,3 +97,16 @@ def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise FatalError(f"cannot create topic {name}: {exc}") from exc
+
+
+def reader_from_beginning(bootstrap: str, topics: list[str], *, isolation: str = "read_uncommitted") -> Consumer:
+    """A consumer assigned to every partition of ``topics`` from offset 0, outside any group:
+    no join delay and nothing committed (demo read-back, benchmarks, tests)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": isolation})
+    parts = []
+    for topic in topics:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+    consumer.assign(parts)
+    return consumer

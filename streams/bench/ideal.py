@@ -9,13 +9,14 @@ request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
 import aiohttp
 import orjson
 
-from streams.policies import load_policy
+from streams.policies import Policy, load_policy
 from streams.prompt import build_request
 
 
@@ -57,12 +58,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-_POLICY: list[Any] = []
+@functools.cache
+def load_policy_cached() -> Policy:
+    from streams.bench.workload import policy_path
 
-
-def load_policy_cached() -> Any:
-    if not _POLICY:
-        from streams.bench.workload import policy_path
-
-        _POLICY.append(load_policy(policy_path()))
-    return _POLICY[0]
+    return load_policy(policy_path())

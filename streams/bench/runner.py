@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streams.bench import workload
 from streams.bench.ideal import percentile, saturate
-from streams.broker import EmbeddedBroker, create_topics
+from streams.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.errors import FatalError
 from streams.sim.launcher import SimProcesses
 from streams.sim.profiles import PROFILES
@@ -133,10 +133,7 @@ class _Bench:
 
     def _raw(self, topic: str, n: int) -> dict[str, float]:
         out_topic = self._topics(partitions=1)["labels"]
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
-                      "enable.auto.commit": False})
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        c = reader_from_beginning(self.bootstrap, [topic])
         p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         done, t0, c0 = 0, 0.0, 0.0
         while done < n:
@@ -201,10 +198,7 @@ class _Bench:
                 "cpu_us_per_event": round(cpu / len(items) * 1e6, 1)}
 
     def _read(self, topic: str, n: int, timeout_s: float = 300) -> list[Any]:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                      "enable.auto.commit": False})
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        c = reader_from_beginning(self.bootstrap, [topic])
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < n and time.monotonic() < deadline:

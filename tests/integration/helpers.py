@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+
+from streams.broker import reader_from_beginning
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,10 +90,7 @@ class ConsumerProcess:
 def read_until(bootstrap: str, topic: str, done: Any, *, timeout_s: float = 60.0,
                isolation: str = "read_uncommitted") -> list[Any]:
     """Read a topic from the beginning until ``done(messages)`` is true (or the timeout)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "isolation.level": isolation})
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    c = reader_from_beginning(bootstrap, [topic], isolation=isolation)
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
