@@ -19,7 +19,7 @@ from streams.config import Settings
 from streams.errors import FatalError
 from streams.health import health_app, start_health_server
 from streams.kafka_config import admin_config
-from streams.metrics import Metrics, build_metrics, register_cache
+from streams.metrics import Children, Metrics, build_metrics, register_cache
 from streams.pipeline import Pipeline
 from streams.policies import Policy, load_policies
 from streams.policy_topic import PolicyTopicReader
@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
+    requests, latency_of = Children(metrics.inference_requests), Children(metrics.inference_latency)
+
     def observe(replica: str, outcome: str, latency: float, inflight: int) -> None:
-        metrics.inference_requests.labels(replica, outcome).inc()
+        requests(replica, outcome).inc()
         if outcome == "ok":
-            metrics.inference_latency.labels(replica).observe(latency)
+            latency_of(replica).observe(latency)
     return observe
 
 

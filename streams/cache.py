@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-_SPACE = re.compile(r"\s+")
 
 
 def normalise(text: str) -> str:
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """NFKC (skipped for ASCII, where it is the identity), case folding, whitespace runs to one space."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.casefold().split())
 
 
 def cache_key(content: str, policy_version: str, policy_id: str, model: str, effort: str) -> bytes:
@@ -46,9 +47,22 @@ class DedupeCache(Generic[T]):
     def __len__(self) -> int:
         return len(self._done)
 
-    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Return (value, from_cache). Failures are not cached; waiters of a failed flight retry."""
+    def peek(self, key: bytes) -> T | None:
+        """The decided value for ``key`` (counted as a lookup, and a hit when present), or None."""
         self.lookups += 1
+        value = self._done.get(key)
+        if value is None:
+            return None
+        self._done.move_to_end(key)
+        self.hits += 1
+        return value
+
+    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[T]], *,
+                             counted: bool = False) -> tuple[T, bool]:
+        """Return (value, from_cache). Failures are not cached; waiters of a failed flight retry.
+        ``counted``: this lookup was already counted by a :meth:`peek` that missed."""
+        if not counted:
+            self.lookups += 1
         if key in self._done:
             self._done.move_to_end(key)
             self.hits += 1

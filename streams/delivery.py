@@ -114,6 +114,10 @@ class AtLeastOnce:
     def awaiting_acks(self) -> bool:
         return self._producer.pending() > 0
 
+    def serve_acks(self) -> None:
+        """Run the delivery callbacks that are due (settles events, see :meth:`complete`)."""
+        self._producer.poll(0)
+
     def tick(self, now: float, consumer: Consumer) -> None:
         self._producer.poll(0)
         if now - self._last_commit >= self._interval:
@@ -179,6 +183,9 @@ class ExactlyOnce:
 
     def awaiting_acks(self) -> bool:
         return False  # the transaction commit is the acknowledgement
+
+    def serve_acks(self) -> None:
+        """Nothing to serve: records carry no callbacks inside a transaction."""
 
     def release(self) -> None:
         for works in self._ledger.works.values():

@@ -35,7 +35,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     """Producer: idempotent (no duplicates from librdkafka's own retries), lz4 for reasoning text."""
     conf = common(settings) | {
         "enable.idempotence": True,
-        "linger.ms": 5,
+        "linger.ms": 50,
         "compression.type": "lz4",
     }
     return conf | _overrides(settings, producer=True)

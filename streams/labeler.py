@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from streams.cache import DedupeCache, cache_key
 from streams.errors import PoisonError
-from streams.events import LabelEvent, Source, Usage, label_id
+from streams.events import label_doc
 from streams.policies import Policy
 from streams.prompt import build_combined_request, build_request
 from streams.replicas.client import ChatResult
@@ -24,15 +25,18 @@ from streams.verdict import Verdict, parse_combined, parse_verdict
 
 log = logging.getLogger(__name__)
 
+SourceRef = tuple[str, int, int]  # (topic, partition, offset) of the content event
 _EFFORT_RANK = {"low": 0, "medium": 1, "high": 2}
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """Result of labelling one item against one policy: a label, or a failure to dead-letter."""
+    """Result of labelling one item against one policy: a label, or a failure to dead-letter.
+
+    ``label`` is the label event as a document (:func:`streams.events.label_doc`)."""
 
     policy: Policy
-    label: LabelEvent | None = None
+    label: dict[str, Any] | None = None
     reasoning: str | None = None
     failure: PoisonError | None = None
     attempts: int = 1
@@ -123,22 +127,25 @@ class Labeler:
         *,
         event_id: str,
         content: str,
-        source: Source,
+        source: SourceRef,
         metadata: dict[str, str] | None,
         started: float,
+        key: bytes | None = None,
     ) -> Outcome:
         """Label one event for one policy. ``started`` is the ``time.monotonic()`` of consumption.
 
         With a dedupe cache, identical content already decided under the same policy version, model
-        and effort is labelled from the cache (``decided_by: cache``, zero token usage).
+        and effort is labelled from the cache (``decided_by: cache``, zero token usage). ``key`` is
+        the cache key when the caller already computed it (:meth:`from_cache`).
         """
         cached = False
         try:
             if self._cache is None:
                 decision = await self.decide(policy, content)
             else:
-                key = cache_key(content, policy.version, policy.id, self.model, policy.effort(self._default_effort))
-                decision, cached = await self._cache.get_or_compute(key, lambda: self.decide(policy, content))
+                decision, cached = await self._cache.get_or_compute(
+                    key if key is not None else self.cache_key(policy, content), lambda: self.decide(policy, content),
+                    counted=key is not None)
         except PoisonError as exc:
             attempts = self._max_attempts if exc.error_type != "request_rejected" else 1
             return Outcome(policy=policy, failure=exc, attempts=attempts)
@@ -147,13 +154,31 @@ class Labeler:
                             metadata=metadata, started=started, decided_by="cache" if cached else "model")
         return Outcome(policy=policy, label=label, reasoning=decision.reasoning, attempts=decision.attempts)
 
+    def cache_key(self, policy: Policy, content: str) -> bytes:
+        return cache_key(content, policy.version, policy.id, self.model, policy.effort(self._default_effort))
+
+    def from_cache(self, policy: Policy, *, event_id: str, content: str, source: SourceRef,
+                   metadata: dict[str, str] | None, started: float) -> Outcome | bytes | None:
+        """The label straight from the dedupe cache, without awaiting anything (the consumer's fast
+        path: no task per event). Returns the cache key on a miss (pass it to :meth:`label`), None
+        without a cache."""
+        if self._cache is None:
+            return None
+        key = self.cache_key(policy, content)
+        decision = self._cache.peek(key)
+        if decision is None:
+            return key
+        label = self._label(policy, decision.verdict, decision.reasoning, 0, 0, event_id=event_id, source=source,
+                            metadata=metadata, started=started, decided_by="cache")
+        return Outcome(policy=policy, label=label, reasoning=decision.reasoning, attempts=decision.attempts)
+
     async def label_combined(
         self,
         policies: list[Policy],
         *,
         event_id: str,
         content: str,
-        source: Source,
+        source: SourceRef,
         metadata: dict[str, str] | None,
         started: float,
     ) -> list[Outcome]:
@@ -181,10 +206,9 @@ class Labeler:
         return outcomes
 
     def _label(self, policy: Policy, v: Verdict, reasoning: str | None, prompt_tokens: int, completion_tokens: int,
-               *, event_id: str, source: Source, metadata: dict[str, str] | None, started: float,
-               decided_by: str = "model") -> LabelEvent:
-        return LabelEvent(
-            label_id=label_id(event_id, policy.id, policy.version),
+               *, event_id: str, source: SourceRef, metadata: dict[str, str] | None, started: float,
+               decided_by: str = "model") -> dict[str, Any]:
+        return label_doc(
             event_id=event_id,
             policy_id=policy.id,
             policy_version=policy.version,
@@ -197,8 +221,11 @@ class Labeler:
             decided_by=decided_by,
             model=self.model,
             reasoning_effort=policy.effort(self._default_effort),
-            source=source,
-            metadata=metadata or {},
+            topic=source[0],
+            partition=source[1],
+            offset=source[2],
+            metadata=metadata,
             latency_ms=round((time.monotonic() - started) * 1000, 3),
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )

@@ -38,9 +38,9 @@ from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for
 from streams.kafka_config import consumer_config
-from streams.labeler import Decision, Labeler, Outcome
+from streams.labeler import Decision, Labeler, Outcome, SourceRef
 from streams.logutil import RateLimitedLog
-from streams.metrics import Metrics
+from streams.metrics import Children, Metrics
 from streams.policies import Policy
 from streams.producer import OutputProducer
 from streams.prompt import render_content
@@ -50,8 +50,9 @@ from streams.work import OutRecord, TopicPartitionKey, Work
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 0.1  # idle: wait this long for new records
-BUSY_POLL_TIMEOUT_S = 0.005  # records awaiting acknowledgement: come back soon to serve their callbacks
+POLL_TIMEOUT_S = 0.1  # idle or paused: wait this long for new records
+BUSY_POLL_TIMEOUT_S = 0.02  # records are flowing: hand over partial batches at least this often
+ACK_POLL_S = 0.01  # how often the loop serves the producer's delivery callbacks
 RESUME_FRACTION = 0.75
 
 
@@ -95,6 +96,10 @@ class Pipeline:
         self._consumer: Consumer | None = None
         self.assigned: set[TopicPartitionKey] = set()
         self.consumed = 0
+        self._consumed_count = Children(metrics.events_consumed)
+        self._labels_count = Children(metrics.labels_produced)
+        self._dead_count = Children(metrics.dead_letters)
+        self._separate_reasoning = settings.output.reasoning == "separate"
         self._kafka_log = RateLimitedLog(log, 30.0)
         self._dlq_log = RateLimitedLog(log, 1.0)
 
@@ -132,9 +137,12 @@ class Pipeline:
                            on_lost=self._on_lost)
         log.info("consumer started topics=%s group=%s delivery=%s", self._s.kafka.input_topics,
                  self._s.kafka.group_id, self._s.delivery)
+        acks = asyncio.create_task(self._serve_acks())
+        msgs: list[Message] = []
         try:
             while not self._stopping.is_set() and self._fatal is None:
-                timeout = BUSY_POLL_TIMEOUT_S if self._delivery.awaiting_acks() else POLL_TIMEOUT_S
+                # Each consume() is a hand-off to the consumer thread and back: few and full is cheap.
+                timeout = BUSY_POLL_TIMEOUT_S if msgs and not self._paused else POLL_TIMEOUT_S
                 msgs = await loop.run_in_executor(self._executor, consumer.consume,
                                                   self._s.batching.max_poll_records, timeout)
                 now = time.monotonic()
@@ -149,9 +157,19 @@ class Pipeline:
                     break
                 await asyncio.sleep(0)  # let inference tasks run between polls even under a flood
         finally:
+            acks.cancel()
             await self._shutdown()
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
+
+    async def _serve_acks(self) -> None:
+        """Serve delivery reports on the loop, independently of the consume cadence, so an event
+        settles within ~ACK_POLL_S of its acknowledgement without waking the consumer thread."""
+        assert self._delivery is not None
+        while True:
+            if self._delivery.awaiting_acks():
+                self._delivery.serve_acks()
+            await asyncio.sleep(ACK_POLL_S)
 
     def _idle_for(self, now: float) -> float:
         if self._assigned_at is None:
@@ -186,8 +204,8 @@ class Pipeline:
             return
         topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
         self.consumed += 1
-        self._metrics.events_consumed.labels(topic).inc()
-        source = Source(topic=topic, partition=partition, offset=offset)
+        self._consumed_count(topic).inc()
+        source = (topic, partition, offset)
         value = msg.value()
         work = Work(key=(topic, partition), offset=offset, started=now, msg_key=msg.key(), pending=0)
         self._ledger.add(work)
@@ -201,13 +219,23 @@ class Pipeline:
             self._finish(work)
             return
         content = render_content(event)
-        groups = self._groups(policies)
-        work.pending = len(groups)
-        for group in groups:
+        for group in self._groups(policies):
+            key = None
+            if len(group) == 1:
+                # Fast path: a label the dedupe cache already holds needs no task and no await.
+                hit = self._labeler.from_cache(group[0], event_id=event.event_id, content=content, source=source,
+                                               metadata=event.metadata, started=now)
+                if isinstance(hit, Outcome):
+                    self._collect(work, hit, source, value, event.event_id)
+                    continue
+                key = hit
+            work.pending += 1
             task = asyncio.create_task(self._label(work, group, event.event_id, content, source, event.metadata,
-                                                   value))
+                                                   value, key))
             work.tasks.add(task)
             task.add_done_callback(work.tasks.discard)
+        if work.pending == 0:
+            self._finish(work)
 
     def _groups(self, policies: list[Policy]) -> list[list[Policy]]:
         """Requests per event: one per policy, or (combined mode) one for all acting policies.
@@ -218,18 +246,17 @@ class Pipeline:
         groups = [acting] if len(acting) > 1 else [[p] for p in acting]
         return groups + [[p] for p in policies if p.meta.shadow]
 
-    async def _label(self, work: Work, group: list[Policy], event_id: str, content: str, source: Source,
-                     metadata: dict[str, str] | None, value: bytes | None) -> None:
+    async def _label(self, work: Work, group: list[Policy], event_id: str, content: str, source: SourceRef,
+                     metadata: dict[str, str] | None, value: bytes | None, key: bytes | None) -> None:
         try:
             if len(group) == 1:
                 outcomes = [await self._labeler.label(group[0], event_id=event_id, content=content, source=source,
-                                                      metadata=metadata, started=work.started)]
+                                                      metadata=metadata, started=work.started, key=key)]
             else:
                 outcomes = await self._labeler.label_combined(group, event_id=event_id, content=content,
                                                               source=source, metadata=metadata, started=work.started)
         except Exception as exc:  # noqa: BLE001 - a bug triggered by one event must not stall its partition
-            log.exception("internal error labelling topic=%s partition=%d offset=%d", source.topic,
-                          source.partition, source.offset)
+            log.exception("internal error labelling topic=%s partition=%d offset=%d", *source)
             failure = PoisonError("internal_error", f"{type(exc).__name__}: {exc}")
             outcomes = [Outcome(policy=p, failure=failure) for p in group]
         if not self._ledger.holds(work):
@@ -240,31 +267,33 @@ class Pipeline:
         if work.pending == 0:
             self._finish(work)
 
-    def _collect(self, work: Work, outcome: Outcome, source: Source, value: bytes | None, event_id: str) -> None:
+    def _collect(self, work: Work, outcome: Outcome, source: SourceRef, value: bytes | None, event_id: str) -> None:
         if outcome.failure is not None:
             self._dead_letter(work, source, value, outcome.failure, event_id=event_id,
                               policy_id=outcome.policy.id, attempts=outcome.attempts)
             return
         label = outcome.label
         assert label is not None
-        counter = self._metrics.labels_produced.labels(label.policy_id, str(label.violation).lower(),
-                                                       label.decided_by)
+        counter = self._labels_count(label["policy_id"], "true" if label["violation"] else "false",
+                                     label["decided_by"])
         topic = self._topics["shadow" if outcome.policy.meta.shadow else "label"]
         work.records.append(OutRecord(topic, self._codec.encode(label, "label", topic), counter.inc))
-        if self._s.output.reasoning == "separate":
-            record = ReasoningRecord(label_id=label.label_id, event_id=label.event_id, policy_id=label.policy_id,
+        if self._separate_reasoning:
+            record = ReasoningRecord(label_id=label["label_id"], event_id=event_id, policy_id=label["policy_id"],
                                      reasoning=outcome.reasoning)
             topic = self._topics["reasoning"]
             work.records.append(OutRecord(topic, self._codec.encode(record, "reasoning", topic)))
 
-    def _dead_letter(self, work: Work, source: Source, value: bytes | None, exc: PoisonError, *,
+    def _dead_letter(self, work: Work, source: SourceRef, value: bytes | None, exc: PoisonError, *,
                      event_id: str | None, policy_id: str | None = None, attempts: int = 1) -> None:
+        topic, partition, offset = source
         self._dlq_log.log(logging.WARNING, exc.error_type,
                           "dead letter topic=%s partition=%d offset=%d error_type=%s policy=%s error=%s",
-                          source.topic, source.partition, source.offset, exc.error_type, policy_id, exc)
-        letter = dead_letter_for(source=source, key=work.msg_key, value=value, error_type=exc.error_type,
-                                 error=str(exc), event_id=event_id, policy_id=policy_id, attempts=attempts)
-        counter = self._metrics.dead_letters.labels(exc.error_type)
+                          topic, partition, offset, exc.error_type, policy_id, exc)
+        letter = dead_letter_for(source=Source(topic=topic, partition=partition, offset=offset), key=work.msg_key,
+                                 value=value, error_type=exc.error_type, error=str(exc), event_id=event_id,
+                                 policy_id=policy_id, attempts=attempts)
+        counter = self._dead_count(exc.error_type)
         dlq = self._topics["dlq"]
         work.records.append(OutRecord(dlq, self._codec.encode(letter, "dead_letter", dlq), counter.inc))
 

@@ -21,7 +21,7 @@ from streams.replicas.http import HttpPool
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ChatResult:
     """The parts of a chat completion that labels need."""
 
@@ -64,8 +64,8 @@ class ReplicaClient:
         except OSError as exc:  # ConnectionError, refused, unreachable, TLS
             raise RetryableError(f"{type(exc).__name__}: {exc}", replica=self.base_url) from exc
         status, raw = resp.status, resp.body
-        retry_after = _retry_after(resp.headers.get("retry-after"))
         if status != 200:
+            retry_after = _retry_after(resp.headers.get("retry-after"))
             detail = _error_detail(raw)
             if status == 400 and "response_format" in body and self.supports_structured_output:
                 # Servers without guided decoding reject response_format: fall back to the plain request.

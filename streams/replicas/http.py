@@ -14,32 +14,51 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024
 
 
-@dataclass(frozen=True)
 class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
+    """Status, body and the raw header block; ``headers`` is parsed only when asked for."""
+
+    __slots__ = ("status", "body", "_head", "_headers")
+
+    def __init__(self, status: int, head: bytes, body: bytes) -> None:
+        self.status, self._head, self.body = status, head, body
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Header names lower-cased (the last value wins on repeats)."""
+        if self._headers is None:
+            self._headers = {}
+            for line in self._head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                self._headers[name.strip().lower()] = value.strip()
+        return self._headers
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection carrying one request at a time."""
+    """One TCP (or TLS) connection carrying one request at a time.
+
+    The response head is scanned once, lower-cased, for the three headers that frame the body
+    (``content-length``, ``transfer-encoding: chunked``, ``connection: close``); the rest are
+    parsed only if someone reads :attr:`Response.headers`. This is the consumer's per-request path.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.received_any = False
+        self._loop = asyncio.get_running_loop()
         self._buf = bytearray()
         self._waiter: asyncio.Future[Response] | None = None
         self._status = 0
-        self._headers: dict[str, str] = {}
+        self._head = b""
         self._length: int | None = None
         self._chunked = False
+        self._close_after = False
         self._head_done = False
         self._body = bytearray()
 
@@ -56,16 +75,15 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter = self._loop.create_future()
         if self.closed or self.transport.is_closing():
             # The peer went away while this connection sat idle: fail now, never wait for the deadline.
-            self._waiter.set_exception(ConnectionError("connection closed while idle"))
-            return self._waiter
-        self._head_done, self._chunked, self._length = False, False, None
-        self._body.clear()
+            waiter.set_exception(ConnectionError("connection closed while idle"))
+            return waiter
+        self._head_done, self._chunked, self._length, self._close_after = False, False, None, False
         self.received_any = False
         self.transport.write(data)
-        return self._waiter
+        return waiter
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -85,20 +103,22 @@ class _Connection(asyncio.Protocol):
                 if len(buf) > MAX_HEAD:
                     raise ValueError("response head too large")
                 return
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            head = bytes(buf[:end])
             del buf[: end + 4]
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-                raise ValueError(f"bad status line {lines[0][:80]!r}")
+            line_end = head.find(b"\r\n")
+            parts = (head if line_end < 0 else head[:line_end]).split(b" ", 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                raise ValueError(f"bad status line {head[:80]!r}")
             self._status = int(parts[1])
-            self._headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                self._headers[name.strip().lower()] = value.strip()
-            self._chunked = "chunked" in self._headers.get("transfer-encoding", "").lower()
-            if not self._chunked and "content-length" in self._headers:
-                self._length = int(self._headers["content-length"])
+            self._head = head
+            low = head.lower()
+            self._chunked = _header(low, b"transfer-encoding").find(b"chunked") >= 0
+            self._close_after = _header(low, b"connection").strip() == b"close"
+            length = _header(low, b"content-length")
+            if not self._chunked and length:
+                self._length = int(length)
             self._head_done = True
+            self._body.clear()
         if self._length is not None:
             if len(buf) >= self._length:
                 body = bytes(buf[: self._length])
@@ -128,16 +148,32 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, body: bytes) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(Response(self._status, self._headers, body))
+            self._waiter.set_result(Response(self._status, self._head, body))
 
     @property
     def keep_alive(self) -> bool:
-        return not self.closed and self._headers.get("connection", "").lower() != "close"
+        return not self.closed and not self._close_after
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self) -> None:
+        """The request's deadline passed: fail it and drop the connection (its state is unknown)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError("request deadline passed"))
+        self.close()
+
+
+def _header(low_head: bytes, name: bytes) -> bytes:
+    """The value of header ``name`` in a lower-cased head block, b"" when absent."""
+    at = low_head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 3
+    end = low_head.find(b"\r\n", start)
+    return low_head[start : end if end >= 0 else len(low_head)].strip()
 
 
 class HttpPool:
@@ -155,6 +191,17 @@ class HttpPool:
         self._host_header = self.host if default_port else f"{self.host}:{self.port}"
         self._idle: list[_Connection] = []
         self._max_idle = max_idle
+        self._heads: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def _head(self, method: str, path: str, headers: dict[str, str] | None) -> bytes:
+        """The request head up to ``Content-Length: `` (built once per method, path and headers)."""
+        key = (method, path, tuple(headers.items()) if headers else ())
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self._host_header}"]
+            lines += [f"{k}: {v}" for k, v in key[2]]
+            head = self._heads[key] = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        return head
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -163,10 +210,7 @@ class HttpPool:
 
     async def request(self, method: str, path: str, body: bytes = b"", *, headers: dict[str, str] | None = None,
                       timeout: float = 300.0) -> Response:
-        head = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self._host_header}",
-                f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        data = b"%s%d\r\n\r\n%s" % (self._head(method, path, headers), len(body), body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for _ in range(2):
@@ -175,7 +219,7 @@ class HttpPool:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await asyncio.wait_for(self._connect(), timeout)
             waiter = conn.send(data)
-            timer = loop.call_at(deadline, _expire, waiter, conn)
+            timer = loop.call_at(deadline, conn.expire)
             try:
                 resp = await waiter
             except ConnectionError:
@@ -199,9 +243,3 @@ class HttpPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-
-
-def _expire(waiter: asyncio.Future[Response], conn: _Connection) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("request deadline passed"))
-    conn.close()

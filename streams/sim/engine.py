@@ -116,6 +116,8 @@ class BatchEngine:
         """Move the engine to time ``now``; returns the requests that completed, in order."""
         finished: list[SimRequest] = []
         while self.t < now - _EPS:
+            if self.stall <= _EPS:
+                self.stall = 0.0  # float residue of a finished stall, never a wait of its own
             if self.stall > 0:
                 d = min(self.stall, now - self.t)
                 self.stall -= d
@@ -145,8 +147,9 @@ class BatchEngine:
 
     def next_event_in(self) -> float | None:
         """GPU seconds until the next completion (or end of a stall), None when idle."""
-        if self.stall > 0:
+        if self.stall > _EPS:
             return self.stall
+        self.stall = 0.0
         if not self._running:
             return None
         step = self.profile.step_time(len(self._running))

@@ -9,6 +9,8 @@ from streams.cache import DedupeCache, cache_key, normalise
 
 def test_normalisation_and_key_scope() -> None:
     assert normalise("  Buy\u00a0NOW\n\tcheap ") == "buy now cheap"
+    assert normalise("ﬁve Ｆｕｌｌ\u2003width\u3000Straße") == "five full width strasse"  # NFKC + casefold
+    assert normalise("a\x1cb\u2028c\r\n") == "a b c"
     k = cache_key("Buy now", "1-aaaa", "spam", "m", "low")
     assert k == cache_key("  buy   NOW ", "1-aaaa", "spam", "m", "low")
     assert k != cache_key("Buy now", "2-bbbb", "spam", "m", "low")  # a new policy version decides again

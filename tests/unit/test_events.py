@@ -2,12 +2,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from streams.errors import PoisonError
-from streams.events import DEAD_LETTER_VALUE_LIMIT, Source, dead_letter_for, decode_content, label_id
+from streams.events import (
+    DEAD_LETTER_VALUE_LIMIT,
+    LABEL_NAMESPACE,
+    Source,
+    dead_letter_for,
+    decode_content,
+    label_id,
+    utc_now,
+)
 
 MAX = 1_048_576
 
@@ -76,6 +87,20 @@ def test_dead_letter_truncates_oversize_with_hash() -> None:
     assert len(base64.b64decode(dl.value or "")) == DEAD_LETTER_VALUE_LIMIT
     assert dl.value_sha256 == hashlib.sha256(value).hexdigest()
     assert len(dl.model_dump_json()) < 200_000  # always fits under the broker's message size
+
+
+@pytest.mark.parametrize("event_id", ["e1", "b123", "ünïcode-ключ", "x" * 256, "a\x1fb"])
+def test_label_id_is_uuid5_of_the_triple(event_id: str) -> None:
+    name = f"{event_id}\x1fspam\x1f1-abcdef01"
+    assert label_id(event_id, "spam", "1-abcdef01") == str(uuid.uuid5(LABEL_NAMESPACE, name))
+
+
+def test_utc_now_is_rfc3339_milliseconds() -> None:
+    before = datetime.now(UTC) - timedelta(milliseconds=2)
+    stamp = utc_now()
+    after = datetime.now(UTC) + timedelta(milliseconds=2)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
 
 
 def test_label_id_is_deterministic_and_version_sensitive() -> None:

@@ -7,9 +7,20 @@ import json
 from pathlib import Path
 
 import fastavro
+import orjson
 import pytest
 
-from streams.events import ContentEvent, DeadLetter, LabelEvent, ReasoningRecord, Source, Usage, dead_letter_for
+from streams.events import (
+    ContentEvent,
+    DeadLetter,
+    LabelEvent,
+    ReasoningRecord,
+    Source,
+    Usage,
+    dead_letter_for,
+    label_doc,
+    label_id,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -51,3 +62,19 @@ def test_events_roundtrip() -> None:
     ev = ContentEvent.model_validate({"event_id": "c", "kind": "chat",
                                       "messages": [{"role": "user", "content": "hi"}]}).model_dump(mode="json")
     assert roundtrip(schemas["content"], ev) == ev
+
+
+@pytest.mark.parametrize("metadata,confidence,reasoning", [({"a": "b"}, "high", "cot"), (None, None, None)])
+def test_label_doc_is_what_the_model_dumps(metadata: dict | None, confidence: str | None,
+                                           reasoning: str | None) -> None:
+    """The consumer's pydantic-free label builder: valid, same keys in the same order, same values."""
+    doc = label_doc(event_id="e", policy_id="spam", policy_version="1-abcdef01", violation=True, category="SP1",
+                    rule_ids=["SP1"], confidence=confidence, rationale="r", reasoning=reasoning, decided_by="cache",
+                    model="m", reasoning_effort="low", topic="t", partition=0, offset=5, metadata=metadata,
+                    latency_ms=12.5, prompt_tokens=3, completion_tokens=4)
+    model = LabelEvent.model_validate(doc)
+    assert model.model_dump(mode="json") == doc
+    assert list(model.model_dump(mode="json")) == list(doc)
+    assert json.loads(model.model_dump_json()) == json.loads(orjson.dumps(doc))
+    assert roundtrip(parsed()["label"], doc) == doc
+    assert doc["label_id"] == label_id("e", "spam", "1-abcdef01")

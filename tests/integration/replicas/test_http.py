@@ -76,3 +76,37 @@ async def test_deadline() -> None:
     with pytest.raises(TimeoutError):
         await pool.request("GET", "/slow", timeout=0.2)
     server.close()
+
+
+async def test_headers_connection_close_and_split_reads() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                body = await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if body == b"close":
+                writer.write(b"HTTP/1.1 503 Busy\r\nretry-after:  7 \r\nCONNECTION: Close\r\n"
+                             b"Content-Length: 4\r\n\r\nbusy")
+                await writer.drain()
+                writer.close()
+                return
+            for part in (b"HTTP/1.1 200 OK\r\nX-Extra: a:b\r\nconTent-LENGTH: 11", b"\r\n\r\nhello", b" world"):
+                writer.write(part)  # head and body in pieces, header names in odd case
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+    server, port = await serve(handler)
+    pool = HttpPool(f"http://127.0.0.1:{port}")
+    r1 = await pool.request("POST", "/a", b"split", timeout=5)
+    assert (r1.status, r1.body, r1.headers["x-extra"]) == (200, b"hello world", "a:b")
+    r2 = await pool.request("POST", "/a", b"close", timeout=5)  # on the same keep-alive connection
+    assert (r2.status, r2.body, r2.headers["retry-after"]) == (503, b"busy", "7") and connections == 1
+    r3 = await pool.request("POST", "/a", b"split", timeout=5)  # the closed connection is not reused
+    assert r3.body == b"hello world" and connections == 2
+    pool.close()
+    server.close()
