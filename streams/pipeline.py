@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.1  # idle or paused: wait this long for new records
 BUSY_POLL_TIMEOUT_S = 0.02  # records are flowing: hand over partial batches at least this often
-ACK_POLL_S = 0.01  # how often the loop serves the producer's delivery callbacks
+ACK_POLL_S = 0.05  # how often the loop serves the producer's delivery callbacks when not batching I/O
+IO_BATCH_MIN_INFLIGHT = 32  # batch I/O only when this many requests are out (latency first when quiet)
 RESUME_FRACTION = 0.75
 
 
@@ -137,7 +138,7 @@ class Pipeline:
                            on_lost=self._on_lost)
         log.info("consumer started topics=%s group=%s delivery=%s", self._s.kafka.input_topics,
                  self._s.kafka.group_id, self._s.delivery)
-        acks = asyncio.create_task(self._serve_acks())
+        acks = asyncio.create_task(self._pump())
         msgs: list[Message] = []
         try:
             while not self._stopping.is_set() and self._fatal is None:
@@ -162,14 +163,26 @@ class Pipeline:
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
 
-    async def _serve_acks(self) -> None:
-        """Serve delivery reports on the loop, independently of the consume cadence, so an event
-        settles within ~ACK_POLL_S of its acknowledgement without waking the consumer thread."""
+    async def _pump(self) -> None:
+        """Serve delivery reports on the loop, independently of the consume cadence, and batch I/O.
+
+        Quiet: every ACK_POLL_S. Busy (many requests out): the loop sleeps ``batching.io_batch_ms``
+        and then handles every response that arrived meanwhile in one turn. Without this the loop
+        wakes once per response, and on this class of machine a wake-up costs more CPU than the
+        response's own processing; the price is at most that many ms on a label that took seconds.
+        Nothing waits on the loop meanwhile: sockets buffer, and heartbeats run on librdkafka's threads.
+        """
         assert self._delivery is not None
+        batch_s = self._s.batching.io_batch_ms / 1000
         while True:
             if self._delivery.awaiting_acks():
                 self._delivery.serve_acks()
-            await asyncio.sleep(ACK_POLL_S)
+            if batch_s and self._pool.inflight >= IO_BATCH_MIN_INFLIGHT:
+                time.sleep(batch_s)  # noqa: ASYNC251 - deliberate: the whole loop waits, see above
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # and the tasks those responses woke run before the next wait
+            else:
+                await asyncio.sleep(ACK_POLL_S)
 
     def _idle_for(self, now: float) -> float:
         if self._assigned_at is None:

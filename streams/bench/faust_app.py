@@ -3,7 +3,7 @@
 ``stream.take(500, within=1.0)``, every HTTP call of the batch concurrently with
 ``asyncio.gather`` over one aiohttp session without a connection cap, labels sent with
 ``topic.send``. Configured by environment (BENCH_BOOTSTRAP, BENCH_IN, BENCH_OUT, BENCH_URL,
-BENCH_MODEL, BENCH_APP). Run with ``faust -A streams.bench.faust_app worker --without-web``.
+BENCH_MODEL, BENCH_APP, BENCH_DATADIR). Run with ``faust -A streams.bench.faust_app worker --without-web``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from streams.prompt import build_request
 
 app = faust.App(os.environ.get("BENCH_APP", "safeguard-bench"), broker="kafka://" + os.environ.get(
     "BENCH_BOOTSTRAP", "localhost:9092"), store="memory://", web_enabled=False, topic_replication_factor=1,
-    consumer_auto_offset_reset="earliest")
+    consumer_auto_offset_reset="earliest", datadir=os.environ.get("BENCH_DATADIR", "faust-data"))
 source = app.topic(os.environ.get("BENCH_IN", "bench.in"), value_serializer="raw")
 sink = app.topic(os.environ.get("BENCH_OUT", "bench.out"), value_serializer="raw")
 URL = os.environ.get("BENCH_URL", "http://localhost:8000/v1")
