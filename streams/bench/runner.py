@@ -69,6 +69,10 @@ def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-
     return out
 
 
+def _per_event(cpu_s: dict[str, float], n: int) -> dict[str, float]:
+    return {kind: round(seconds / n * 1e6, 1) for kind, seconds in sorted(cpu_s.items())}
+
+
 def _ratio(a: float, b: float, digits: int) -> float | None:
     return round(a / b, digits) if b else None
 
@@ -109,7 +113,7 @@ class _Bench:
         path.write_text(yaml.safe_dump(conf))
         return path
 
-    def _worker(self, config: Path, n: int) -> dict[str, float]:
+    def _worker(self, config: Path, n: int) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, "-m", "streams.bench.worker", str(config), str(n)],
                               capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
@@ -124,7 +128,8 @@ class _Bench:
         return {"events": len(items), "elapsed_s": round(res["wall_s"], 3),
                 "events_per_s": round(len(items) / res["wall_s"], 2),
                 "p50_s": round(percentile(lat, 0.5), 3), "p99_s": round(percentile(lat, 0.99), 3),
-                "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1)}
+                "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1),
+                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items))}
 
     def passthrough(self, n: int) -> dict[str, Any]:
         names = self._topics()
@@ -133,7 +138,8 @@ class _Bench:
         res = self._worker(self._config(names, cache=1000, max_inflight_events=default_limit), n)
         raw = self._raw(names["input"], n)
         return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
-                "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1), **raw}
+                "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
+                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), n), **raw}
 
     def _raw(self, topic: str, n: int) -> dict[str, float]:
         """The physical floor: batch consume -> produce (no parsing, no callbacks, no commits), timed
