@@ -5,9 +5,11 @@ calls (``consume``, ``close``, and the rebalance callbacks they trigger) run on 
 thread through ``run_in_executor``; every other consumer call (pause, resume, seek, commit) is made
 by the poll loop between those awaits, so the consumer is never used from two threads at once.
 Rebalance callbacks hand their work to the loop with ``run_coroutine_threadsafe`` and wait.
-Producer calls and delivery callbacks run on the loop thread. Inference requests are asyncio tasks
-over one aiohttp session, many in flight per replica, so a slow model never stalls polling and
-``max.poll.interval.ms`` is never exceeded because of inference.
+Producer calls and delivery callbacks run on the loop thread, delivery reports served by a pump task
+(:meth:`Pipeline._pump`, which also batches replica I/O under load). Inference requests are asyncio
+tasks over keep-alive HTTP connections (:mod:`streams.replicas.http`), many in flight per replica,
+so a slow model never stalls polling and ``max.poll.interval.ms`` is never exceeded because of
+inference. Labels already in the dedupe cache are produced without a task.
 
 Per event: consume -> decode and route (poison: a dead letter) -> one inference task per policy
 (or per group, in combined mode) -> output records collected on the event's :class:`Work` -> the
@@ -138,7 +140,7 @@ class Pipeline:
                            on_lost=self._on_lost)
         log.info("consumer started topics=%s group=%s delivery=%s", self._s.kafka.input_topics,
                  self._s.kafka.group_id, self._s.delivery)
-        acks = asyncio.create_task(self._pump())
+        pump = asyncio.create_task(self._pump())
         msgs: list[Message] = []
         try:
             while not self._stopping.is_set() and self._fatal is None:
@@ -158,7 +160,7 @@ class Pipeline:
                     break
                 await asyncio.sleep(0)  # let inference tasks run between polls even under a flood
         finally:
-            acks.cancel()
+            pump.cancel()
             await self._shutdown()
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
