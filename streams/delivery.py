@@ -285,3 +285,26 @@ class ExactlyOnce:
 
 
 Delivery = AtLeastOnce | ExactlyOnce
+
+ACK_POLL_S = 0.05  # how often delivery reports are served when not batching I/O
+IO_BATCH_MIN_INFLIGHT = 32  # batch I/O only when this many requests are out (latency first when quiet)
+
+
+async def serve_reports(delivery: Delivery, inflight: Callable[[], int], batch_s: float) -> None:
+    """Serve delivery reports on the loop, independently of the consume cadence, and batch I/O.
+
+    Quiet: every ACK_POLL_S. Busy (``inflight()`` replica requests out): the loop sleeps ``batch_s``
+    (``batching.io_batch_ms``) and then handles every response that arrived meanwhile in one turn.
+    Without this the loop wakes once per response, and on this class of machine a wake-up costs more
+    CPU than the response's own processing; the price is at most that long on a label that took
+    seconds. Nothing waits on the loop meanwhile: sockets buffer, heartbeats run on librdkafka's threads.
+    """
+    while True:
+        if delivery.awaiting_acks():
+            delivery.serve_acks()
+        if batch_s and inflight() >= IO_BATCH_MIN_INFLIGHT:
+            time.sleep(batch_s)  # deliberate: the whole loop waits, see above
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # and the tasks those responses woke run before the next wait
+        else:
+            await asyncio.sleep(ACK_POLL_S)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -86,6 +87,19 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             registry=reg,
         ),
     )
+
+
+def lags_from_stats(raw: str) -> Iterator[tuple[str, int, int]]:
+    """(topic, partition, consumer lag) from a librdkafka statistics document; unknown lags skipped."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    for topic, tdata in (doc.get("topics") or {}).items():
+        for part, pdata in (tdata.get("partitions") or {}).items():
+            lag = pdata.get("consumer_lag", -1)
+            if part != "-1" and isinstance(lag, int) and lag >= 0:
+                yield topic, int(part), lag
 
 
 class Children:

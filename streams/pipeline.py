@@ -6,7 +6,7 @@ thread through ``run_in_executor``; every other consumer call (pause, resume, se
 by the poll loop between those awaits, so the consumer is never used from two threads at once.
 Rebalance callbacks hand their work to the loop with ``run_coroutine_threadsafe`` and wait.
 Producer calls and delivery callbacks run on the loop thread, delivery reports served by a pump task
-(:meth:`Pipeline._pump`, which also batches replica I/O under load). Inference requests are asyncio
+(:func:`streams.delivery.serve_reports`, which also batches replica I/O under load). Inference requests are asyncio
 tasks over keep-alive HTTP connections (:mod:`streams.replicas.http`), many in flight per replica,
 so a slow model never stalls polling and ``max.poll.interval.ms`` is never exceeded because of
 inference. Labels already in the dedupe cache are produced without a task.
@@ -30,19 +30,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.cache import DedupeCache
 from streams.codec import Codec
 from streams.config import Settings
-from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
+from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger, serve_reports
 from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for
 from streams.kafka_config import consumer_config
 from streams.labeler import Decision, Labeler, Outcome, SourceRef
 from streams.logutil import RateLimitedLog
-from streams.metrics import Children, Metrics
+from streams.metrics import Children, Metrics, lags_from_stats
 from streams.policies import Policy
 from streams.producer import OutputProducer
 from streams.prompt import render_content
@@ -54,8 +53,6 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.1  # idle or paused: wait this long for new records
 BUSY_POLL_TIMEOUT_S = 0.02  # records are flowing: hand over partial batches at least this often
-ACK_POLL_S = 0.05  # how often the loop serves the producer's delivery callbacks when not batching I/O
-IO_BATCH_MIN_INFLIGHT = 32  # batch I/O only when this many requests are out (latency first when quiet)
 RESUME_FRACTION = 0.75
 
 
@@ -140,7 +137,8 @@ class Pipeline:
                            on_lost=self._on_lost)
         log.info("consumer started topics=%s group=%s delivery=%s", self._s.kafka.input_topics,
                  self._s.kafka.group_id, self._s.delivery)
-        pump = asyncio.create_task(self._pump())
+        pump = asyncio.create_task(serve_reports(self._delivery, lambda: self._pool.inflight,
+                                                 self._s.batching.io_batch_ms / 1000))
         msgs: list[Message] = []
         try:
             while not self._stopping.is_set() and self._fatal is None:
@@ -164,27 +162,6 @@ class Pipeline:
             await self._shutdown()
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
-
-    async def _pump(self) -> None:
-        """Serve delivery reports on the loop, independently of the consume cadence, and batch I/O.
-
-        Quiet: every ACK_POLL_S. Busy (many requests out): the loop sleeps ``batching.io_batch_ms``
-        and then handles every response that arrived meanwhile in one turn. Without this the loop
-        wakes once per response, and on this class of machine a wake-up costs more CPU than the
-        response's own processing; the price is at most that many ms on a label that took seconds.
-        Nothing waits on the loop meanwhile: sockets buffer, and heartbeats run on librdkafka's threads.
-        """
-        assert self._delivery is not None
-        batch_s = self._s.batching.io_batch_ms / 1000
-        while True:
-            if self._delivery.awaiting_acks():
-                self._delivery.serve_acks()
-            if batch_s and self._pool.inflight >= IO_BATCH_MIN_INFLIGHT:
-                time.sleep(batch_s)  # noqa: ASYNC251 - deliberate: the whole loop waits, see above
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)  # and the tasks those responses woke run before the next wait
-            else:
-                await asyncio.sleep(ACK_POLL_S)
 
     def _idle_for(self, now: float) -> float:
         if self._assigned_at is None:
@@ -393,15 +370,9 @@ class Pipeline:
 
     def _stats(self, raw: str) -> None:
         """librdkafka statistics (consumer thread): per-partition lag for the lag gauge (KEDA, alerts)."""
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        for topic, tdata in (doc.get("topics") or {}).items():
-            for part, pdata in (tdata.get("partitions") or {}).items():
-                lag = pdata.get("consumer_lag", -1)
-                if part != "-1" and isinstance(lag, int) and lag >= 0 and (topic, int(part)) in self.assigned:
-                    self._metrics.consumer_lag.labels(topic, part).set(lag)
+        for topic, part, lag in lags_from_stats(raw):
+            if (topic, part) in self.assigned:
+                self._metrics.consumer_lag.labels(topic, str(part)).set(lag)
 
     def _delivery_failed(self, topic: str, err: KafkaError) -> None:
         log.error("output not delivered topic=%s error=%s: stopping without committing past it", topic, err)

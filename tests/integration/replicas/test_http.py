@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,17 +22,22 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(length)
 
 
+async def each_request(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Request bodies on one connection until the client goes away."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+
 async def test_content_length_chunked_and_keep_alive() -> None:
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                body = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
+        async for body in each_request(reader):
             if body == b"chunked":
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n")
             else:
@@ -84,11 +90,7 @@ async def test_headers_connection_close_and_split_reads() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                body = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
+        async for body in each_request(reader):
             if body == b"close":
                 writer.write(b"HTTP/1.1 503 Busy\r\nretry-after:  7 \r\nCONNECTION: Close\r\n"
                              b"Content-Length: 4\r\n\r\nbusy")
