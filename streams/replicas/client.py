@@ -21,6 +21,17 @@ from streams.replicas.http import HttpPool
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
 
 
+_GAUGES = {"vllm:num_requests_waiting": "waiting", "vllm:num_requests_running": "running"}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A replica's scheduler queue as its ``/metrics`` reports it."""
+
+    waiting: float
+    running: float | None
+
+
 @dataclass(slots=True)
 class ChatResult:
     """The parts of a chat completion that labels need."""
@@ -106,8 +117,9 @@ class ReplicaClient:
             return False
         return resp.status == 200
 
-    async def queue_length(self, timeout_s: float = 2.0) -> float | None:
-        """``vllm:num_requests_waiting`` from ``GET /metrics`` (summed over engines), None if absent.
+    async def queue_state(self, timeout_s: float = 2.0) -> QueueState | None:
+        """``vllm:num_requests_waiting`` and ``vllm:num_requests_running`` from ``GET /metrics``
+        (each summed over engines); None without a waiting queue metric, ``running`` None if absent.
 
         Raises:
             RetryableError: the replica cannot be reached at all.
@@ -118,15 +130,17 @@ class ReplicaClient:
             raise RetryableError(f"metrics scrape failed: {type(exc).__name__}: {exc}", replica=self.base_url) from exc
         if resp.status != 200:
             return None
-        total, found = 0.0, False
+        sums: dict[str, float] = {}
         for line in resp.body.decode("utf-8", "replace").splitlines():
-            if line.startswith("vllm:num_requests_waiting"):
+            name = _GAUGES.get(line.split("{", 1)[0].split(" ", 1)[0])
+            if name is not None:
                 try:
-                    total += float(line.rsplit(" ", 1)[1])
-                    found = True
+                    sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
                 except (IndexError, ValueError):
                     continue
-        return total if found else None
+        if "waiting" not in sums:
+            return None
+        return QueueState(sums["waiting"], sums.get("running"))
 
     def close(self) -> None:
         self._http.close()

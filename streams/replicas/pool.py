@@ -115,18 +115,18 @@ class ReplicaPool:
         return {r.client.base_url: (r.healthy, r.inflight, r.aimd.value) for r in self._replicas}
 
     async def _scrape(self, replica: _Replica, interval_s: float = 1.0) -> None:
-        """Feed the replica's ``vllm:num_requests_waiting`` to its adaptive limit, once a second."""
+        """Feed the replica's queue (waiting and running) to its adaptive limit, once a second."""
         loop = asyncio.get_running_loop()
         while True:
             if replica.healthy:  # an unhealthy replica is already being probed
                 try:
-                    waiting = await replica.client.queue_length()
+                    state = await replica.client.queue_state()
                 except RetryableError as exc:
                     # An unreachable replica is noticed even with no traffic, so readiness is honest.
                     self._count_failure(replica, exc)
                 else:
-                    if waiting is not None:
-                        replica.aimd.observe_queue(waiting, loop.time())
+                    if state is not None:
+                        replica.aimd.observe_queue(state.waiting, loop.time(), state.running, replica.inflight)
             await asyncio.sleep(interval_s)
 
     async def chat(self, body: dict[str, Any]) -> ChatResult:

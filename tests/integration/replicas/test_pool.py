@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from streams.broker import free_port
 from streams.labeler import Labeler
 from streams.policies import load_policies
 from streams.prompt import build_request
+from streams.replicas.client import ReplicaClient
 from streams.replicas.pool import ReplicaPool
 from tests.integration.helpers import ROOT, safeguard
 
@@ -58,6 +60,46 @@ async def test_inflight_cap_is_respected(sims) -> None:
 
         await asyncio.gather(*(one(i) for i in range(20)))
     assert peak == 4
+
+
+async def test_replicas_of_different_sizes_each_run_full_without_a_long_queue(sims) -> None:
+    """A 32-slot replica next to a 256-slot one, both behind a 256 in-flight limit, under more load
+    than both can run: the small one's limit must come down to what it runs (a fixed 256 would queue
+    ~224 there) while both stay full."""
+    small = sims(1, time_scale=5.0, extra_args=["--max-num-seqs", "32"]).urls[0]
+    big = sims(1, time_scale=5.0).urls[0]
+    stop = time.monotonic() + 12.0
+    samples: dict[str, list[tuple[float, float]]] = {small: [], big: []}
+
+    async with ReplicaPool([small, big], max_inflight_per_replica=256) as pool:
+        async def load(i: int) -> None:
+            while time.monotonic() < stop:
+                await pool.chat(body(f"load {i}"))
+                i += 1000
+
+        async def watch() -> None:
+            clients = {url: ReplicaClient(url, api_key=None, timeout_s=5.0) for url in samples}
+            await asyncio.sleep(5.0)  # the limits settle first
+            while time.monotonic() < stop - 0.5:
+                for url, client in clients.items():
+                    state = await client.queue_state()
+                    assert state is not None and state.running is not None
+                    samples[url].append((state.waiting, state.running))
+                await asyncio.sleep(0.25)
+            for client in clients.values():
+                client.close()
+
+        await asyncio.gather(watch(), *(load(i) for i in range(320)))
+        limits = {url: limit for url, (_, _, limit) in pool.replica_states().items()}
+
+    def mean(url: str, i: int) -> float:
+        return sum(s[i] for s in samples[url]) / len(samples[url])
+
+    assert len(samples[small]) >= 10
+    assert mean(small, 0) <= 12, (limits, samples[small])  # waiting: near the target of 4, not ~224
+    assert mean(small, 1) >= 0.9 * 32, samples[small]  # still full
+    assert mean(big, 1) >= 0.9 * 256, samples[big]
+    assert limits[small] < 64 and limits[big] == 256
 
 
 async def test_reasoning_content_fallback(sims) -> None:

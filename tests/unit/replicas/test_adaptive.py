@@ -49,3 +49,33 @@ def test_backs_off_when_the_replica_queue_builds_then_converges() -> None:
             a.on_success(inflight=a.value - 1)
     assert 200 <= a.value <= 270  # close to the replica's real capacity, not the 512 ceiling
     assert a.minimum <= a.value <= a.maximum
+
+
+def test_cut_is_sized_by_the_replicas_running_count() -> None:
+    # 256 allowed, the replica runs 32 and queues the rest: one cut lands near 32 + target...
+    a = AimdLimit(maximum=256, waiting_target=4, max_cut=0.1)
+    a.observe_queue(224, now=0.0, running=32)
+    assert a.value == 36
+    # ...a small excess gets a small cut, not the fixed 20%...
+    b = AimdLimit(maximum=256, waiting_target=4)
+    b.observe_queue(8, now=0.0, running=248)
+    assert b.value == 252
+    # ...right after a cut our older requests still queue there: that is no reason to cut again...
+    a.observe_queue(28, now=1.5, running=32, inflight=60)
+    assert a.value == 36
+    # ...and one scrape of a replica with nothing running yet cannot collapse the limit.
+    c = AimdLimit(maximum=256)
+    c.observe_queue(200, now=0.0, running=0)
+    assert c.value == 128
+
+
+def test_consumers_sharing_a_replica_land_on_its_capacity_together() -> None:
+    # Three consumers with different limits share one 128-slot replica; each sees the same queue.
+    limits = [AimdLimit(maximum=256, initial=n, waiting_target=4) for n in (100, 60, 40)]
+    for a in limits:
+        a.observe_queue(0, now=-5.0, running=0)  # the replica reports a queue: the limits apply
+    demand = sum(a.value for a in limits)
+    for a in limits:
+        a.observe_queue(demand - 128, now=0.0, running=128)
+    assert abs(sum(a.value for a in limits) - (128 + 4)) <= 3
+    assert limits[0].value > limits[1].value > limits[2].value  # shares kept; additive increase evens them
