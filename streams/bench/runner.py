@@ -3,7 +3,8 @@
 - ``ideal``: the replicas' capacity over HTTP, no Kafka (:mod:`streams.bench.ideal`).
 - ``pipeline``: our consumer end to end (Kafka in -> labels acknowledged) in its own process:
   events/s, p50/p99 event latency (consumed -> labelled, from the labels), utilisation
-  (pipeline / ideal events/s), consumer CPU microseconds per event (that process only).
+  (pipeline / ideal events/s), consumer CPU microseconds per event (that process only), and the
+  replicas' prefix-cache hit rate over the run (from their ``/metrics``, in prompt tokens).
 - ``naive``: poll -> one blocking HTTP call -> produce -> commit (:mod:`streams.bench.naive`).
 - ``faust``: an idiomatic faust-streaming agent (:mod:`streams.bench.faust_app`).
 - ``passthrough``: our consumer when every label comes from the dedupe cache (no model), against a
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -123,13 +125,16 @@ class _Bench:
     def pipeline(self, items: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         names = self._topics()
         self._produce(names["input"], items)
+        hits0, queries0 = prefix_cache_tokens(self.urls)
         res = self._worker(self._config(names, cache=0), len(items))
+        hits, queries = (a - b for a, b in zip(prefix_cache_tokens(self.urls), (hits0, queries0), strict=True))
         lat = sorted(orjson.loads(m.value())["latency_ms"] / 1000 for m in self._read(names["labels"], len(items)))
         return {"events": len(items), "elapsed_s": round(res["wall_s"], 3),
                 "events_per_s": round(len(items) / res["wall_s"], 2),
                 "p50_s": round(percentile(lat, 0.5), 3), "p99_s": round(percentile(lat, 0.99), 3),
                 "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1),
-                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items))}
+                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items)),
+                "prefix_cache_hit_rate": _ratio(hits, queries, 3)}
 
     def passthrough(self, n: int) -> dict[str, Any]:
         names = self._topics()
@@ -235,6 +240,23 @@ class _Bench:
         if len(out) < n:
             raise FatalError(f"only {len(out)} of {n} outputs arrived on {topic}")
         return out
+
+
+def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:
+    """(hits, queries) of the replicas' prefix cache so far, in prompt tokens, summed over replicas."""
+    hits = queries = 0.0
+    for url in urls:
+        root = url[: -len("/v1")] if url.endswith("/v1") else url
+        with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
+            text = resp.read().decode()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            name = name.split("{", 1)[0]
+            if name == "vllm:prefix_cache_hits_total":
+                hits += float(value.rsplit(" ", 1)[-1])
+            elif name == "vllm:prefix_cache_queries_total":
+                queries += float(value.rsplit(" ", 1)[-1])
+    return hits, queries
 
 
 def _proc_cpu(pid: int) -> float:

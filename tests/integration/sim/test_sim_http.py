@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streams.bench.runner import prefix_cache_tokens
 from streams.policies import load_policies
 from tests.integration.helpers import ROOT
 
@@ -100,6 +101,8 @@ def test_models_and_metrics(sims) -> None:
         assert name in text, name
     hits = next(line for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total"))
     assert float(hits.split()[-1]) > 0  # the shared policy prefix was cached after the first request
+    cached, queried = prefix_cache_tokens([url])  # what the bench reports as the prefix-cache hit rate
+    assert cached == float(hits.split()[-1]) and 0 < cached < queried
     assert 'vllm:e2e_request_latency_seconds_count{model_name="openai/gpt-oss-safeguard-20b"} 3.0' in text
 
 
