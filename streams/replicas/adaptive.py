@@ -16,7 +16,9 @@ our requests in flight times that factor. Every consumer sharing the replica see
 so together they land there in one step however many they are (and keep their relative shares,
 which additive increase then evens out). A cut at most halves the limit (``max_cut``: one bad
 scrape, e.g. of a replica that just restarted with nothing running yet, cannot collapse it); the
-fixed ``decrease`` applies only without R. On a replica with 32 slots
+fixed ``decrease`` applies only without R. A consumer with nothing in flight to the replica does not
+cut at all: the queue is other clients', and after a cut the limit only grows back about one
+request per round trip. On a replica with 32 slots
 behind a 256 limit this converges in ~3 s instead of ~9, and a small excess gets a small cut instead
 of a 20% sawtooth below the replica's capacity.
 """
@@ -53,6 +55,8 @@ class AimdLimit:
         """A fresh ``num_requests_waiting`` reading, with ``num_requests_running`` when the replica
         reports it and our own requests in flight to it at the time (default: the limit)."""
         self.waiting = waiting
+        if inflight == 0:
+            return  # none of that queue is ours: cutting an unused limit would only slow our start later
         if waiting > self.waiting_target and now - self._last_cut >= self.cooldown_s:
             if running is None:
                 self.limit *= self.decrease

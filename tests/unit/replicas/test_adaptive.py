@@ -79,3 +79,12 @@ def test_consumers_sharing_a_replica_land_on_its_capacity_together() -> None:
         a.observe_queue(demand - 128, now=0.0, running=128)
     assert abs(sum(a.value for a in limits) - (128 + 4)) <= 3
     assert limits[0].value > limits[1].value > limits[2].value  # shares kept; additive increase evens them
+
+
+def test_an_idle_consumer_keeps_its_limit_while_others_queue_the_replica() -> None:
+    a = AimdLimit(maximum=256, waiting_target=4)
+    for t in range(30):
+        a.observe_queue(500, now=float(t), running=256, inflight=0)
+    assert a.value == 256
+    a.observe_queue(500, now=31.0, running=256, inflight=256)  # now ours are there too: cut
+    assert a.value == 128
