@@ -5,9 +5,11 @@ latency without adding throughput. The controller starts at ``initial`` (by defa
 ``replicas.max_inflight_per_replica``, so a fresh consumer fills the GPU at once), cuts the limit
 (at most once per ``cooldown_s``) when the replica's ``vllm:num_requests_waiting`` grows past
 ``waiting_target``, and while the limit is what holds us back grows it again: one request per
-completion (slow start) until the first cut, then about one per round trip (additive increase), as
-TCP does. It stays within [``minimum``, ``maximum``]. Replicas that publish no queue metric keep the
-fixed maximum.
+completion (slow start) until the first cut and whenever the replica reports an empty queue next
+to its running count twice in a row (it has room; a sized cut undoes any overshoot), otherwise
+about one per round trip (additive increase), as TCP does; a round trip here is a whole generation (seconds), too slow
+to refill a GPU after a deep cut. It stays within [``minimum``, ``maximum``]. Replicas that publish
+no queue metric keep the fixed maximum.
 
 The cut is sized by the replica's own numbers when it also reports ``vllm:num_requests_running``
 (R) next to the queue (W): the factor ``(R + waiting_target) / (R + W)`` is the one that would
@@ -17,10 +19,12 @@ so together they land there in one step however many they are (and keep their re
 which additive increase then evens out). A cut at most halves the limit (``max_cut``: one bad
 scrape, e.g. of a replica that just restarted with nothing running yet, cannot collapse it); the
 fixed ``decrease`` applies only without R. A consumer with nothing in flight to the replica does not
-cut at all: the queue is other clients', and after a cut the limit only grows back about one
-request per round trip. On a replica with 32 slots
-behind a 256 limit this converges in ~3 s instead of ~9, and a small excess gets a small cut instead
-of a 20% sawtooth below the replica's capacity.
+cut at all: the queue is other clients'. Measured with the simulator (time scale 10): a 32-slot
+replica behind a 256 limit converges in ~3 s instead of ~9 and then holds 3-5 waiting with all 32
+running (the fixed 20% cut left a sawtooth down to 29 running); after a forced cut to 4, a 256-slot
+replica is full again in ~2 s (additive increase alone: 56 of 256 after 20 s). On a KV-bound 120b
+replica (~150 running) the mean queue is ~6 with slow start on two empty readings, ~12 on one, and
+~2 with additive increase only, which then leaves it at 30 running 15-40 s after a deep cut.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class AimdLimit:
     cooldown_s: float = 1.0
     limit: float = 0.0
     waiting: float | None = None
+    sized_cuts: bool = False  # the replica reports its running count: cuts are sized by it
+    empty_scrapes: int = 0  # consecutive readings of an empty queue
     _last_cut: float = -1e18
 
     def __post_init__(self) -> None:
@@ -55,6 +61,8 @@ class AimdLimit:
         """A fresh ``num_requests_waiting`` reading, with ``num_requests_running`` when the replica
         reports it and our own requests in flight to it at the time (default: the limit)."""
         self.waiting = waiting
+        self.sized_cuts = running is not None
+        self.empty_scrapes = self.empty_scrapes + 1 if waiting == 0 else 0
         if inflight == 0:
             return  # none of that queue is ours: cutting an unused limit would only slow our start later
         if waiting > self.waiting_target and now - self._last_cut >= self.cooldown_s:
@@ -73,5 +81,7 @@ class AimdLimit:
         """A request finished; grow only when the limit (not the offered load) is the bottleneck."""
         if self.waiting is None or self.waiting > self.waiting_target or inflight + 1 < self.value:
             return
-        step = 1.0 if self._last_cut < -1e17 else 1.0 / max(self.limit, 1.0)
+        # See the module doc: slow start while the replica has room, additive increase at capacity.
+        room = self.empty_scrapes >= 2 and self.sized_cuts
+        step = 1.0 if room or self._last_cut < -1e17 else 1.0 / max(self.limit, 1.0)
         self.limit = min(float(self.maximum), self.limit + step)

@@ -88,3 +88,29 @@ def test_an_idle_consumer_keeps_its_limit_while_others_queue_the_replica() -> No
     assert a.value == 256
     a.observe_queue(500, now=31.0, running=256, inflight=256)  # now ours are there too: cut
     assert a.value == 128
+
+
+def test_comes_back_fast_once_the_replica_reports_room_again() -> None:
+    # Cut to the minimum while another client flooded the replica; then its queue empties.
+    a = AimdLimit(maximum=256, waiting_target=4)
+    now = 0.0
+    while a.value > a.minimum:
+        a.observe_queue(500, now=now, running=256, inflight=a.value)
+        now += 1.0
+    a.observe_queue(0, now=now, running=10, inflight=a.value)
+    for _ in range(a.value):
+        a.on_success(inflight=a.value - 1)
+    assert a.limit < a.minimum + 1.5  # one empty reading may be a lull: still about one per round trip
+    a.observe_queue(0, now=now + 1, running=5, inflight=a.value)
+    round_trips = 0
+    while a.value < 256:
+        for _ in range(a.value):
+            a.on_success(inflight=a.value - 1)
+        round_trips += 1
+    assert round_trips <= 7  # doubling per round trip; one request per round trip would take ~250
+    # With a small queue again it is at capacity: back to about one per round trip.
+    a.observe_queue(2, now=now + 1, running=256, inflight=a.value)
+    a.limit = 200.0
+    for _ in range(200):
+        a.on_success(inflight=a.value - 1)
+    assert abs(a.limit - 201) < 0.01  # one round trip: about one more
