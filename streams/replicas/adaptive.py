@@ -7,9 +7,9 @@ latency without adding throughput. The controller starts at ``initial`` (by defa
 ``waiting_target``, and while the limit is what holds us back grows it again: one request per
 completion (slow start) until the first cut and whenever the replica reports an empty queue next
 to its running count twice in a row (it has room; a sized cut undoes any overshoot), otherwise
-about one per round trip (additive increase), as TCP does; a round trip here is a whole generation (seconds), too slow
-to refill a GPU after a deep cut. It stays within [``minimum``, ``maximum``]. Replicas that publish
-no queue metric keep the fixed maximum.
+about one per round trip (additive increase), as TCP does; a round trip here is a whole
+generation (seconds), too slow to refill a GPU after a deep cut. It stays within [``minimum``,
+``maximum``]. Replicas that publish no queue metric keep the fixed maximum.
 
 The cut is sized by the replica's own numbers when it also reports ``vllm:num_requests_running``
 (R) next to the queue (W): the factor ``(R + waiting_target) / (R + W)`` is the one that would
