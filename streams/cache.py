@@ -1,8 +1,11 @@
 """Dedupe cache: identical content under the same policy version, model and effort is decided once.
 
 Fake reviews and spam arrive in near-identical copies; each copy costs hundreds of reasoning tokens.
-Keys are a 16-byte digest of (normalised content, policy version, model, effort), so memory is
-bounded by ``max_entries`` (LRU) whatever the content size. Normalisation: Unicode NFKC, case
+Keys are a 16-byte digest of (normalised content, policy version, model, effort), so the content
+itself is never held; the values are (the consumer's case) decisions with their reasoning text,
+which grows with reasoning effort (~1.5 KB per entry at low effort, ~6.5 KB at high, tails 4-5x).
+So the LRU is bounded twice: ``max_entries`` and ``max_bytes``, the latter over each value's
+``size`` (an estimate, checked against tracemalloc in the tests). Normalisation: Unicode NFKC, case
 folding and collapsed whitespace, so trivial variants share an entry. Concurrent duplicates share
 one request (single flight) instead of racing to the replica.
 """
@@ -37,12 +40,18 @@ def cache_key(content: str, policy_version: str, policy_id: str, model: str, eff
 class DedupeCache(Generic[T]):
     """LRU of decided values plus single-flight for keys being decided right now."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, *, max_bytes: int | None = None,
+                 size: Callable[[T], int] | None = None) -> None:
+        if max_bytes is not None and size is None:
+            raise ValueError("max_bytes needs a size function")
         self._max = max_entries
-        self._done: OrderedDict[bytes, T] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._size = size
+        self._done: OrderedDict[bytes, tuple[T, int]] = OrderedDict()
         self._flying: dict[bytes, asyncio.Future[T]] = {}
         self.lookups = 0
         self.hits = 0
+        self.bytes = 0  # sum of size(value) over the entries held (0 without a size function)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -50,12 +59,12 @@ class DedupeCache(Generic[T]):
     def peek(self, key: bytes) -> T | None:
         """The decided value for ``key`` (counted as a lookup, and a hit when present), or None."""
         self.lookups += 1
-        value = self._done.get(key)
-        if value is None:
+        entry = self._done.get(key)
+        if entry is None:
             return None
         self._done.move_to_end(key)
         self.hits += 1
-        return value
+        return entry[0]
 
     async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[T]], *,
                              counted: bool = False) -> tuple[T, bool]:
@@ -63,10 +72,11 @@ class DedupeCache(Generic[T]):
         ``counted``: this lookup was already counted by a :meth:`peek` that missed."""
         if not counted:
             self.lookups += 1
-        if key in self._done:
+        entry = self._done.get(key)
+        if entry is not None:
             self._done.move_to_end(key)
             self.hits += 1
-            return self._done[key], True
+            return entry[0], True
         flying = self._flying.get(key)
         if flying is not None:
             try:
@@ -87,7 +97,15 @@ class DedupeCache(Generic[T]):
         finally:
             self._flying.pop(key, None)
         fut.set_result(value)
-        self._done[key] = value
-        if len(self._done) > self._max:
-            self._done.popitem(last=False)
+        self._store(key, value)
         return value, False
+
+    def _store(self, key: bytes, value: T) -> None:
+        size = self._size(value) if self._size is not None else 0
+        if self._max_bytes is not None and size > self._max_bytes:
+            return  # larger than the whole budget: not worth evicting everything for
+        self._done[key] = (value, size)
+        self.bytes += size
+        while len(self._done) > self._max or (self._max_bytes is not None and self.bytes > self._max_bytes):
+            _, (_, evicted) = self._done.popitem(last=False)
+            self.bytes -= evicted

@@ -129,6 +129,7 @@ class BatchingSettings(_Section):
 
 class CacheSettings(_Section):
     max_entries: int = Field(100_000, ge=0)  # dedupe cache of decided (content, policy version); 0 disables
+    max_bytes: int = Field(256 * 2**20, gt=0)  # and at most this much memory (values hold reasoning text)
 
 
 class MetricsSettings(_Section):

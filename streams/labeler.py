@@ -10,6 +10,7 @@ Per-item failures are returned as data, never raised.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,14 @@ class Decision:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+
+
+DECISION_OVERHEAD_BYTES = 640  # Decision, Verdict, small strings, key, LRU node (tracemalloc: 580-630)
+
+
+def decision_bytes(d: Decision) -> int:
+    """Approximate memory a cached decision holds: its two texts plus a fixed overhead."""
+    return DECISION_OVERHEAD_BYTES + sys.getsizeof(d.reasoning) + sys.getsizeof(d.verdict.rationale)
 
 
 class Labeler:

@@ -39,7 +39,7 @@ from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger, serve_r
 from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for
 from streams.kafka_config import consumer_config
-from streams.labeler import Decision, Labeler, Outcome, SourceRef
+from streams.labeler import Decision, Labeler, Outcome, SourceRef, decision_bytes
 from streams.logutil import RateLimitedLog
 from streams.metrics import Children, Metrics, lags_from_stats
 from streams.policies import Policy
@@ -70,7 +70,8 @@ class Pipeline:
         self._pool = pool
         self._metrics = metrics
         self.cache: DedupeCache[Decision] | None = (
-            DedupeCache(settings.cache.max_entries) if settings.cache.max_entries else None)
+            DedupeCache(settings.cache.max_entries, max_bytes=settings.cache.max_bytes, size=decision_bytes)
+            if settings.cache.max_entries else None)
         self._labeler = Labeler(
             pool,
             model=settings.replicas.model,
