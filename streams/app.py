@@ -134,7 +134,7 @@ async def run_consumer(
             pipeline = Pipeline(settings, policies, pool, metrics)
             cache = pipeline.cache
             if cache is not None:
-                register_cache(metrics, lambda: (cache.lookups, cache.hits))
+                register_cache(metrics, lambda: (cache.lookups, cache.hits, len(cache), cache.bytes))
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -121,15 +121,19 @@ class Children:
 
 
 class _CacheCollector(Collector):
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Any]:
-        lookups, hits = self._read()
+        lookups, hits, entries, size = self._read()
         yield CounterMetricFamily("safeguard_cache_lookups", "Dedupe cache lookups.", value=lookups)
         yield CounterMetricFamily("safeguard_cache_hits", "Labels decided by the dedupe cache.", value=hits)
+        yield GaugeMetricFamily("safeguard_cache_entries", "Decisions held by the dedupe cache.", value=entries)
+        yield GaugeMetricFamily("safeguard_cache_bytes", "Estimated memory held by the dedupe cache's decisions "
+                                "(bounded by cache.max_bytes).", value=size)
 
 
-def register_cache(metrics: Metrics, read: Callable[[], tuple[int, int]]) -> None:
-    """Expose the dedupe cache's (lookups, hits) as ``safeguard_cache_{lookups,hits}_total``."""
+def register_cache(metrics: Metrics, read: Callable[[], tuple[int, int, int, int]]) -> None:
+    """Expose the dedupe cache's (lookups, hits, entries, bytes) as ``safeguard_cache_{lookups,hits}_total``
+    and the gauges ``safeguard_cache_entries`` and ``safeguard_cache_bytes``."""
     metrics.registry.register(_CacheCollector(read))

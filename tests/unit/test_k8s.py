@@ -103,7 +103,7 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
     from streams.metrics import build_metrics, register_cache
 
     metrics = build_metrics(CollectorRegistry())
-    register_cache(metrics, lambda: (0, 0))
+    register_cache(metrics, lambda: (0, 0, 0, 0))
     exported: set[str] = set()
     for family in metrics.registry.collect():
         suffix = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
