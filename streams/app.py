@@ -125,6 +125,7 @@ async def run_consumer(
             request_timeout_s=settings.replicas.request_timeout_s,
             api_key=api_key,
             adaptive=settings.replicas.adaptive_concurrency,
+            reaction_s=settings.batching.io_batch_ms / 1000,
             observer=pool_observer(metrics),
         ) as pool:
             for url in settings.replicas.urls:

@@ -124,7 +124,9 @@ class BatchingSettings(_Section):
     drain_timeout_s: float = Field(30.0, ge=0)
     # Under load the event loop handles replica responses in batches this far apart instead of
     # waking once per response (each wake-up costs ~100 us of CPU on a VM); 0 wakes per response.
-    io_batch_ms: float = Field(20.0, ge=0, le=1000)
+    # The adaptive limit keeps enough requests queued at each replica to cover it (room needed:
+    # replicas.max_inflight_per_replica a little above the replicas' --max-num-seqs).
+    io_batch_ms: float = Field(50.0, ge=0, le=1000)
 
 
 class CacheSettings(_Section):

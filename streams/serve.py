@@ -1,7 +1,8 @@
 """``safeguard serve-replica``: the recommended ``vllm serve`` command for a model and GPU profile.
 
 Flags from the vLLM gpt-oss recipe and the model guide (reference/gpt-oss-safeguard.md section 3):
-``--max-num-seqs`` matches the concurrency the consumer drives (the simulator's profiles use 256);
+``--max-num-seqs`` is what the GPU runs at once (256, as the simulator's profiles; the consumer's
+``replicas.max_inflight_per_replica`` sits 1/8 above it so a short queue covers its I/O batching);
 ``--async-scheduling`` overlaps CPU and GPU work (+16% on 20b in GPUStack's H100 runs); on one H100
 the 120b needs ``--gpu-memory-utilization 0.95 --max-num-batched-tokens 1024`` to avoid OOM at TP1.
 Prefix caching stays on (default in vLLM V1): every request of a policy shares its prefix.

@@ -98,13 +98,16 @@ class _Bench:
             raise FatalError("benchmark events were not delivered")
 
     def _config(self, names: dict[str, str], cache: int, max_inflight_events: int | None = None) -> Path:
-        """Model runs keep ~2 batches per replica in flight (a deeper local queue only adds latency);
-        the cache-only run uses the default limit, since its events wait only for broker acks."""
+        """Model runs keep ~2 batches per replica in flight (a deeper local queue only adds latency)
+        and allow each replica 1/8 more than it runs, the room the adaptive limit needs for the short
+        queue that covers the consumer's I/O batching (as README recommends for production); the
+        cache-only run uses the default limit, since its events wait only for broker acks."""
         conf = {
             "kafka": {"bootstrap_servers": self.bootstrap, "group_id": f"g-{names['input']}",
                       "input_topics": [names["input"]], "labels_topic": names["labels"],
                       "dead_letter_topic": names["dlq"], "librdkafka": {"session.timeout.ms": 6000}},
-            "replicas": {"urls": self.urls, "model": self.model, "max_inflight_per_replica": self.seqs},
+            "replicas": {"urls": self.urls, "model": self.model,
+                         "max_inflight_per_replica": self.seqs + self.seqs // 8},
             "policies": {"dir": str(workload.policy_path().parent), "default": [workload.POLICY_ID],
                          "reload_interval_s": 0},
             "batching": {"max_inflight_events": max_inflight_events or 2 * self.seqs * len(self.urls)},

@@ -25,11 +25,23 @@ running (the fixed 20% cut left a sawtooth down to 29 running); after a forced c
 replica is full again in ~2 s (additive increase alone: 56 of 256 after 20 s). On a KV-bound 120b
 replica (~150 running) the mean queue is ~6 with slow start on two empty readings, ~12 on one, and
 ~2 with additive increase only, which then leaves it at 30 running 15-40 s after a deep cut.
+
+The queue it keeps is ``target``: ``waiting_target`` (4), or more when the consumer is slow to
+notice completions. Under load the consumer handles replica responses in batches ``reaction_s``
+apart (``batching.io_batch_ms``); a slot that frees meanwhile idles the GPU unless a request is
+already waiting there, so the target covers ``QUEUE_COVER`` times the completions expected within
+that time (our own completion rate, measured between readings; each consumer sharing a replica
+covers its own). That needs a ceiling above the replica's ``--max-num-seqs``. Measured (bench
+profile, time scale 10, 6,000 events, three runs each): 20 ms batches, ceiling 256: 207 events/s
+at 350-375 us CPU per event; 50 ms batches, ceiling 256: 202-203 events/s (the GPU idles) at 274-299;
+50 ms batches, ceiling 288, queue 16: 208 events/s at 277-288 us, same p99.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+QUEUE_COVER = 2.0  # keep twice the completions expected within one reaction time waiting
 
 
 @dataclass
@@ -37,7 +49,8 @@ class AimdLimit:
     maximum: int
     minimum: int = 4
     initial: int | None = None
-    waiting_target: float = 4.0
+    waiting_target: float = 4.0  # the queue kept at the replica, at least (see ``target``)
+    reaction_s: float = 0.0  # how late we may notice a completion (the consumer's I/O batching)
     decrease: float = 0.8
     max_cut: float = 0.5
     cooldown_s: float = 1.0
@@ -45,11 +58,15 @@ class AimdLimit:
     waiting: float | None = None
     sized_cuts: bool = False  # the replica reports its running count: cuts are sized by it
     empty_scrapes: int = 0  # consecutive readings of an empty queue
+    target: float = 0.0  # the queue to keep now: waiting_target, or more to cover reaction_s
     _last_cut: float = -1e18
+    _completions: int = 0
+    _last_reading: float | None = None
 
     def __post_init__(self) -> None:
         start = self.maximum if self.initial is None else self.initial
         self.limit = float(max(self.minimum, min(start, self.maximum)))
+        self.target = self.waiting_target
 
     @property
     def value(self) -> int:
@@ -63,23 +80,28 @@ class AimdLimit:
         self.waiting = waiting
         self.sized_cuts = running is not None
         self.empty_scrapes = self.empty_scrapes + 1 if waiting == 0 else 0
+        if self._last_reading is not None and now > self._last_reading:
+            rate = self._completions / (now - self._last_reading)
+            self.target = max(self.waiting_target, QUEUE_COVER * rate * self.reaction_s)
+        self._completions, self._last_reading = 0, now
         if inflight == 0:
             return  # none of that queue is ours: cutting an unused limit would only slow our start later
-        if waiting > self.waiting_target and now - self._last_cut >= self.cooldown_s:
+        if waiting > self.target and now - self._last_cut >= self.cooldown_s:
             if running is None:
                 self.limit *= self.decrease
             else:
                 # Scale what we have out now, not the limit: right after a cut our requests still
                 # queue there, and scaling the limit again would cut below the replica's capacity.
                 demand = self.limit if inflight is None else float(inflight)
-                share = demand * (running + self.waiting_target) / (running + waiting)
+                share = demand * (running + self.target) / (running + waiting)
                 self.limit = min(self.limit, max(self.limit * self.max_cut, share))
             self.limit = max(float(self.minimum), self.limit)
             self._last_cut = now
 
     def on_success(self, inflight: int) -> None:
         """A request finished; grow only when the limit (not the offered load) is the bottleneck."""
-        if self.waiting is None or self.waiting > self.waiting_target or inflight + 1 < self.value:
+        self._completions += 1
+        if self.waiting is None or self.waiting > self.target or inflight + 1 < self.value:
             return
         # See the module doc: slow start while the replica has room, additive increase at capacity.
         room = self.empty_scrapes >= 2 and self.sized_cuts

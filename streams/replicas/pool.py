@@ -63,6 +63,7 @@ class ReplicaPool:
         probe_interval_s: float = 1.0,
         retry_limit: int | None = None,
         adaptive: bool = True,
+        reaction_s: float = 0.0,
         observer: Observer | None = None,
     ) -> None:
         if not urls:
@@ -77,6 +78,7 @@ class ReplicaPool:
         self._probe_interval = probe_interval_s
         self._retry_limit = retry_limit
         self._adaptive = adaptive
+        self._reaction_s = reaction_s
         self._scrapers: list[asyncio.Task[None]] = []
         self._observer = observer
         self._replicas: list[_Replica] = []
@@ -87,7 +89,8 @@ class ReplicaPool:
 
     async def __aenter__(self) -> ReplicaPool:
         self._replicas = [
-            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout), AimdLimit(maximum=self._cap))
+            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout),
+                     AimdLimit(maximum=self._cap, reaction_s=self._reaction_s))
             for u in self._urls
         ]
         if self._adaptive:

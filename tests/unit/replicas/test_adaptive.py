@@ -114,3 +114,24 @@ def test_comes_back_fast_once_the_replica_reports_room_again() -> None:
     for _ in range(200):
         a.on_success(inflight=a.value - 1)
     assert abs(a.limit - 201) < 0.01  # one round trip: about one more
+
+
+def test_queue_target_covers_the_consumers_reaction_time() -> None:
+    # 200 completions a second noticed up to 50 ms late: keep 2 x 200 x 0.05 = 20 waiting, not 4.
+    a = AimdLimit(maximum=300, waiting_target=4, reaction_s=0.05)
+    a.observe_queue(0, now=0.0, running=256, inflight=256)
+    for _ in range(200):
+        a.on_success(inflight=a.value - 1)
+    a.observe_queue(18, now=1.0, running=256, inflight=274)
+    assert a.target == 20.0
+    assert a.value == 300  # a queue of 18 is within the target: no cut
+    a.observe_queue(60, now=2.0, running=256, inflight=316)  # no completions counted this second
+    assert a.target == 4.0  # a quiet second: back to the floor...
+    assert a.value == 260  # ...and the sized cut aims at 256 running + 4 waiting
+    # Without batching (reaction 0) the floor is the target whatever the rate.
+    b = AimdLimit(maximum=300, waiting_target=4)
+    b.observe_queue(0, now=0.0, running=256, inflight=256)
+    for _ in range(500):
+        b.on_success(inflight=255)
+    b.observe_queue(10, now=1.0, running=256, inflight=266)
+    assert b.target == 4.0 and b.value < 266
