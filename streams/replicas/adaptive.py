@@ -4,7 +4,7 @@ vLLM runs at most ``max_num_seqs`` sequences; requests beyond that wait in its q
 latency without adding throughput. The controller starts at ``initial`` (by default the maximum,
 ``replicas.max_inflight_per_replica``, so a fresh consumer fills the GPU at once), cuts the limit
 (at most once per ``cooldown_s``) when the replica's ``vllm:num_requests_waiting`` grows past
-``waiting_target``, and while the limit is what holds us back grows it again: one request per
+the queue target (below), and while the limit is what holds us back grows it again: one request per
 completion (slow start) until the first cut and whenever the replica reports an empty queue next
 to its running count twice in a row (it has room; a sized cut undoes any overshoot), otherwise
 about one per round trip (additive increase), as TCP does; a round trip here is a whole
@@ -12,7 +12,7 @@ generation (seconds), too slow to refill a GPU after a deep cut. It stays within
 ``maximum``]. Replicas that publish no queue metric keep the fixed maximum.
 
 The cut is sized by the replica's own numbers when it also reports ``vllm:num_requests_running``
-(R) next to the queue (W): the factor ``(R + waiting_target) / (R + W)`` is the one that would
+(R) next to the queue (W): the factor ``(R + target) / (R + W)`` is the one that would
 bring the replica's total demand down to what it runs plus the target queue, and the new limit is
 our requests in flight times that factor. Every consumer sharing the replica sees the same factor,
 so together they land there in one step however many they are (and keep their relative shares,
@@ -33,8 +33,9 @@ already waiting there, so the target covers ``QUEUE_COVER`` times the completion
 that time (our own completion rate, measured between readings; each consumer sharing a replica
 covers its own). That needs a ceiling above the replica's ``--max-num-seqs``. Measured (bench
 profile, time scale 10, 6,000 events, three runs each): 20 ms batches, ceiling 256: 207 events/s
-at 350-375 us CPU per event; 50 ms batches, ceiling 256: 202-203 events/s (the GPU idles) at 274-299;
-50 ms batches, ceiling 288, queue 16: 208 events/s at 277-288 us, same p99.
+at 350-375 us CPU per event; 50 ms batches, ceiling 256: 202-203 events/s (the GPU idles) at
+274-299 us; 50 ms batches, ceiling 288, a fixed queue of 16: 208 events/s at 277-288 us, same p99;
+the same with this target (~21 there): 208 events/s at 261-279 us.
 """
 
 from __future__ import annotations
