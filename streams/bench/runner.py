@@ -33,6 +33,7 @@ from streams.bench.ideal import percentile, saturate
 from streams.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.config import BatchingSettings
 from streams.errors import FatalError
+from streams.replicas.client import sum_samples
 from streams.sim.launcher import SimProcesses
 from streams.sim.profiles import PROFILES
 
@@ -251,15 +252,13 @@ def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:
     for url in urls:
         root = url[: -len("/v1")] if url.endswith("/v1") else url
         with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
-            text = resp.read().decode()
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            name = name.split("{", 1)[0]
-            if name == "vllm:prefix_cache_hits_total":
-                hits += float(value.rsplit(" ", 1)[-1])
-            elif name == "vllm:prefix_cache_queries_total":
-                queries += float(value.rsplit(" ", 1)[-1])
+            sums = sum_samples(resp.read().decode(), _HITS, _QUERIES)
+        hits += sums.get(_HITS, 0.0)
+        queries += sums.get(_QUERIES, 0.0)
     return hits, queries
+
+
+_HITS, _QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
 
 
 def _proc_cpu(pid: int) -> float:

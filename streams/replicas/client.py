@@ -21,7 +21,22 @@ from streams.replicas.http import HttpPool
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
 
 
-_GAUGES = {"vllm:num_requests_waiting": "waiting", "vllm:num_requests_running": "running"}
+_WAITING, _RUNNING = "vllm:num_requests_waiting", "vllm:num_requests_running"
+
+
+def sum_samples(text: str, *names: str) -> dict[str, float]:
+    """Prometheus text exposition -> {metric name: sum of its samples over all label sets}, for the
+    ``names`` present (exact names, e.g. ``vllm:prefix_cache_hits_total``). Unparseable lines are skipped."""
+    wanted = set(names)
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            try:
+                sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return sums
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +145,10 @@ class ReplicaClient:
             raise RetryableError(f"metrics scrape failed: {type(exc).__name__}: {exc}", replica=self.base_url) from exc
         if resp.status != 200:
             return None
-        sums: dict[str, float] = {}
-        for line in resp.body.decode("utf-8", "replace").splitlines():
-            name = _GAUGES.get(line.split("{", 1)[0].split(" ", 1)[0])
-            if name is not None:
-                try:
-                    sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-                except (IndexError, ValueError):
-                    continue
-        if "waiting" not in sums:
+        sums = sum_samples(resp.body.decode("utf-8", "replace"), _WAITING, _RUNNING)
+        if _WAITING not in sums:
             return None
-        return QueueState(sums["waiting"], sums.get("running"))
+        return QueueState(sums[_WAITING], sums.get(_RUNNING))
 
     def close(self) -> None:
         self._http.close()
