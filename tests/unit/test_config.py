@@ -73,3 +73,19 @@ def test_env_json_merges_into_librdkafka_from_file(tmp_path, monkeypatch) -> Non
     monkeypatch.setenv("SAFEGUARD_KAFKA__LIBRDKAFKA", '{"sasl.password": "pw"}')
     s = load_settings(f)
     assert s.kafka.librdkafka == {"security.protocol": "SASL_SSL", "sasl.username": "u", "sasl.password": "pw"}
+
+
+def test_readme_first_screen_config_loads(tmp_path, monkeypatch) -> None:
+    """The config README's first screen tells people to write must stay valid as the settings evolve."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    body = readme.split("cat > safeguard.yaml <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    f = tmp_path / "safeguard.yaml"
+    f.write_text(body)
+    monkeypatch.setenv("SAFEGUARD_KAFKA__SECURITY__SASL_PASSWORD", "from-the-environment")
+    s = load_settings(f)
+    assert s.replicas.urls == ["http://vllm-0:8000/v1", "http://vllm-1:8000/v1"]
+    assert s.replicas.max_inflight_per_replica == 288
+    assert s.kafka.security.sasl_password is not None
+    assert [r.kind for r in s.policies.routes] == ["review", "chat"]
