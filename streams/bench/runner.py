@@ -207,7 +207,7 @@ class _Bench:
         names = self._topics()
         log = self.tmp / f"faust-{names['input']}.log"
         env = dict(os.environ, BENCH_BOOTSTRAP=self.bootstrap, BENCH_IN=names["input"], BENCH_OUT=names["labels"],
-                   BENCH_URL=self.urls[0], BENCH_MODEL=self.model, BENCH_APP=f"bench-{names['input']}",
+                   BENCH_URLS=",".join(self.urls), BENCH_MODEL=self.model, BENCH_APP=f"bench-{names['input']}",
                    BENCH_DATADIR=str(self.tmp / f"faust-{names['input']}"))
         with log.open("wb") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "streams.bench.faust_app", "worker",
