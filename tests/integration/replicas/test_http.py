@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -31,26 +31,42 @@ async def each_request(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
             return
 
 
-async def test_content_length_chunked_and_keep_alive() -> None:
-    connections = 0
+class RequestServer:
+    """A local server that hands each request body on each connection to ``respond(body, writer)``
+    (which returns False to close the connection) and counts the connections it accepted."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
+    def __init__(self, respond: Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]) -> None:
+        self.respond = respond
+        self.connections = 0
+
+    async def start(self) -> tuple[asyncio.Server, int]:
+        return await serve(self._handle)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         async for body in each_request(reader):
-            if body == b"chunked":
-                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n")
-            else:
-                writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await writer.drain()
+            if not await self.respond(body, writer):
+                writer.close()
+                return
 
-    server, port = await serve(handler)
+
+async def test_content_length_chunked_and_keep_alive() -> None:
+    async def respond(body: bytes, writer: asyncio.StreamWriter) -> bool:
+        if body == b"chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        return True
+
+    srv = RequestServer(respond)
+    server, port = await srv.start()
     pool = HttpPool(f"http://127.0.0.1:{port}/v1")
     r1 = await pool.request("POST", "/x", b"hello")
     r2 = await pool.request("POST", "/x", b"chunked")
     r3 = await pool.request("POST", "/x", b"again")
     assert (r1.status, r1.body) == (201, b"hello") and r2.body == b"chunked" and r3.body == b"again"
-    assert connections == 1  # one persistent connection for all three
+    assert srv.connections == 1  # one persistent connection for all three
     pool.close()
     server.close()
 
@@ -85,30 +101,26 @@ async def test_deadline() -> None:
 
 
 async def test_headers_connection_close_and_split_reads() -> None:
-    connections = 0
+    async def respond(body: bytes, writer: asyncio.StreamWriter) -> bool:
+        if body == b"close":
+            writer.write(b"HTTP/1.1 503 Busy\r\nretry-after:  7 \r\nCONNECTION: Close\r\n"
+                         b"Content-Length: 4\r\n\r\nbusy")
+            await writer.drain()
+            return False
+        for part in (b"HTTP/1.1 200 OK\r\nX-Extra: a:b\r\nconTent-LENGTH: 11", b"\r\n\r\nhello", b" world"):
+            writer.write(part)  # head and body in pieces, header names in odd case
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        return True
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        async for body in each_request(reader):
-            if body == b"close":
-                writer.write(b"HTTP/1.1 503 Busy\r\nretry-after:  7 \r\nCONNECTION: Close\r\n"
-                             b"Content-Length: 4\r\n\r\nbusy")
-                await writer.drain()
-                writer.close()
-                return
-            for part in (b"HTTP/1.1 200 OK\r\nX-Extra: a:b\r\nconTent-LENGTH: 11", b"\r\n\r\nhello", b" world"):
-                writer.write(part)  # head and body in pieces, header names in odd case
-                await writer.drain()
-                await asyncio.sleep(0.01)
-
-    server, port = await serve(handler)
+    srv = RequestServer(respond)
+    server, port = await srv.start()
     pool = HttpPool(f"http://127.0.0.1:{port}")
     r1 = await pool.request("POST", "/a", b"split", timeout=5)
     assert (r1.status, r1.body, r1.headers["x-extra"]) == (200, b"hello world", "a:b")
     r2 = await pool.request("POST", "/a", b"close", timeout=5)  # on the same keep-alive connection
-    assert (r2.status, r2.body, r2.headers["retry-after"]) == (503, b"busy", "7") and connections == 1
+    assert (r2.status, r2.body, r2.headers["retry-after"]) == (503, b"busy", "7") and srv.connections == 1
     r3 = await pool.request("POST", "/a", b"split", timeout=5)  # the closed connection is not reused
-    assert r3.body == b"hello world" and connections == 2
+    assert r3.body == b"hello world" and srv.connections == 2
     pool.close()
     server.close()
