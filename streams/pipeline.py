@@ -16,9 +16,10 @@ Per event: consume -> decode and route (poison: a dead letter) -> one inference 
 delivery strategy produces them and commits offsets (the commit protocol is documented in
 :mod:`streams.delivery`).
 
-Backpressure: above ``batching.max_inflight_events`` (or with no healthy replica) all assigned
-partitions are paused; the loop keeps calling ``consume`` so the member stays in the group, and
-resumes below 75% of the limit.
+Backpressure: at most ``batching.max_inflight_events`` events are consumed and not yet settled (each
+``consume`` asks for no more than the room left); at the limit (or with no healthy replica) all
+assigned partitions are paused; the loop keeps calling ``consume`` so the member stays in the group,
+and resumes below 75% of the limit.
 """
 
 from __future__ import annotations
@@ -145,8 +146,7 @@ class Pipeline:
             while not self._stopping.is_set() and self._fatal is None:
                 # Each consume() is a hand-off to the consumer thread and back: few and full is cheap.
                 timeout = BUSY_POLL_TIMEOUT_S if msgs and not self._paused else POLL_TIMEOUT_S
-                msgs = await loop.run_in_executor(self._executor, consumer.consume,
-                                                  self._s.batching.max_poll_records, timeout)
+                msgs = await loop.run_in_executor(self._executor, consumer.consume, self._poll_size(), timeout)
                 now = time.monotonic()
                 if msgs:
                     self._last_input = now
@@ -163,6 +163,12 @@ class Pipeline:
             await self._shutdown()
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
+
+    def _poll_size(self) -> int:
+        """Records to ask for: a full poll batch, but never past ``max_inflight_events`` (at the limit
+        the partitions are paused and this still polls, with 1, to stay in the group)."""
+        room = self._s.batching.max_inflight_events - self._ledger.count
+        return max(1, min(self._s.batching.max_poll_records, room))
 
     def _idle_for(self, now: float) -> float:
         if self._assigned_at is None:
