@@ -16,10 +16,11 @@ Per event: consume -> decode and route (poison: a dead letter) -> one inference 
 delivery strategy produces them and commits offsets (the commit protocol is documented in
 :mod:`streams.delivery`).
 
-Backpressure: at most ``batching.max_inflight_events`` events are consumed and not yet settled (each
-``consume`` asks for no more than the room left); at the limit (or with no healthy replica) all
-assigned partitions are paused; the loop keeps calling ``consume`` so the member stays in the group,
-and resumes below 75% of the limit.
+Backpressure (:mod:`streams.backpressure`): all assigned partitions are paused at
+``batching.max_inflight_events`` events consumed and not settled (an exact bound: each ``consume``
+asks only for the room left), while more requests wait for a replica slot than the replicas finish
+in about half a second (the rest of the backlog stays in Kafka, as lag), or with no healthy replica;
+the loop keeps calling ``consume`` so the member stays in the group, and resumes by itself.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streams.backpressure import Backpressure
 from streams.cache import DedupeCache
 from streams.codec import Codec
 from streams.config import Settings
@@ -54,7 +56,6 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.1  # idle or paused: wait this long for new records
 BUSY_POLL_TIMEOUT_S = 0.02  # records are flowing: hand over partial batches at least this often
-RESUME_FRACTION = 0.75
 
 
 def transactional_id(settings: Settings) -> str:
@@ -89,6 +90,8 @@ class Pipeline:
         self._codec = Codec(settings)
         self._delivery: Delivery | None = None
         self._paused = False
+        self._outage = False  # paused because no replica was healthy (logged as a warning)
+        self._backpressure = Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records)
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._assigned_at: float | None = None
@@ -146,14 +149,15 @@ class Pipeline:
             while not self._stopping.is_set() and self._fatal is None:
                 # Each consume() is a hand-off to the consumer thread and back: few and full is cheap.
                 timeout = BUSY_POLL_TIMEOUT_S if msgs and not self._paused else POLL_TIMEOUT_S
-                msgs = await loop.run_in_executor(self._executor, consumer.consume, self._poll_size(), timeout)
+                size = self._backpressure.poll_size(self._ledger.count, self._pool.waiting)
+                msgs = await loop.run_in_executor(self._executor, consumer.consume, size, timeout)
                 now = time.monotonic()
                 if msgs:
                     self._last_input = now
                     for msg in msgs:
                         self._handle(msg, now)
                 self._delivery.tick(now, consumer)
-                self._apply_backpressure()
+                self._apply_backpressure(now)
                 if until_idle is not None and self._idle_for(now) >= until_idle and self._ledger.count == 0:
                     log.info("idle for %.1fs with nothing in flight: exiting", until_idle)
                     break
@@ -163,12 +167,6 @@ class Pipeline:
             await self._shutdown()
         if self._fatal is not None:
             raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
-
-    def _poll_size(self) -> int:
-        """Records to ask for: a full poll batch, but never past ``max_inflight_events`` (at the limit
-        the partitions are paused and this still polls, with 1, to stay in the group)."""
-        room = self._s.batching.max_inflight_events - self._ledger.count
-        return max(1, min(self._s.batching.max_poll_records, room))
 
     def _idle_for(self, now: float) -> float:
         if self._assigned_at is None:
@@ -298,6 +296,7 @@ class Pipeline:
 
     def _finish(self, work: Work) -> None:
         assert self._delivery is not None
+        self._backpressure.labelled.total += 1
         self._delivery.complete(work)
 
     def _settled(self, work: Work) -> None:
@@ -305,22 +304,28 @@ class Pipeline:
 
     # ---- backpressure --------------------------------------------------------------------------
 
-    def _apply_backpressure(self) -> None:
+    def _apply_backpressure(self, now: float) -> None:
+        """Pause or resume fetching (:mod:`streams.backpressure`); only outage pauses are warnings."""
         assert self._consumer is not None
-        limit = self._s.batching.max_inflight_events
-        no_replica = self._pool.healthy_count == 0
-        if not self._paused and (self._ledger.count >= limit or no_replica):
-            parts = self._consumer.assignment()
-            if parts:
-                self._consumer.pause(parts)
-                self._paused = True
-                log.warning("paused partitions=%d in_flight_events=%d healthy_replicas=%d",
-                            len(parts), self._ledger.count, self._pool.healthy_count)
-        elif self._paused and self._ledger.count < limit * RESUME_FRACTION and not no_replica:
-            parts = self._consumer.assignment()
-            self._consumer.resume(parts)
-            self._paused = False
-            log.info("resumed partitions=%d in_flight_events=%d", len(parts), self._ledger.count)
+        count, waiting, healthy = self._ledger.count, self._pool.waiting, self._pool.healthy_count > 0
+        self._backpressure.update(now)
+        if self._paused:
+            if self._backpressure.may_resume(count, waiting, healthy):
+                self._consumer.resume(self._consumer.assignment())
+                self._paused = False
+                log.log(logging.INFO if self._outage else logging.DEBUG, "resumed partitions in_flight=%d", count)
+                self._outage = False
+            elif not healthy and not self._outage:
+                self._outage = True
+                log.warning("paused partitions: no healthy replica in_flight_events=%d", count)
+            return
+        reason = self._backpressure.reason_to_pause(count, waiting, healthy)
+        parts = self._consumer.assignment() if reason else []
+        if parts:
+            self._consumer.pause(parts)
+            self._paused, self._outage = True, not healthy
+            log.log(logging.WARNING if self._outage else logging.DEBUG,
+                    "paused partitions: %s in_flight_events=%d waiting_for_replica=%d", reason, count, waiting)
 
     # ---- callbacks from the consumer thread ------------------------------------------------------
 
@@ -331,10 +336,7 @@ class Pipeline:
         if partitions:
             # Set the pause state explicitly: a partition coming back to this member may still carry
             # the pause it had when it was revoked, and would then never be fetched again.
-            if self._paused:
-                consumer.pause(partitions)
-            else:
-                consumer.resume(partitions)
+            (consumer.pause if self._paused else consumer.resume)(partitions)
         log.info("assigned partitions=%s", _fmt(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

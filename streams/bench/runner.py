@@ -31,7 +31,6 @@ from confluent_kafka import Producer
 from streams.bench import workload
 from streams.bench.ideal import percentile, saturate
 from streams.broker import EmbeddedBroker, create_topics, reader_from_beginning
-from streams.config import BatchingSettings
 from streams.errors import FatalError
 from streams.replicas.client import sum_samples
 from streams.sim.launcher import SimProcesses
@@ -98,11 +97,11 @@ class _Bench:
         if p.flush(60):
             raise FatalError("benchmark events were not delivered")
 
-    def _config(self, names: dict[str, str], cache: int, max_inflight_events: int | None = None) -> Path:
-        """Model runs keep ~2 batches per replica in flight (a deeper local queue only adds latency)
-        and allow each replica 1/8 more than it runs, the room the adaptive limit needs for the short
-        queue that covers the consumer's I/O batching (as README recommends for production); the
-        cache-only run uses the default limit, since its events wait only for broker acks."""
+    def _config(self, names: dict[str, str], cache: int) -> Path:
+        """Defaults (``batching.max_inflight_events`` included: the local queue bound keeps the
+        backlog in Kafka), except that each replica may have 1/8 more requests than it runs, the room
+        the adaptive limit needs for the short queue that covers the consumer's I/O batching (as
+        README recommends for production)."""
         conf = {
             "kafka": {"bootstrap_servers": self.bootstrap, "group_id": f"g-{names['input']}",
                       "input_topics": [names["input"]], "labels_topic": names["labels"],
@@ -111,7 +110,6 @@ class _Bench:
                          "max_inflight_per_replica": self.seqs + self.seqs // 8},
             "policies": {"dir": str(workload.policy_path().parent), "default": [workload.POLICY_ID],
                          "reload_interval_s": 0},
-            "batching": {"max_inflight_events": max_inflight_events or 2 * self.seqs * len(self.urls)},
             "cache": {"max_entries": cache},
             "metrics": {"port": 0},
         }
@@ -143,8 +141,7 @@ class _Bench:
     def passthrough(self, n: int) -> dict[str, Any]:
         names = self._topics()
         self._produce(names["input"], workload.events(n, unique=False))
-        default_limit = BatchingSettings().max_inflight_events
-        res = self._worker(self._config(names, cache=1000, max_inflight_events=default_limit), n)
+        res = self._worker(self._config(names, cache=1000), n)
         raw = self._raw(names["input"], n)
         return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
                 "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),

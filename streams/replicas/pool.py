@@ -83,6 +83,7 @@ class ReplicaPool:
         self._observer = observer
         self._replicas: list[_Replica] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiting = 0  # requests waiting for a slot right now
         self._rr = 0
         self.health_changed = asyncio.Event()
         self._retry_log = RateLimitedLog(log)
@@ -178,9 +179,11 @@ class ReplicaPool:
                 raise RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            self.waiting += 1
             try:
                 await waiter
             finally:
+                self.waiting -= 1
                 if not waiter.done():
                     waiter.cancel()
             avoid = None

@@ -218,15 +218,10 @@ def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap
         loop.call_soon_threadsafe(loop.stop)
 
 
-async def test_backpressure_bounds_in_flight_events(kafka_bootstrap, topics, sims, tmp_path) -> None:
+async def run_watching_peak(config) -> int:
+    """Run the consumer until idle; the peak of events in flight it reached."""
     import asyncio
 
-    names = topics(partitions=2)
-    n, limit, batch = 200, 20, 15  # a batch that does not divide the limit: polls must shrink to fit
-    urls = sims(1, time_scale=20.0).urls
-    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
-    config = write_config(tmp_path, kafka_bootstrap, names, urls,
-                          batching={"max_inflight_events": limit, "max_poll_records": batch})
     peak = 0
     holder: list = []
 
@@ -242,9 +237,39 @@ async def test_backpressure_bounds_in_flight_events(kafka_bootstrap, topics, sim
         await run_consumer(load_settings(config), until_idle=3.0, on_pipeline=holder.append)
     finally:
         watcher.cancel()
+    return peak
+
+
+async def test_backpressure_bounds_in_flight_events(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    names = topics(partitions=2)
+    n, limit, batch = 200, 20, 15  # a batch that does not divide the limit: polls must shrink to fit
+    urls = sims(1, time_scale=20.0).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls,
+                          batching={"max_inflight_events": limit, "max_poll_records": batch})
+    peak = await run_watching_peak(config)
     labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
     assert labels == {f"e{i}" for i in range(n)}
     assert peak == limit  # reached the limit and never went past it (not even by a poll batch)
+
+
+async def test_backlog_stays_in_kafka_while_the_replicas_are_full(kafka_bootstrap, topics, sims, tmp_path) -> None:
+    """Default max_inflight_events (4,096) and a replica allowed 8 requests: the consumer takes only
+    what the replica runs plus a short local queue, not a poll batch of 500 or the memory bound."""
+    from streams.backpressure import MIN_LOCAL_QUEUE
+
+    names = topics(partitions=2)
+    n, cap = 600, 8
+    urls = sims(1, time_scale=20.0).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls,
+                          replicas={"urls": urls, "max_inflight_per_replica": cap})
+    peak = await run_watching_peak(config)
+    labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
+    assert labels == {f"e{i}" for i in range(n)}
+    # The replica's 8, the local queue (~40 labels/s here: the 32 minimum) and a few being acknowledged
+    # (measured 45-46; 600, all of them, without the local queue bound).
+    assert cap + MIN_LOCAL_QUEUE <= peak <= 100, peak
 
 
 def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap, topics, sims, tmp_path) -> None:

@@ -62,6 +62,17 @@ async def test_inflight_cap_is_respected(sims) -> None:
     assert peak == 4
 
 
+async def test_waiting_counts_requests_queued_for_a_slot(sims) -> None:
+    """What the pipeline's backpressure reads: requests queued here, not yet sent to a replica."""
+    url = sims(1, time_scale=2.0).urls[0]
+    async with ReplicaPool([url], max_inflight_per_replica=4) as pool:
+        tasks = [asyncio.ensure_future(pool.chat(body(f"w{i}"))) for i in range(20)]
+        await asyncio.sleep(0)
+        assert (pool.inflight, pool.waiting) == (4, 16)
+        await asyncio.gather(*tasks)
+        assert (pool.inflight, pool.waiting) == (0, 0)
+
+
 async def test_replicas_of_different_sizes_each_run_full_without_a_long_queue(sims) -> None:
     """A 32-slot replica next to a 256-slot one, both behind a 256 in-flight limit, under more load
     than both can run: the small one's limit must come down to what it runs (a fixed 256 would queue
