@@ -10,10 +10,12 @@ Two bounds, both with hysteresis so partitions are not paused and resumed on eve
   keeps there); a few more waiting here refill slots while a resumed fetch is on its way, and the
   rest are better left in Kafka, where they count as consumer lag (what the autoscaler scales on),
   can go to another member after a rebalance, and need no relabelling after a crash. The allowance
-  is what the consumer labels in ``LOCAL_QUEUE_COVER_S`` (events finished per second, cache hits
-  included, measured by :class:`RateMeter`; at least ``MIN_LOCAL_QUEUE``): polls ask for no more
-  than the allowance minus the requests already waiting, the partitions pause when the waiting
-  requests reach it and resume below half of it. Measured
+  is what the consumer decides in ``LOCAL_QUEUE_COVER_S`` (replica answers plus dedupe cache hits,
+  per second, measured by :class:`RateMeter`, in the unit of the waiting requests whatever the
+  number of policies per event; at least ``MIN_LOCAL_QUEUE``): polls ask for no more than the
+  replicas' free slots plus the allowance minus the requests already waiting (so a fresh consumer
+  fills its replicas in one poll), the partitions pause when the waiting requests
+  reach it and resume below half of it. Measured
   with the bench profile (one 256-slot replica behind a 288 ceiling, time scale 10, 6,000 events)
   and only the memory bound: 1,024 in flight gave 212 events/s at p50 3.7 s / p99 9.1 s, 512 gave
   213 at 1.7 / 5.5, 384 gave 216 at 1.2 / 5.1, and 320 lost throughput (197: too little waiting
@@ -28,29 +30,30 @@ LOCAL_QUEUE_COVER_S = 0.5  # requests waiting locally: about this many seconds o
 MIN_LOCAL_QUEUE = 32
 
 
-def local_queue_allowance(completions_per_s: float) -> float:
+def local_queue_allowance(decided_per_s: float) -> float:
     """Requests allowed to wait for a replica slot before fetching pauses."""
-    return max(float(MIN_LOCAL_QUEUE), completions_per_s * LOCAL_QUEUE_COVER_S)
+    return max(float(MIN_LOCAL_QUEUE), decided_per_s * LOCAL_QUEUE_COVER_S)
 
 
 class Backpressure:
-    """The two bounds for one consumer; count finished events on ``labelled`` and call
-    :meth:`update` before deciding."""
+    """The two bounds for one consumer; call :meth:`update` before deciding."""
 
     def __init__(self, max_inflight_events: int, max_poll_records: int) -> None:
         self.max_inflight_events = max_inflight_events
         self.max_poll_records = max_poll_records
-        self.labelled = RateMeter()  # events finished (labelled or dead-lettered)
+        self.decided = RateMeter()
         self.allowance = local_queue_allowance(0.0)
 
-    def update(self, now: float) -> None:
-        self.allowance = local_queue_allowance(self.labelled.rate(now))
+    def update(self, now: float, decided: int) -> None:
+        """``decided``: replica answers plus dedupe cache hits so far (a running total)."""
+        self.decided.total = decided
+        self.allowance = local_queue_allowance(self.decided.rate(now))
 
-    def poll_size(self, inflight_events: int, waiting: int) -> int:
-        """Records to ask for: a full poll batch, but never past ``max_inflight_events`` nor the local
-        queue allowance (at a bound the partitions are paused and the consumer still polls, for 1,
-        to stay in the group)."""
-        room = min(self.max_inflight_events - inflight_events, int(self.allowance) - waiting)
+    def poll_size(self, inflight_events: int, waiting: int, free_slots: int) -> int:
+        """Records to ask for: a full poll batch, but never past ``max_inflight_events`` nor what the
+        replicas' free slots and the local queue allowance take (at a bound the partitions are
+        paused and the consumer still polls, for 1, to stay in the group)."""
+        room = min(self.max_inflight_events - inflight_events, free_slots + int(self.allowance) - waiting)
         return max(1, min(self.max_poll_records, room))
 
     def reason_to_pause(self, inflight_events: int, waiting: int, healthy: bool) -> str | None:
@@ -69,7 +72,7 @@ class Backpressure:
 
 
 class RateMeter:
-    """Events per second, measured over windows of at least ``window_s`` (the window closes when
+    """Growth of ``total`` per second, measured over windows of at least ``window_s`` (the window closes when
     :meth:`rate` is called with a later ``now``; between closes the last rate holds)."""
 
     def __init__(self, window_s: float = 1.0) -> None:

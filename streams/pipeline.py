@@ -54,8 +54,8 @@ from streams.work import OutRecord, TopicPartitionKey, Work
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 0.1  # idle or paused: wait this long for new records
-BUSY_POLL_TIMEOUT_S = 0.02  # records are flowing: hand over partial batches at least this often
+POLL_TIMEOUT_S = 0.1  # idle, or paused with no healthy replica: wait this long for new records
+BUSY_POLL_TIMEOUT_S = 0.02  # records flowing, or held back by backpressure: come back this often
 
 
 def transactional_id(settings: Settings) -> str:
@@ -147,9 +147,10 @@ class Pipeline:
         msgs: list[Message] = []
         try:
             while not self._stopping.is_set() and self._fatal is None:
-                # Each consume() is a hand-off to the consumer thread and back: few and full is cheap.
-                timeout = BUSY_POLL_TIMEOUT_S if msgs and not self._paused else POLL_TIMEOUT_S
-                size = self._backpressure.poll_size(self._ledger.count, self._pool.waiting)
+                # A consume() is a thread hand-off (few and full is cheap); a late resume idles replicas.
+                busy = self._paused and not self._outage or msgs and not self._paused
+                timeout = BUSY_POLL_TIMEOUT_S if busy else POLL_TIMEOUT_S
+                size = self._backpressure.poll_size(self._ledger.count, self._pool.waiting, self._pool.free_slots)
                 msgs = await loop.run_in_executor(self._executor, consumer.consume, size, timeout)
                 now = time.monotonic()
                 if msgs:
@@ -296,7 +297,6 @@ class Pipeline:
 
     def _finish(self, work: Work) -> None:
         assert self._delivery is not None
-        self._backpressure.labelled.total += 1
         self._delivery.complete(work)
 
     def _settled(self, work: Work) -> None:
@@ -308,7 +308,7 @@ class Pipeline:
         """Pause or resume fetching (:mod:`streams.backpressure`); only outage pauses are warnings."""
         assert self._consumer is not None
         count, waiting, healthy = self._ledger.count, self._pool.waiting, self._pool.healthy_count > 0
-        self._backpressure.update(now)
+        self._backpressure.update(now, self._pool.answered + (self.cache.hits if self.cache else 0))
         if self._paused:
             if self._backpressure.may_resume(count, waiting, healthy):
                 self._consumer.resume(self._consumer.assignment())

@@ -84,6 +84,7 @@ class ReplicaPool:
         self._replicas: list[_Replica] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.waiting = 0  # requests waiting for a slot right now
+        self.answered = 0  # requests answered so far (all replicas)
         self._rr = 0
         self.health_changed = asyncio.Event()
         self._retry_log = RateLimitedLog(log)
@@ -113,6 +114,11 @@ class ReplicaPool:
     @property
     def inflight(self) -> int:
         return sum(r.inflight for r in self._replicas)
+
+    @property
+    def free_slots(self) -> int:
+        """Requests the healthy replicas would take now, within their in-flight limits."""
+        return sum(max(0, r.aimd.value - r.inflight) for r in self._replicas if r.healthy)
 
     def replica_states(self) -> dict[str, tuple[bool, int, int]]:
         """``{url: (healthy, inflight, in-flight limit)}`` for metrics and readiness."""
@@ -223,6 +229,7 @@ class ReplicaPool:
                 waiter.set_result(None)
 
     def _on_success(self, replica: _Replica, latency: float) -> None:
+        self.answered += 1
         replica.failures = 0
         replica.aimd.on_success(replica.inflight)
         if self._observer is not None:

@@ -13,19 +13,20 @@ def bp(allowance: float = 10_000.0) -> Backpressure:
 
 def test_poll_size_never_overshoots_the_in_flight_bound() -> None:
     b = bp()  # the local queue allowance out of the way
-    assert b.poll_size(0, 0) == 500
-    assert b.poll_size(100, 0) == 412  # only the room left
-    assert b.poll_size(511, 0) == 1
-    assert b.poll_size(512, 0) == 1  # paused at the limit, still polling to stay in the group
-    assert b.poll_size(600, 0) == 1
+    assert b.poll_size(0, 0, 0) == 500
+    assert b.poll_size(100, 0, 0) == 412  # only the room left
+    assert b.poll_size(511, 0, 0) == 1
+    assert b.poll_size(512, 0, 0) == 1  # paused at the limit, still polling to stay in the group
+    assert b.poll_size(600, 0, 0) == 1
 
 
-def test_poll_size_fills_the_local_queue_allowance_and_no_more() -> None:
+def test_poll_size_fills_free_slots_and_the_local_queue_allowance_and_no_more() -> None:
     b = bp(105.0)
-    assert b.poll_size(300, waiting=0) == 105
-    assert b.poll_size(300, waiting=60) == 45
-    assert b.poll_size(300, waiting=200) == 1
-    assert b.poll_size(500, waiting=0) == 12  # the memory bound is the tighter one
+    assert b.poll_size(300, waiting=0, free_slots=0) == 105
+    assert b.poll_size(300, waiting=60, free_slots=0) == 45
+    assert b.poll_size(300, waiting=200, free_slots=0) == 1
+    assert b.poll_size(0, waiting=0, free_slots=288) == 393  # a fresh consumer fills its replica at once
+    assert b.poll_size(500, waiting=0, free_slots=0) == 12  # the memory bound is the tighter one
 
 
 def test_rate_meter_measures_whole_windows() -> None:
@@ -60,10 +61,9 @@ def test_resume_needs_both_bounds_well_below_and_a_healthy_replica() -> None:
     assert not b.may_resume(0, waiting=0, healthy=False)
 
 
-def test_allowance_follows_the_labelling_rate() -> None:
+def test_allowance_follows_the_decision_rate() -> None:
     b = Backpressure(max_inflight_events=4096, max_poll_records=500)
     assert b.allowance == MIN_LOCAL_QUEUE
-    b.update(10.0)
-    b.labelled.total += 420
-    b.update(12.0)  # 210 events/s
+    b.update(10.0, decided=1000)
+    b.update(12.0, decided=1420)  # 210 answers (or cache hits) a second
     assert b.allowance == 105.0

@@ -63,14 +63,15 @@ async def test_inflight_cap_is_respected(sims) -> None:
 
 
 async def test_waiting_counts_requests_queued_for_a_slot(sims) -> None:
-    """What the pipeline's backpressure reads: requests queued here, not yet sent to a replica."""
+    """What the pipeline's backpressure reads: requests queued here, not yet sent to a replica, and
+    the slots the replicas have free."""
     url = sims(1, time_scale=2.0).urls[0]
     async with ReplicaPool([url], max_inflight_per_replica=4) as pool:
         tasks = [asyncio.ensure_future(pool.chat(body(f"w{i}"))) for i in range(20)]
         await asyncio.sleep(0)
-        assert (pool.inflight, pool.waiting) == (4, 16)
+        assert (pool.inflight, pool.waiting, pool.free_slots) == (4, 16, 0)
         await asyncio.gather(*tasks)
-        assert (pool.inflight, pool.waiting) == (0, 0)
+        assert (pool.inflight, pool.waiting, pool.free_slots, pool.answered) == (0, 0, 4, 20)
 
 
 async def test_replicas_of_different_sizes_each_run_full_without_a_long_queue(sims) -> None:
