@@ -1,37 +1,41 @@
-"""When the consumer stops fetching: the decisions; the pipeline applies them (pause/resume).
-
-Two bounds, both with hysteresis so partitions are not paused and resumed on every poll:
+"""When the consumer stops fetching: the decisions; the pipeline applies them.
 
 - **Memory** (``batching.max_inflight_events``, exact): at most that many events consumed and not
   yet settled. Each poll asks only for the room left, so a poll batch cannot overshoot it; at the
   limit the partitions pause, and they resume below ``RESUME_FRACTION`` of it.
 - **Latency** (the local queue): requests waiting for a replica slot add latency and no throughput.
   The replicas run what they can (each up to its adaptive limit, plus the short queue that limit
-  keeps there); a few more waiting here refill slots while a resumed fetch is on its way, and the
-  rest are better left in Kafka, where they count as consumer lag (what the autoscaler scales on),
-  can go to another member after a rebalance, and need no relabelling after a crash. The allowance
-  is what the consumer decides in ``LOCAL_QUEUE_COVER_S`` (replica answers plus dedupe cache hits,
-  per second, measured by :class:`RateMeter`, in the unit of the waiting requests whatever the
-  number of policies per event; at least ``MIN_LOCAL_QUEUE``): polls ask for no more than the
-  replicas' free slots plus the allowance minus the requests already waiting (so a fresh consumer
-  fills its replicas in one poll), the partitions pause when the waiting requests
-  reach it and resume below half of it. Measured
-  with the bench profile (one 256-slot replica behind a 288 ceiling, time scale 10, 6,000 events)
-  and only the memory bound: 1,024 in flight gave 212 events/s at p50 3.7 s / p99 9.1 s, 512 gave
-  213 at 1.7 / 5.5, 384 gave 216 at 1.2 / 5.1, and 320 lost throughput (197: too little waiting
-  here to refill slots across a pause); ``LOCAL_QUEUE_COVER_S`` is set to land near 384 there
-  whatever ``max_inflight_events`` is.
+  keeps there); a few more waiting here refill slots as they free, and the rest are better left in
+  Kafka, where they count as consumer lag (what the autoscaler scales on), can go to another member
+  after a rebalance, and need no relabelling after a crash. The allowance is what the consumer
+  decides in ``LOCAL_QUEUE_COVER_S`` (replica answers plus dedupe cache hits per second, measured by
+  :class:`RateMeter`, in the unit of the waiting requests whatever the number of policies per
+  event; at least ``MIN_LOCAL_QUEUE``). A poll asks for no more than the replicas' free slots plus
+  the allowance minus the requests already waiting (so a fresh consumer fills its replicas in one
+  poll); with no room at all the consumer **holds**: it skips polling for a moment instead of
+  pausing. Pausing would cost more than the wait: librdkafka drops the partitions' prefetched
+  records on pause and, measured here, delivers again only 0.3-0.6 s after a resume (its broker
+  thread notices the resume late), long enough to drain the local queue and idle the replicas.
+  A hold that lasts ``HOLD_MAX_S`` (the replicas have stopped answering) turns into a pause, so
+  polling, and with it rebalance callbacks, never stops for long; it ends below half the allowance.
+
+Measured with the bench profile (one 256-slot replica behind a 288 ceiling, time scale 10, 6,000
+events) and only the memory bound: 1,024 in flight gave 212 events/s at p50 3.7 s / p99 9.1 s, 512
+gave 213 at 1.7 / 5.5, 384 gave 216 at 1.2 / 5.1, and 320 lost throughput (197: too little waiting
+here to refill slots across a pause); ``LOCAL_QUEUE_COVER_S`` is set to land near 384 there
+whatever ``max_inflight_events`` is.
 """
 
 from __future__ import annotations
 
 RESUME_FRACTION = 0.75  # of max_inflight_events
-LOCAL_QUEUE_COVER_S = 0.5  # requests waiting locally: about this many seconds of completions
+LOCAL_QUEUE_COVER_S = 0.5  # requests waiting locally: about this many seconds of decisions
 MIN_LOCAL_QUEUE = 32
+HOLD_MAX_S = 1.0  # a hold longer than this (replicas not answering) becomes a pause
 
 
 def local_queue_allowance(decided_per_s: float) -> float:
-    """Requests allowed to wait for a replica slot before fetching pauses."""
+    """Requests allowed to wait for a replica slot before fetching holds."""
     return max(float(MIN_LOCAL_QUEUE), decided_per_s * LOCAL_QUEUE_COVER_S)
 
 
@@ -51,19 +55,24 @@ class Backpressure:
 
     def poll_size(self, inflight_events: int, waiting: int, free_slots: int) -> int:
         """Records to ask for: a full poll batch, but never past ``max_inflight_events`` nor what the
-        replicas' free slots and the local queue allowance take (at a bound the partitions are
-        paused and the consumer still polls, for 1, to stay in the group)."""
-        room = min(self.max_inflight_events - inflight_events, free_slots + int(self.allowance) - waiting)
-        return max(1, min(self.max_poll_records, room))
+        replicas' free slots and the local queue allowance take. 0: hold (do not poll now); at the
+        memory bound 1, since the partitions are paused then and polling keeps the member alive."""
+        memory_room = self.max_inflight_events - inflight_events
+        if memory_room <= 0:
+            return 1
+        queue_room = free_slots + int(self.allowance) - waiting
+        if queue_room < self.allowance / 4:
+            return 0  # a thread hand-off per poll: wait for a quarter of the allowance to free up
+        return min(self.max_poll_records, memory_room, queue_room)
 
-    def reason_to_pause(self, inflight_events: int, waiting: int, healthy: bool) -> str | None:
-        """Why fetching should stop now (None: no reason)."""
+    def reason_to_pause(self, inflight_events: int, waiting: int, healthy: bool, held_s: float) -> str | None:
+        """Why fetching should pause now (None: no reason). ``held_s``: how long polling has been held."""
         if not healthy:
             return "no healthy replica"
         if inflight_events >= self.max_inflight_events:
             return "max_inflight_events"
-        if waiting >= self.allowance:
-            return "replicas full"
+        if held_s >= HOLD_MAX_S and waiting >= self.allowance:
+            return "replicas not answering"
         return None
 
     def may_resume(self, inflight_events: int, waiting: int, healthy: bool) -> bool:
@@ -72,8 +81,11 @@ class Backpressure:
 
 
 class RateMeter:
-    """Growth of ``total`` per second, measured over windows of at least ``window_s`` (the window closes when
-    :meth:`rate` is called with a later ``now``; between closes the last rate holds)."""
+    """Growth of ``total`` per second, measured over windows of at least ``window_s`` that close
+    when :meth:`rate` is called. Between closes it reports the last window's rate, or the open
+    window's so far once that is a quarter window old and higher: a rising rate (a consumer's
+    first seconds) is seen at once, a falling one a window late, which errs toward a longer local
+    queue, never toward idle replicas."""
 
     def __init__(self, window_s: float = 1.0) -> None:
         self.window_s = window_s
@@ -84,8 +96,13 @@ class RateMeter:
     def rate(self, now: float) -> float:
         if self._mark is None:
             self._mark = (now, self.total)
-        elif now - self._mark[0] >= self.window_s:
-            since, count = self._mark
-            self._rate = (self.total - count) / (now - since)
+            return self._rate
+        since, count = self._mark
+        elapsed = now - since
+        if elapsed >= self.window_s:
+            self._rate = (self.total - count) / elapsed
             self._mark = (now, self.total)
+            return self._rate
+        if elapsed >= self.window_s / 4:
+            return max(self._rate, (self.total - count) / elapsed)
         return self._rate

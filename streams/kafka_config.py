@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from streams.config import Settings
@@ -29,6 +30,11 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "statistics.interval.ms": 5_000,  # consumer lag for safeguard_consumer_lag
     }
     return conf | _overrides(settings, producer=False)
+
+
+def transactional_id(settings: Settings) -> str:
+    """Stable per consumer instance: a restart of the same instance aborts its open transaction."""
+    return settings.kafka.transactional_id or f"{settings.kafka.group_id}-{socket.gethostname()}"
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
@@ -41,7 +40,7 @@ from streams.config import Settings
 from streams.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger, serve_reports
 from streams.errors import FatalError, PoisonError
 from streams.events import ReasoningRecord, Source, dead_letter_for
-from streams.kafka_config import consumer_config
+from streams.kafka_config import consumer_config, transactional_id
 from streams.labeler import Decision, Labeler, Outcome, SourceRef, decision_bytes
 from streams.logutil import RateLimitedLog
 from streams.metrics import Children, Metrics, lags_from_stats
@@ -56,11 +55,6 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.1  # idle, or paused with no healthy replica: wait this long for new records
 BUSY_POLL_TIMEOUT_S = 0.02  # records flowing, or held back by backpressure: come back this often
-
-
-def transactional_id(settings: Settings) -> str:
-    """Stable per consumer instance: a restart of the same instance aborts its open transaction."""
-    return settings.kafka.transactional_id or f"{settings.kafka.group_id}-{socket.gethostname()}"
 
 
 class Pipeline:
@@ -91,6 +85,7 @@ class Pipeline:
         self._delivery: Delivery | None = None
         self._paused = False
         self._outage = False  # paused because no replica was healthy (logged as a warning)
+        self._held_since: float | None = None  # polling held: replicas and local queue full
         self._backpressure = Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records)
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -149,9 +144,14 @@ class Pipeline:
             while not self._stopping.is_set() and self._fatal is None:
                 # A consume() is a thread hand-off (few and full is cheap); a late resume idles replicas.
                 busy = self._paused and not self._outage or msgs and not self._paused
-                timeout = BUSY_POLL_TIMEOUT_S if busy else POLL_TIMEOUT_S
                 size = self._backpressure.poll_size(self._ledger.count, self._pool.waiting, self._pool.free_slots)
-                msgs = await loop.run_in_executor(self._executor, consumer.consume, size, timeout)
+                if size or self._paused:
+                    self._held_since = None
+                    msgs = await loop.run_in_executor(self._executor, consumer.consume, max(size, 1),
+                                                      BUSY_POLL_TIMEOUT_S if busy else POLL_TIMEOUT_S)
+                else:  # replicas and local queue full: hold polling a moment (see streams.backpressure)
+                    self._held_since, msgs = self._held_since or time.monotonic(), []
+                    await asyncio.sleep(BUSY_POLL_TIMEOUT_S)
                 now = time.monotonic()
                 if msgs:
                     self._last_input = now
@@ -319,7 +319,7 @@ class Pipeline:
                 self._outage = True
                 log.warning("paused partitions: no healthy replica in_flight_events=%d", count)
             return
-        reason = self._backpressure.reason_to_pause(count, waiting, healthy)
+        reason = self._backpressure.reason_to_pause(count, waiting, healthy, now - (self._held_since or now))
         parts = self._consumer.assignment() if reason else []
         if parts:
             self._consumer.pause(parts)

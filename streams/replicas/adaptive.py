@@ -65,6 +65,7 @@ class AimdLimit:
     _last_reading: float | None = None
 
     def __post_init__(self) -> None:
+        self.minimum = min(self.minimum, self.maximum)  # a replica allowed 2 requests gets 2, never 4
         start = self.maximum if self.initial is None else self.initial
         self.limit = float(max(self.minimum, min(start, self.maximum)))
         self.target = self.waiting_target

@@ -268,8 +268,38 @@ async def test_backlog_stays_in_kafka_while_the_replicas_are_full(kafka_bootstra
     labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
     assert labels == {f"e{i}" for i in range(n)}
     # The replica's 8, the local queue (~40 labels/s here: the 32 minimum) and a few being acknowledged
-    # (measured 45-46; 600, all of them, without the local queue bound).
+    # (measured 45-47; 600, all of them, without the local queue bound).
     assert cap + MIN_LOCAL_QUEUE <= peak <= 100, peak
+
+
+async def test_a_hold_becomes_a_pause_when_the_replicas_stop_answering(kafka_bootstrap, topics, sims, tmp_path,
+                                                                       caplog) -> None:
+    """A full local queue only holds polling for a moment: when the replica answers nothing for
+    longer (here a request takes ~20 s), the partitions are paused so polling, which serves
+    rebalance callbacks, goes on; nothing more is taken from Kafka meanwhile."""
+    import asyncio
+    import logging
+
+    from streams.backpressure import HOLD_MAX_S, MIN_LOCAL_QUEUE
+
+    caplog.set_level(logging.DEBUG, logger="streams.pipeline")
+    names = topics(partitions=2)
+    urls = sims(1, time_scale=0.05).urls
+    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(200)])
+    config = write_config(tmp_path, kafka_bootstrap, names, urls, batching={"drain_timeout_s": 0.5},
+                          replicas={"urls": urls, "max_inflight_per_replica": 2})
+    holder: list = []
+    task = asyncio.create_task(run_consumer(load_settings(config), on_pipeline=holder.append))
+    deadline = time.monotonic() + 30
+    while "paused partitions: replicas not answering" not in caplog.text:
+        assert time.monotonic() < deadline and not task.done(), caplog.text[-2000:]
+        await asyncio.sleep(0.05)
+    held = time.monotonic()
+    assert holder[0].consumed == 2 + MIN_LOCAL_QUEUE  # what the replica runs plus the local queue
+    await asyncio.sleep(HOLD_MAX_S + 0.5)
+    assert holder[0].consumed == 2 + MIN_LOCAL_QUEUE and time.monotonic() - held > HOLD_MAX_S
+    holder[0].stop()
+    await asyncio.wait_for(task, 30)
 
 
 def test_sigterm_drains_commits_and_exits_zero(kafka_bootstrap, topics, sims, tmp_path) -> None:

@@ -135,3 +135,13 @@ def test_queue_target_covers_the_consumers_reaction_time() -> None:
         b.on_success(inflight=255)
     b.observe_queue(10, now=1.0, running=256, inflight=266)
     assert b.target == 4.0 and b.value < 266
+
+
+def test_the_maximum_is_a_ceiling_even_below_the_minimum() -> None:
+    a = AimdLimit(maximum=2)  # minimum defaults to 4
+    a.observe_queue(30, now=0.0, running=2, inflight=2)
+    assert a.value == 2
+    a.observe_queue(0, now=5.0, running=2, inflight=2)
+    for _ in range(50):
+        a.on_success(inflight=a.value - 1)
+    assert a.value == 2
