@@ -218,10 +218,17 @@ def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap
         loop.call_soon_threadsafe(loop.stop)
 
 
-async def run_watching_peak(config) -> int:
-    """Run the consumer until idle; the peak of events in flight it reached."""
+async def label_all_watching_peak(bootstrap, topics, sims, tmp_path, n: int, **sections) -> int:
+    """Label ``n`` events with one replica (time scale 20) under the given config sections, check
+    that every event got its label, and return the peak of events in flight meanwhile."""
     import asyncio
 
+    names = topics(partitions=2)
+    urls = sims(1, time_scale=20.0).urls
+    produce(bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
+    if "replicas" in sections:
+        sections["replicas"] = {"urls": urls, **sections["replicas"]}
+    config = write_config(tmp_path, bootstrap, names, urls, **sections)
     peak = 0
     holder: list = []
 
@@ -237,19 +244,15 @@ async def run_watching_peak(config) -> int:
         await run_consumer(load_settings(config), until_idle=3.0, on_pipeline=holder.append)
     finally:
         watcher.cancel()
+    labels = {orjson.loads(m.value())["event_id"] for m in read_all(bootstrap, names["labels"], expect=n)}
+    assert labels == {f"e{i}" for i in range(n)}
     return peak
 
 
 async def test_backpressure_bounds_in_flight_events(kafka_bootstrap, topics, sims, tmp_path) -> None:
-    names = topics(partitions=2)
-    n, limit, batch = 200, 20, 15  # a batch that does not divide the limit: polls must shrink to fit
-    urls = sims(1, time_scale=20.0).urls
-    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
-    config = write_config(tmp_path, kafka_bootstrap, names, urls,
-                          batching={"max_inflight_events": limit, "max_poll_records": batch})
-    peak = await run_watching_peak(config)
-    labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
-    assert labels == {f"e{i}" for i in range(n)}
+    limit, batch = 20, 15  # a batch that does not divide the limit: polls must shrink to fit
+    peak = await label_all_watching_peak(kafka_bootstrap, topics, sims, tmp_path, 200,
+                                         batching={"max_inflight_events": limit, "max_poll_records": batch})
     assert peak == limit  # reached the limit and never went past it (not even by a poll batch)
 
 
@@ -258,15 +261,9 @@ async def test_backlog_stays_in_kafka_while_the_replicas_are_full(kafka_bootstra
     what the replica runs plus a short local queue, not a poll batch of 500 or the memory bound."""
     from streams.backpressure import MIN_LOCAL_QUEUE
 
-    names = topics(partitions=2)
-    n, cap = 600, 8
-    urls = sims(1, time_scale=20.0).urls
-    produce(kafka_bootstrap, names["input"], [event(i, f"text {i}") for i in range(n)])
-    config = write_config(tmp_path, kafka_bootstrap, names, urls,
-                          replicas={"urls": urls, "max_inflight_per_replica": cap})
-    peak = await run_watching_peak(config)
-    labels = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["labels"], expect=n)}
-    assert labels == {f"e{i}" for i in range(n)}
+    cap = 8
+    peak = await label_all_watching_peak(kafka_bootstrap, topics, sims, tmp_path, 600,
+                                         replicas={"max_inflight_per_replica": cap})
     # The replica's 8, the local queue (~40 labels/s here: the 32 minimum) and a few being acknowledged
     # (measured 45-47; 600, all of them, without the local queue bound).
     assert cap + MIN_LOCAL_QUEUE <= peak <= 100, peak
