@@ -16,11 +16,11 @@ Per event: consume -> decode and route (poison: a dead letter) -> one inference 
 delivery strategy produces them and commits offsets (the commit protocol is documented in
 :mod:`streams.delivery`).
 
-Backpressure (:mod:`streams.backpressure`): all assigned partitions are paused at
-``batching.max_inflight_events`` events consumed and not settled (an exact bound: each ``consume``
-asks only for the room left), while more requests wait for a replica slot than the replicas finish
-in about half a second (the rest of the backlog stays in Kafka, as lag), or with no healthy replica;
-the loop keeps calling ``consume`` so the member stays in the group, and resumes by itself.
+Backpressure (:mod:`streams.backpressure`): polls take no more than the replicas' free slots plus
+about half a second of work waiting locally (the rest of the backlog stays in Kafka, as lag); with
+no room, polling holds for a moment. Partitions are paused at ``batching.max_inflight_events``
+events consumed and not settled (exact), when a hold lasts, or with no healthy replica; the loop
+keeps calling ``consume`` then, so the member stays in the group, and resumes by itself.
 """
 
 from __future__ import annotations

@@ -66,6 +66,8 @@ def test_reasons_to_pause() -> None:
     # A full local queue holds polling; only a hold that lasts (replicas not answering) pauses.
     assert b.reason_to_pause(300, waiting=105, healthy=True, held_s=0.5) is None
     assert b.reason_to_pause(300, waiting=105, healthy=True, held_s=HOLD_MAX_S) == "replicas not answering"
+    # Held with the queue only nearly full (no room for a worthwhile poll): polling must resume too.
+    assert b.reason_to_pause(300, waiting=85, healthy=True, held_s=HOLD_MAX_S) == "replicas not answering"
 
 
 def test_resume_needs_both_bounds_well_below_and_a_healthy_replica() -> None:
