@@ -12,10 +12,11 @@
   :class:`RateMeter`, in the unit of the waiting requests whatever the number of policies per
   event; at least ``MIN_LOCAL_QUEUE``). A poll asks for no more than the replicas' free slots plus
   the allowance minus the requests already waiting (so a fresh consumer fills its replicas in one
-  poll); with no room at all the consumer **holds**: it skips polling for a moment instead of
-  pausing. Pausing would cost more than the wait: librdkafka drops the partitions' prefetched
-  records on pause and, measured here, delivers again only 0.3-0.6 s after a resume (its broker
-  thread notices the resume late), long enough to drain the local queue and idle the replicas.
+  poll); with less room than a quarter of the allowance (a poll is a thread hand-off) the consumer
+  **holds**: it skips polling for a moment instead of pausing. Pausing would cost more than the
+  wait: librdkafka drops the partitions' prefetched records on pause and, measured here, delivers
+  again only 0.3-0.6 s after a resume (its broker thread notices the resume late), long enough to
+  drain the local queue and idle the replicas.
   A hold that lasts ``HOLD_MAX_S`` (the replicas have stopped answering) turns into a pause, so
   polling, and with it rebalance callbacks, never stops for long; it ends below half the allowance.
 
@@ -23,7 +24,9 @@ Measured with the bench profile (one 256-slot replica behind a 288 ceiling, time
 events) and only the memory bound: 1,024 in flight gave 212 events/s at p50 3.7 s / p99 9.1 s, 512
 gave 213 at 1.7 / 5.5, 384 gave 216 at 1.2 / 5.1, and 320 lost throughput (197: too little waiting
 here to refill slots across a pause); ``LOCAL_QUEUE_COVER_S`` is set to land near 384 there
-whatever ``max_inflight_events`` is.
+whatever ``max_inflight_events`` is. With the local queue and the default 4,096: 216-219 events/s at
+p50 1.25-1.3 s / p99 5.1-5.2 s; two replicas, 12,000 events: p50 1.3 s / p99 5.0 s against 7.6-7.8 s
+/ 20-22 s without it, at the same 427-440 events/s.
 """
 
 from __future__ import annotations
