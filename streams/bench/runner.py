@@ -32,7 +32,7 @@ from streams.bench import workload
 from streams.bench.ideal import percentile, saturate
 from streams.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.errors import FatalError
-from streams.replicas.client import sum_samples
+from streams.replicas.client import root_url, sum_samples
 from streams.sim.launcher import SimProcesses
 from streams.sim.profiles import PROFILES
 
@@ -247,8 +247,7 @@ def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:
     """(hits, queries) of the replicas' prefix cache so far, in prompt tokens, summed over replicas."""
     hits = queries = 0.0
     for url in urls:
-        root = url[: -len("/v1")] if url.endswith("/v1") else url
-        with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
+        with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
             sums = sum_samples(resp.read().decode(), _HITS, _QUERIES)
         hits += sums.get(_HITS, 0.0)
         queries += sums.get(_QUERIES, 0.0)

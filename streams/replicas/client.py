@@ -24,6 +24,12 @@ _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
 _WAITING, _RUNNING = "vllm:num_requests_waiting", "vllm:num_requests_running"
 
 
+def root_url(base_url: str) -> str:
+    """The server root (``/metrics``, ``/health``) of an OpenAI base URL such as ``http://host:8000/v1``."""
+    base = base_url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
 def sum_samples(text: str, *names: str) -> dict[str, float]:
     """Prometheus text exposition -> {metric name: sum of its samples over all label sets}, for the
     ``names`` present (exact names, e.g. ``vllm:prefix_cache_hits_total``). Unparseable lines are skipped."""
@@ -65,7 +71,7 @@ class ReplicaClient:
 
     def __init__(self, base_url: str, *, api_key: str | None, timeout_s: float):
         self.base_url = base_url.rstrip("/")
-        self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        self.root_url = root_url(self.base_url)
         self._http = HttpPool(self.base_url)
         self._root = HttpPool(self.root_url)
         self._timeout = timeout_s

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from streams.broker import free_port
 from streams.errors import FatalError
+from streams.replicas.client import root_url
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 20.0) -> None:
     """Block until ``GET /health`` answers 200 (``url`` is the ``/v1`` base)."""
-    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    root = root_url(url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

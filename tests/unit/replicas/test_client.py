@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.replicas.client import sum_samples
+from streams.replicas.client import root_url, sum_samples
 
 EXPOSITION = """\
 # HELP vllm:num_requests_waiting Number of requests waiting to be processed.
@@ -20,3 +20,9 @@ def test_sum_samples_sums_label_sets_of_exact_names_only() -> None:
                        "vllm:prefix_cache_hits_total", "vllm:kv_cache_usage_perc")
     assert sums == {"vllm:num_requests_waiting": 5.0, "vllm:num_requests_running": 250.0,
                     "vllm:prefix_cache_hits_total": 1500.0}
+
+
+def test_root_url_of_an_openai_base() -> None:
+    assert root_url("http://replica:8000/v1") == "http://replica:8000"
+    assert root_url("http://replica:8000/v1/") == "http://replica:8000"
+    assert root_url("https://gw.example/vllm") == "https://gw.example/vllm"  # no /v1: the base is the root
