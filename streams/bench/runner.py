@@ -7,22 +7,25 @@
   replicas' prefix-cache hit rate over the run (from their ``/metrics``, in prompt tokens).
 - ``naive``: poll -> one blocking HTTP call -> produce -> commit (:mod:`streams.bench.naive`).
 - ``faust``: an idiomatic faust-streaming agent (:mod:`streams.bench.faust_app`).
-- ``passthrough``: our consumer when every label comes from the dedupe cache (no model), against a
-  raw confluent-kafka consume -> produce loop, the physical floor on this machine.
+- ``passthrough``: our consumer when every label comes from the dedupe cache (no model: one
+  unmeasured event warms the cache first), against a raw confluent-kafka consume -> produce loop,
+  the physical floor on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import yaml
@@ -117,12 +120,34 @@ class _Bench:
         path.write_text(yaml.safe_dump(conf))
         return path
 
-    def _worker(self, config: Path, n: int) -> dict[str, Any]:
-        proc = subprocess.run([sys.executable, "-m", "streams.bench.worker", str(config), str(n)],
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise FatalError(f"benchmark consumer failed: {proc.stderr[-2000:]}")
-        return orjson.loads(proc.stdout.strip().splitlines()[-1])
+    def _worker(self, config: Path, n: int, *, warmup: int = 0, when_warm: Callable[[], None] | None = None,
+                timeout_s: float = 900) -> dict[str, Any]:
+        """Our consumer in its own process (:mod:`streams.bench.worker`), measured over ``n`` events
+        after ``warmup`` unmeasured ones; ``when_warm`` runs once those are settled (it produces the
+        measured events)."""
+        with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+                [sys.executable, "-m", "streams.bench.worker", str(config), str(n), str(warmup)],
+                stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            assert proc.stdout is not None
+            out, problem = "", ""
+            try:
+                if warmup and _read_line(proc.stdout, time.monotonic() + 120) != "warm":
+                    problem = f"the {warmup} warm-up events were not labelled"
+                else:
+                    if when_warm is not None:
+                        when_warm()
+                    out = proc.communicate(timeout=timeout_s)[0]
+            except subprocess.TimeoutExpired:
+                problem = f"no result after {timeout_s:.0f} s"
+            if problem:
+                proc.kill()
+                proc.wait()
+            elif proc.returncode != 0 or not out.strip():
+                problem = f"exit status {proc.returncode}"
+            if problem:
+                err.seek(0)
+                raise FatalError(f"benchmark consumer failed ({problem}): {err.read()[-2000:]}")
+        return orjson.loads(out.strip().splitlines()[-1])
 
     def pipeline(self, items: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         names = self._topics()
@@ -139,9 +164,13 @@ class _Bench:
                 "prefix_cache_hit_rate": _ratio(hits, queries, 3)}
 
     def passthrough(self, n: int) -> dict[str, Any]:
+        """Every measured label from the dedupe cache: one event warms the cache (the model labels
+        it) before the ``n`` duplicates are produced and timed."""
         names = self._topics()
-        self._produce(names["input"], workload.events(n, unique=False))
-        res = self._worker(self._config(names, cache=1000), n)
+        events = workload.events(n + 1, unique=False)
+        self._produce(names["input"], events[:1])
+        res = self._worker(self._config(names, cache=1000), n, warmup=1,
+                           when_warm=lambda: self._produce(names["input"], events[1:]))
         raw = self._raw(names["input"], n)
         return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
                 "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
@@ -261,3 +290,11 @@ def _proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) of another process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_line(stream: IO[str], deadline: float) -> str:
+    """One line from a child's pipe, or "" when it closes or the deadline passes."""
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([stream], [], [], left)[0]:
+            return stream.readline().strip()
+    return ""

@@ -1,8 +1,12 @@
 """Runs our production consumer in its own process and measures it: ``python -m streams.bench.worker
-CONFIG N``. Prints one JSON line: wall time from the first consumed event to the last event settled,
-this process's CPU time over that window (start-up and imports excluded; replicas and broker are
-other processes), and that CPU split by thread kind (Linux ``/proc``): the event loop, the Kafka
-consumer hand-off thread, and librdkafka's own threads."""
+CONFIG N [WARMUP]``. Prints one JSON line: wall time from the first measured event consumed to the
+last event settled, this process's CPU time over that window (start-up and imports excluded;
+replicas and broker are other processes), and that CPU split by thread kind (Linux ``/proc``): the
+event loop, the Kafka consumer hand-off thread, and librdkafka's own threads.
+
+With ``WARMUP`` > 0 the first ``WARMUP`` events are not measured: once they are all settled the
+worker prints ``warm`` on a line of its own and measures the ``N`` events that come after (the
+passthrough run warms the dedupe cache this way, so that its window holds no model call)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +26,26 @@ from streams.config import load_settings
 from streams.pipeline import Pipeline
 
 
-async def main(config: str, n: int) -> dict[str, Any]:
+async def main(config: str, n: int, warmup: int = 0) -> dict[str, Any]:
     holder: list[Pipeline] = []
     task = asyncio.create_task(run_consumer(load_settings(config), on_pipeline=holder.append))
-    while not holder:
-        await asyncio.sleep(0.01)
+
+    async def until(done: Callable[[], bool], step: float) -> None:
+        while not done():
+            if task.done():
+                task.result()  # the consumer stopped: raise its error
+                raise RuntimeError("consumer exited before the benchmark's events were labelled")
+            await asyncio.sleep(step)
+
+    await until(lambda: bool(holder), 0.01)
     pipeline = holder[0]
-    while pipeline.consumed == 0:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.001)
+    if warmup:
+        await until(lambda: pipeline.consumed >= warmup and not pipeline.inflight_events, 0.01)
+        sys.stdout.write("warm\n")
+        sys.stdout.flush()
+    await until(lambda: pipeline.consumed > warmup, 0.001)
     t0, c0, threads0 = time.monotonic(), time.process_time(), thread_cpu()
-    while pipeline.consumed < n or pipeline.inflight_events:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
+    await until(lambda: pipeline.consumed >= warmup + n and not pipeline.inflight_events, 0.05)
     wall, cpu, threads1 = time.monotonic() - t0, time.process_time() - c0, thread_cpu()
     pipeline.stop()
     await task
@@ -60,5 +70,5 @@ def thread_cpu() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    result = aio.run(main(sys.argv[1], int(sys.argv[2])))
+    result = aio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
