@@ -136,7 +136,8 @@ class _Bench:
                 else:
                     if when_warm is not None:
                         when_warm()
-                    out = proc.communicate(timeout=timeout_s)[0]
+                    proc.wait(timeout_s)  # it prints one short line: the pipe cannot fill meanwhile
+                    out = proc.stdout.read()  # through the same buffer as the warm-up line
             except subprocess.TimeoutExpired:
                 problem = f"no result after {timeout_s:.0f} s"
             if problem:
