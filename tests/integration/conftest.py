@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics
-from streams.sim.launcher import SimProcesses
+from streams.devtools.broker import EmbeddedBroker, create_topics
+from streams.devtools.sim.launcher import SimProcesses
 from tests.integration.helpers import ConsumerProcess
 
 ROOT = Path(__file__).resolve().parents[2]

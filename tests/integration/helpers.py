@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from confluent_kafka import Producer
 
-from streams.broker import reader_from_beginning
+from streams.devtools.broker import reader_from_beginning
 
 ROOT = Path(__file__).resolve().parents[2]
 

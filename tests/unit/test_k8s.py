@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.cli_policies import policies_configmap
+from streams.authoring.configmap import policies_configmap
 from streams.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,8 +80,8 @@ def test_policies_configmap_is_current() -> None:
 
 
 def test_serve_replica_flags_match_the_vllm_manifest(capsys) -> None:
-    from streams.cli import main
-    from streams.serve import serve_command
+    from streams.cli.main import main
+    from streams.ops.vllm import serve_command
 
     assert main(["serve-replica"]) == 0
     printed = capsys.readouterr().out.split()
@@ -100,7 +100,7 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from streams.metrics import build_metrics, register_cache
+    from streams.ops.metrics import build_metrics, register_cache
 
     metrics = build_metrics(CollectorRegistry())
     register_cache(metrics, lambda: (0, 0, 0, 0))

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.errors import PoisonError
-from streams.events import DEAD_LETTER_VALUE_LIMIT, ContentEvent, Source, dead_letter_for, decode_content
-from streams.verdict import Verdict, parse_combined, parse_verdict
+from streams.inference.verdict import Verdict, parse_combined, parse_verdict
+from streams.wire.events import DEAD_LETTER_VALUE_LIMIT, ContentEvent, Source, dead_letter_for, decode_content
 
 ERROR_TYPES = {"invalid_json", "schema_violation", "too_large"}
 KEYS = ["event_id", "kind", "text", "messages", "policies", "metadata", "created_at", "role", "content", "x"]

@@ -1,0 +1,1 @@
+"""The policy author's tools: datasets, ``policies lint`` and ``eval``."""

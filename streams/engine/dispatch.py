@@ -1,0 +1,53 @@
+"""The inference stage: one asyncio task per open request, outcomes back onto the event.
+
+Tasks run concurrently over the replica pool (many in flight per replica); the poll loop never
+waits for them. When the last request of an event is decided, ``finished(work)`` hands the event
+to outputs and delivery. Whatever a request raises becomes an ``internal_error`` outcome for its
+policies (a bug met by one event must not stall its partition); a task whose event was dropped
+meanwhile (partition revoked, transaction rewound) is cancelled, and its late result ignored: the
+event will be consumed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from streams.engine.work import Request, Work
+from streams.errors import ErrorType, PoisonError
+from streams.inference.labeler import Labeler, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Dispatch:
+    """Starts an event's requests and reports the event once all are decided."""
+
+    def __init__(self, labeler: Labeler, holds: Callable[[Work], bool], finished: Callable[[Work], None]) -> None:
+        self._labeler = labeler
+        self._holds = holds
+        self._finished = finished
+
+    def start(self, work: Work) -> None:
+        requests, work.requests = work.requests, []
+        work.pending += len(requests)
+        for request in requests:
+            task = asyncio.create_task(self._run(work, request))
+            work.tasks.add(task)
+            task.add_done_callback(work.tasks.discard)
+
+    async def _run(self, work: Work, request: Request) -> None:
+        try:
+            outcomes = await self._labeler.label(request.policies, work.content, request.cache_key)
+        except Exception as exc:  # noqa: BLE001 - see the module doc
+            log.exception("internal error labelling topic=%s partition=%d offset=%d", work.tp[0], work.tp[1],
+                          work.offset)
+            failure = PoisonError(ErrorType.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            outcomes = [Outcome(p, failure=failure) for p in request.policies]
+        if not self._holds(work):
+            return  # dropped meanwhile: the event will be consumed again
+        work.outcomes.extend(outcomes)
+        work.pending -= 1
+        if work.pending == 0:
+            self._finished(work)

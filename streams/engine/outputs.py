@@ -1,0 +1,109 @@
+"""Outputs: the records an event produces once everything about it is decided.
+
+One label per decided policy (on ``kafka.labels_topic``, or ``<labels_topic>.shadow`` for shadow
+policies), a reasoning record per label when ``output.reasoning`` is ``separate``, and a dead
+letter per failure: the event itself (poison input) or one policy's evaluation of it. Each record
+carries the metric it counts once the broker acknowledges it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from streams.config import KafkaSettings, OutputSettings
+from streams.engine.work import OutRecord, Work
+from streams.errors import PoisonError
+from streams.inference.labeler import Outcome
+from streams.ops.logutil import RateLimitedLog
+from streams.ops.metrics import Children, Metrics
+from streams.wire.codec import Encoder
+from streams.wire.events import SCHEMA_VERSION, ReasoningRecord, Source, dead_letter_for, label_id, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inline_reasoning: bool,
+                   now: float) -> dict[str, Any]:
+    """The label event as the plain document :class:`~streams.wire.events.LabelEvent` dumps to
+    (same keys, same order). A pydantic model would cost more than the rest of the label's work,
+    and every value here is already typed by the code that made it (a unit test validates it)."""
+    event, verdict, policy = work.event, outcome.verdict, outcome.policy
+    assert event is not None and verdict is not None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "label_id": label_id(event.event_id, policy.id, policy.version),
+        "event_id": event.event_id,
+        "policy_id": policy.id,
+        "policy_version": policy.version,
+        "violation": verdict.violation,
+        "category": verdict.category,
+        "rule_ids": verdict.rule_ids,
+        "confidence": verdict.confidence,
+        "rationale": verdict.rationale,
+        "reasoning": outcome.reasoning if inline_reasoning else None,
+        "decided_by": outcome.decided_by,
+        "model": model,
+        "reasoning_effort": effort,
+        "source": {"topic": work.tp[0], "partition": work.tp[1], "offset": work.offset},
+        "metadata": event.metadata or {},
+        "latency_ms": round((now - work.consumed_at) * 1000, 3),
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens},
+        "labeled_at": utc_now(),
+    }
+
+
+class Outputs:
+    """Builds :attr:`Work.records` (``kafka`` topics, ``output.reasoning``, the configured model
+    name and default effort for the labels)."""
+
+    def __init__(self, kafka: KafkaSettings, output: OutputSettings, encoder: Encoder, metrics: Metrics, *,
+                 model: str, default_effort: str) -> None:
+        self._labels, self._shadow = kafka.labels_topic, kafka.shadow_labels_topic
+        self._dlq, self._reasoning = kafka.dead_letter_topic, kafka.reasoning_topic
+        self._inline = output.reasoning == "inline"
+        self._separate = output.reasoning == "separate"
+        self._encode = encoder.encode
+        self._model = model
+        self._effort = default_effort
+        self._label_count = Children(metrics.labels_produced)
+        self._dead_count = Children(metrics.dead_letters)
+        self._dlq_log = RateLimitedLog(log, 1.0)
+
+    def build(self, work: Work) -> None:
+        """Append the event's records to ``work.records``. Raises what encoding raises."""
+        if work.failure is not None:
+            self.dead_letter(work, work.failure)
+            return
+        now = time.monotonic()
+        for outcome in work.outcomes:
+            if outcome.failure is not None:
+                self.dead_letter(work, outcome.failure, policy_id=outcome.policy.id, attempts=outcome.attempts)
+            else:
+                self._label(work, outcome, now)
+
+    def _label(self, work: Work, outcome: Outcome, now: float) -> None:
+        policy = outcome.policy
+        doc = label_document(work, outcome, model=self._model, effort=policy.effort(self._effort),
+                             inline_reasoning=self._inline, now=now)
+        counter = self._label_count(policy.id, "true" if doc["violation"] else "false", outcome.decided_by)
+        topic = self._shadow if policy.meta.shadow else self._labels
+        work.records.append(OutRecord(topic, self._encode(doc, "label", topic), counter.inc))
+        if self._separate:
+            record = ReasoningRecord(label_id=doc["label_id"], event_id=doc["event_id"], policy_id=policy.id,
+                                     reasoning=outcome.reasoning)
+            work.records.append(OutRecord(self._reasoning, self._encode(record, "reasoning", self._reasoning)))
+
+    def dead_letter(self, work: Work, exc: PoisonError, *, policy_id: str | None = None, attempts: int = 1) -> None:
+        """Append a dead letter for the event (or for one policy's evaluation of it)."""
+        topic, partition = work.tp
+        self._dlq_log.log(logging.WARNING, exc.error_type,
+                          "dead letter topic=%s partition=%d offset=%d error_type=%s policy=%s error=%s",
+                          topic, partition, work.offset, exc.error_type, policy_id, exc)
+        letter = dead_letter_for(source=Source(topic=topic, partition=partition, offset=work.offset), key=work.key,
+                                 value=work.value, error_type=exc.error_type, error=str(exc),
+                                 event_id=work.event.event_id if work.event is not None else None,
+                                 policy_id=policy_id, attempts=attempts)
+        counter = self._dead_count(exc.error_type)
+        work.records.append(OutRecord(self._dlq, self._encode(letter, "dead_letter", self._dlq), counter.inc))

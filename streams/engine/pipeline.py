@@ -1,0 +1,261 @@
+"""The consumer's poll loop: moves batches of events through the stages and serves Kafka's callbacks.
+
+The stage map (docs/architecture.md has the picture)::
+
+    consume ─► Work per record ─► decode ─► route ─► [prefilter] ─► dedupe   (engine/stages.py, per batch)
+                                                                   │
+                                 open requests ─► inference tasks  (engine/dispatch.py, concurrent)
+                                                                   │
+                      all decided ─► outputs (engine/outputs.py) ─► delivery (engine/delivery.py)
+
+Concurrency model (chosen once): ONE asyncio event loop owns all state. Blocking librdkafka consumer
+calls (``consume``, ``close``, and the rebalance callbacks they trigger) run on a single dedicated
+thread through ``run_in_executor``; every other consumer call (pause, resume, seek, commit) is made
+on the loop thread, between those awaits or while the consumer thread waits for a rebalance
+callback the loop is serving, so the consumer is never used from two threads at once. Rebalance
+callbacks hand their work to the loop with ``run_coroutine_threadsafe`` and wait. Producer calls and
+delivery reports run on the loop thread (:mod:`streams.engine.pump`). Inference requests are asyncio
+tasks over keep-alive HTTP connections, many in flight per replica, so a slow model never stalls
+polling and ``max.poll.interval.ms`` is never exceeded because of inference.
+
+Backpressure (:mod:`streams.engine.backpressure`) sizes each poll and pauses the partitions when
+memory, the local queue or an outage says so; the loop keeps calling ``consume`` while paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streams.config import BatchingSettings, KafkaSettings
+from streams.engine.backpressure import FlowControl
+from streams.engine.delivery import Delivery
+from streams.engine.dispatch import Dispatch
+from streams.engine.outputs import Outputs
+from streams.engine.pump import serve_reports
+from streams.engine.stages import Stage
+from streams.engine.work import TopicPartitionKey, Work
+from streams.errors import FatalError
+from streams.inference.labeler import Labeler
+from streams.inference.replicas.pool import ReplicaPool
+from streams.kafka.config import consumer_config
+from streams.ops.logutil import RateLimitedLog
+from streams.ops.metrics import Children, Metrics, lags_from_stats
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Runs the consumer until stopped (``stop()``, SIGTERM) or idle (``until_idle``).
+
+    Built by :func:`streams.app.run_consumer` from its parts: the stages before inference, the
+    labeler (inference), outputs, a delivery strategy and the flow control.
+    """
+
+    def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, *, stages: Sequence[Stage],
+                 labeler: Labeler, outputs: Outputs, delivery: Delivery, flow: FlowControl, pool: ReplicaPool,
+                 metrics: Metrics, decided: Callable[[], int],
+                 consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
+        """``decided()``: decisions made so far (replica answers plus cache hits: the rate backpressure
+        sizes the local queue by). ``consumer_factory``: builds the Kafka consumer from its
+        librdkafka configuration (a test double in unit tests)."""
+        self._kafka = kafka
+        self._batching = batching
+        self._stages = list(stages)
+        self._outputs = outputs
+        self._delivery = delivery
+        self._ledger = delivery.ledger
+        self._ledger.on_settled = self._settled
+        self._dispatch = Dispatch(labeler, self._ledger.holds, self._finish)
+        self._flow = flow
+        self._pool = pool
+        self._metrics = metrics
+        self._decided = decided
+        self._consumer_factory = consumer_factory
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._assigned_at: float | None = None
+        self._last_input = 0.0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: Consumer | None = None
+        self.assigned: set[TopicPartitionKey] = set()
+        self.consumed = 0
+        self._consumed_count = Children(metrics.events_consumed)
+        self._kafka_log = RateLimitedLog(log, 30.0)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the pipeline to drain and exit (safe to call from a signal handler on the loop)."""
+        self._stopping.set()
+
+    @property
+    def inflight_events(self) -> int:
+        """Events consumed and not settled yet."""
+        return self._ledger.count
+
+    @property
+    def ready(self) -> bool:
+        return self._assigned_at is not None and self._pool.healthy_count > 0
+
+    def _settled(self, work: Work) -> None:
+        """The ledger's settle hook: the event's end-to-end latency."""
+        self._metrics.event_latency.observe(time.monotonic() - work.consumed_at)
+
+    async def run(self, until_idle: float | None = None) -> None:
+        """Consume until stopped or idle; drains, commits and closes. Raises FatalError on fatal errors."""
+        self._loop = loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._delivery.start)
+        conf = consumer_config(self._kafka) | {"error_cb": self._kafka_error, "stats_cb": self._stats}
+        self._consumer = consumer = self._consumer_factory(conf)
+        consumer.subscribe(self._kafka.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        log.info("consumer started topics=%s group=%s", self._kafka.input_topics, self._kafka.group_id)
+        pump = asyncio.create_task(serve_reports(self._delivery, lambda: self._pool.inflight,
+                                                 self._batching.io_batch_ms / 1000))
+        flow, pool, ledger = self._flow, self._pool, self._ledger
+        msgs: list[Message] = []
+        try:
+            while not self._stopping.is_set() and self._fatal is None:
+                timeout = flow.poll_timeout(bool(msgs))
+                size = flow.poll_size(time.monotonic(), ledger.count, pool.waiting, pool.free_slots)
+                if size:
+                    msgs = await loop.run_in_executor(self._executor, consumer.consume, size, timeout)
+                else:  # replicas and local queue full: hold polling a moment
+                    msgs = []
+                    await asyncio.sleep(timeout)
+                now = time.monotonic()
+                if msgs:
+                    self._last_input = now
+                    self._advance(msgs, now)
+                self._delivery.tick(now, consumer)
+                if self._delivery.failure is not None:
+                    self._fatal = self._delivery.failure
+                flow.apply(consumer, now, inflight_events=ledger.count, waiting=pool.waiting,
+                           healthy=pool.healthy_count > 0, decided=self._decided())
+                if until_idle is not None and self._idle_for(now) >= until_idle and ledger.count == 0:
+                    log.info("idle for %.1fs with nothing in flight: exiting", until_idle)
+                    break
+                await asyncio.sleep(0)  # let inference tasks run between polls even under a flood
+        finally:
+            pump.cancel()
+            await self._shutdown()
+        if self._fatal is not None:
+            raise FatalError(f"pipeline stopped: {self._fatal}") from self._fatal
+
+    def _idle_for(self, now: float) -> float:
+        if self._assigned_at is None:
+            return 0.0
+        return now - max(self._assigned_at, self._last_input)
+
+    async def _shutdown(self) -> None:
+        assert self._loop is not None and self._consumer is not None
+        deadline = time.monotonic() + self._batching.drain_timeout_s
+        if self._ledger.count and self._fatal is None:
+            log.info("draining in_flight_events=%d bound_s=%.0f", self._ledger.count,
+                     self._batching.drain_timeout_s)
+            await self._delivery.drain(deadline)
+        try:
+            self._delivery.close(self._consumer, deadline, commit=self._fatal is None)
+        except FatalError as exc:
+            log.error("final commit failed: %s", exc)
+        abandoned = self._ledger.drop_all()  # after the commit: dropping forgets their partitions
+        # close() leaves the group; its revoke callback runs on the consumer thread.
+        await self._loop.run_in_executor(self._executor, self._consumer.close)
+        self._executor.shutdown(wait=False)
+        log.info("consumer closed in_flight_abandoned=%d", abandoned)
+
+    # ---- moving a batch through the stages ---------------------------------------------------
+
+    def _advance(self, msgs: list[Message], now: float) -> None:
+        batch: list[Work] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    self._fatal = KafkaException(err)
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err)
+                continue
+            topic = cast(str, msg.topic())
+            work = Work((topic, cast(int, msg.partition())), cast(int, msg.offset()), msg.key(), msg.value(), now)
+            self._ledger.add(work)
+            self._consumed_count(topic).inc()
+            batch.append(work)
+        self.consumed += len(batch)
+        for stage in self._stages:
+            stage(batch)
+        for work in batch:
+            if work.open:
+                self._dispatch.start(work)
+            else:
+                self._finish(work)
+
+    def _finish(self, work: Work) -> None:
+        """Everything about the event is decided: build its records and hand it to delivery."""
+        self._outputs.build(work)
+        self._delivery.complete(work)
+
+    # ---- callbacks from the consumer thread ------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        if self._assigned_at is None:
+            self._assigned_at = time.monotonic()
+        self._flow.assigned(consumer, partitions)
+        log.info("assigned partitions=%s", _fmt(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._on_loop(self._revoke(keys))
+        self.assigned -= set(keys)
+        log.info("revoked partitions=%s", _fmt(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._on_loop(self._lose(keys))
+        self.assigned -= set(keys)
+        log.warning("lost partitions=%s (not committed)", _fmt(partitions))
+
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        if not self._loop.is_running():
+            coro.close()
+            return
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    async def _revoke(self, keys: list[TopicPartitionKey]) -> None:
+        assert self._consumer is not None
+        try:
+            self._delivery.revoke(keys, self._consumer)
+        except FatalError as exc:
+            self._fatal = exc
+            self._ledger.drop(keys)
+
+    async def _lose(self, keys: list[TopicPartitionKey]) -> None:
+        self._delivery.lose(keys)
+
+    def _stats(self, raw: str) -> None:
+        """librdkafka statistics (consumer thread): per-partition lag for the lag gauge (KEDA, alerts)."""
+        for topic, part, lag in lags_from_stats(raw):
+            if (topic, part) in self.assigned:
+                self._metrics.consumer_lag.labels(topic, str(part)).set(lag)
+
+    def _kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = KafkaException(err)
+            log.error("fatal kafka error: %s", err)
+            return
+        # librdkafka retries these itself and logs each attempt; say it once per code per 30 s.
+        self._kafka_log.log(logging.WARNING, err.code(), "kafka error (librdkafka keeps retrying): %s", err)
+
+
+def _fmt(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{p.topic}[{p.partition}]" for p in partitions) or "-"

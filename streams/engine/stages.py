@@ -1,0 +1,102 @@
+"""The stages before inference, each run over a whole poll batch.
+
+``decode`` -> ``route`` -> (``prefilter``) -> ``dedupe``; the pipeline runs them in the order it is
+given (:func:`streams.app.build_stages`), then hands every event that still has requests to the
+inference stage (:mod:`streams.engine.dispatch`) and the others straight to outputs. A stage reads
+and writes only the :class:`~streams.engine.work.Work` records: it may mark an event poison
+(``failure``), add or remove the requests still to decide, or decide one itself (an
+``outcome``). Delivery never sees a stage, so one is added by writing it here and listing it.
+Stages skip events that are no longer open (:attr:`Work.open`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streams.engine.work import Request, Work
+from streams.errors import PoisonError
+from streams.inference.labeler import Labeler
+from streams.inference.prompt import render_content
+from streams.policy.model import Policy
+from streams.policy.registry import PolicyRegistry
+from streams.wire.codec import Decoder
+
+
+class Stage(Protocol):
+    """One step over a poll batch (synchronous: it must not wait on I/O)."""
+
+    def __call__(self, batch: list[Work]) -> None: ...
+
+
+class Decode:
+    """Record value -> content event, and the text the model will read. Poison: ``invalid_json``,
+    ``invalid_avro``, ``schema_violation``, ``too_large``."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self._decoder = decoder
+
+    def __call__(self, batch: list[Work]) -> None:
+        decode = self._decoder.decode
+        for work in batch:
+            try:
+                work.event = event = decode(work.value, work.tp[0])
+            except PoisonError as exc:
+                work.failure = exc
+                continue
+            work.content = render_content(event)
+
+
+class Route:
+    """Content event -> the requests to decide: one per policy it routes to, or (``mode:
+    combined``) one for all acting policies together. Shadow policies always get their own request
+    so they cannot change acting verdicts. Poison: ``unknown_policy``, ``no_policy``."""
+
+    def __init__(self, policies: PolicyRegistry, mode: str) -> None:
+        self._policies = policies
+        self._combined = mode == "combined"
+
+    def __call__(self, batch: list[Work]) -> None:
+        for work in batch:
+            event = work.event
+            if event is None or work.failure is not None:
+                continue
+            try:
+                policies = self._policies.resolve(topic=work.tp[0], kind=event.kind, requested=event.policies)
+            except PoisonError as exc:
+                work.failure = exc
+                continue
+            work.requests = [Request(group) for group in self.groups(policies)]
+
+    def groups(self, policies: list[Policy]) -> list[list[Policy]]:
+        if not self._combined:
+            return [[p] for p in policies]
+        acting = [p for p in policies if not p.meta.shadow]
+        groups = [acting] if len(acting) > 1 else [[p] for p in acting]
+        return groups + [[p] for p in policies if p.meta.shadow]
+
+
+class Dedupe:
+    """Single-policy requests whose content the dedupe cache has already decided become outcomes
+    here, with no task and no await; a miss leaves its cache key on the request for inference."""
+
+    def __init__(self, labeler: Labeler) -> None:
+        self._labeler = labeler
+
+    def __call__(self, batch: list[Work]) -> None:
+        labeler = self._labeler
+        for work in batch:
+            if not work.open:
+                continue
+            still: list[Request] = []
+            for request in work.requests:
+                if len(request.policies) == 1:
+                    policy = request.policies[0]
+                    key = labeler.cache_key(policy, work.content)
+                    assert key is not None  # the stage is listed only with a cache
+                    hit = labeler.cached(policy, key)
+                    if hit is not None:
+                        work.outcomes.append(hit)
+                        continue
+                    request.cache_key = key
+                still.append(request)
+            work.requests = still

@@ -1,0 +1,101 @@
+"""Prompt rendering (docs/policies.md), pure functions.
+
+Chat Completions layout prescribed by the model's guide: system message = policy text, user message
+= the content. The policy always comes first so every request sharing a policy shares a cacheable
+prefix on the replica (vLLM prefix caching). Content is never concatenated into the policy: text
+that tries to instruct the model stays in the user turn (instruction hierarchy: developer > user).
+Chats are rendered as a plain transcript so the model classifies the conversation instead of
+answering it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.policy.model import Policy
+from streams.wire.events import ContentEvent
+
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "violation": {"type": "integer", "enum": [0, 1]},
+        "policy_category": {"type": ["string", "null"]},
+        "rule_ids": {"type": "array", "items": {"type": "string"}},
+        "confidence": {"type": ["string", "null"], "enum": ["low", "medium", "high", None]},
+        "rationale": {"type": ["string", "null"]},
+    },
+    "required": ["violation", "policy_category"],
+    "additionalProperties": False,
+}
+
+
+def render_content(event: ContentEvent) -> str:
+    """The user message for an event: its text, or a chat as one ``role: text`` line per turn."""
+    if event.kind == "chat" and event.messages:
+        return "\n".join(f"{m.role}: {m.content}" for m in event.messages)
+    return event.text or ""
+
+
+def build_request(
+    policy: Policy,
+    content: str,
+    *,
+    model: str,
+    reasoning_effort: str,
+    structured_output: bool = False,
+) -> dict[str, Any]:
+    """OpenAI-compatible chat completions body for one (policy, content) pair.
+
+    No ``max_tokens``: the model guide warns that capping output truncates reasoning and yields an
+    empty label; effort is the lever for latency, sent as the ``reasoning_effort`` parameter.
+    """
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": policy.body},
+            {"role": "user", "content": content},
+        ],
+        "reasoning_effort": reasoning_effort,
+    }
+    if structured_output and policy.meta.output == "json":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "safeguard_verdict", "schema": VERDICT_SCHEMA, "strict": True},
+        }
+    return body
+
+
+COMBINED_MARKER = "=== POLICY {id} ==="
+
+
+def build_combined_request(
+    policies: list[Policy],
+    content: str,
+    *,
+    model: str,
+    reasoning_effort: str,
+) -> dict[str, Any]:
+    """One request evaluating several policies (``policies.mode: combined``).
+
+    The model's guide supports several policies in one prompt but reports a small accuracy loss,
+    so this is opt-in. Each policy keeps its own text under a ``=== POLICY <id> ===`` marker; the
+    answer is one JSON object keyed by policy id, each value a verdict object.
+    """
+    ids = [p.id for p in policies]
+    header = (
+        "# Multi-policy classification\n\n"
+        "Evaluate the content against each policy below independently, as if it were the only policy. "
+        "Answer with exactly one JSON object and nothing else, with one key per policy id "
+        f"({', '.join(ids)}) and, as each value, that policy's verdict: "
+        '{"violation": 0 or 1, "policy_category": "<rule id or null>", "rule_ids": ["<rule ids>"], '
+        '"confidence": "low|medium|high", "rationale": "<one or two sentences>"}.\n'
+    )
+    sections = [f"\n{COMBINED_MARKER.format(id=p.id)}\n{p.body}" for p in policies]
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": header + "".join(sections)},
+            {"role": "user", "content": content},
+        ],
+        "reasoning_effort": reasoning_effort,
+    }

@@ -1,0 +1,263 @@
+"""Replica pool: least-outstanding routing, retries on another replica, health tracking.
+
+Contract of :meth:`ReplicaPool.chat`:
+- Many requests are in flight per replica: vLLM's continuous batching needs hundreds of running
+  sequences to fill a GPU. The per-replica limit adapts (:mod:`streams.inference.replicas.adaptive`) to the
+  replica's own queue, up to ``max_inflight_per_replica``. When every replica is at its limit,
+  callers wait in FIFO order for a slot.
+- Each request goes to the healthy replica with the fewest outstanding requests (ties rotate, so a
+  burst does not land on one replica).
+- ``RetryableError`` (timeouts, 5xx, refused, 429) is retried with capped exponential backoff on a
+  different replica when there is one, honouring ``Retry-After``, for as long as it takes: GPUs
+  being down is never a reason to dead-letter or drop an event. (Interactive tools pass
+  ``retry_limit`` to fail instead.) ``PoisonError`` propagates at once.
+- A replica failing ``failure_threshold`` times in a row is taken out and probed via ``/health``
+  until it answers 200; while no replica is healthy, :attr:`healthy_count` is 0 and the pipeline
+  pauses its partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.config import ReplicaSettings
+from streams.errors import RetryableError
+from streams.inference.replicas.adaptive import AimdLimit
+from streams.inference.replicas.client import ChatResult, ReplicaClient
+from streams.ops.logutil import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Replica:
+    client: ReplicaClient
+    aimd: AimdLimit
+    inflight: int = 0
+    failures: int = 0
+    healthy: bool = True
+    probe: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+Observer = Callable[[str, str, float, int], None]  # (replica, outcome, latency_s, inflight)
+
+
+class ReplicaPool:
+    """Routes chat requests over replicas. Use as ``async with ReplicaPool(...) as pool``."""
+
+    def __init__(
+        self,
+        settings: ReplicaSettings,
+        *,
+        reaction_s: float = 0.0,
+        observer: Observer | None = None,
+        retry_limit: int | None = None,
+        failure_threshold: int = 3,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        """``settings``: the ``replicas`` section (URLs, in-flight maximum, timeout, API key, adaptive
+        limit). ``reaction_s``: how late the caller notices a completion (its I/O batching, see
+        :mod:`streams.inference.replicas.adaptive`). ``retry_limit``: give up after that many retries
+        (interactive tools); None retries for as long as it takes (the consumer)."""
+        self._urls = list(settings.urls)
+        self._cap = settings.max_inflight_per_replica
+        self._timeout = settings.request_timeout_s
+        self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self._adaptive = settings.adaptive_concurrency
+        self._failure_threshold = failure_threshold
+        self._backoff_base = backoff_base_s
+        self._backoff_max = backoff_max_s
+        self._probe_interval = probe_interval_s
+        self._retry_limit = retry_limit
+        self._reaction_s = reaction_s
+        self._scrapers: list[asyncio.Task[None]] = []
+        self._observer = observer
+        self._replicas: list[_Replica] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiting = 0  # requests waiting for a slot right now
+        self.answered = 0  # requests answered so far (all replicas)
+        self._rr = 0
+        self.health_changed = asyncio.Event()
+        self._retry_log = RateLimitedLog(log)
+
+    async def __aenter__(self) -> ReplicaPool:
+        self._replicas = [
+            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout),
+                     AimdLimit(maximum=self._cap, reaction_s=self._reaction_s))
+            for u in self._urls
+        ]
+        if self._adaptive:
+            self._scrapers = [asyncio.create_task(self._scrape(r)) for r in self._replicas]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._scrapers:
+            task.cancel()
+        for r in self._replicas:
+            if r.probe is not None:
+                r.probe.cancel()
+            r.client.close()
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(1 for r in self._replicas if r.healthy)
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self._replicas)
+
+    @property
+    def free_slots(self) -> int:
+        """Requests the healthy replicas would take now, within their in-flight limits."""
+        return sum(max(0, r.aimd.value - r.inflight) for r in self._replicas if r.healthy)
+
+    def replica_states(self) -> dict[str, tuple[bool, int, int]]:
+        """``{url: (healthy, inflight, in-flight limit)}`` for metrics and readiness."""
+        return {r.client.base_url: (r.healthy, r.inflight, r.aimd.value) for r in self._replicas}
+
+    async def _scrape(self, replica: _Replica, interval_s: float = 1.0) -> None:
+        """Feed the replica's queue (waiting and running) to its adaptive limit, once a second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if replica.healthy:  # an unhealthy replica is already being probed
+                try:
+                    state = await replica.client.queue_state()
+                except RetryableError as exc:
+                    # An unreachable replica is noticed even with no traffic, so readiness is honest.
+                    self._count_failure(replica, exc)
+                else:
+                    if state is not None:
+                        replica.aimd.observe_queue(state.waiting, loop.time(), state.running, replica.inflight)
+            await asyncio.sleep(interval_s)
+
+    async def chat(self, body: dict[str, Any]) -> ChatResult:
+        """Send one request, retrying retryable failures until a replica answers (see module doc)."""
+        attempt = 0
+        avoid: _Replica | None = None
+        while True:
+            replica = await self._acquire(avoid)
+            try:
+                result = await replica.client.chat(body)
+            except RetryableError as exc:
+                self._release(replica)
+                self._on_failure(replica, exc)
+                attempt += 1
+                avoid = replica
+                if self._retry_limit is not None and attempt > self._retry_limit:
+                    raise
+                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                self._log_retry(replica, attempt, delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self._release(replica)
+                raise
+            self._release(replica)
+            self._on_success(replica, result.latency_s)
+            return result
+
+    def _log_retry(self, replica: _Replica, attempt: int, delay: float, exc: RetryableError) -> None:
+        # Hundreds of requests fail together when a replica dies: one line per replica per 5 s.
+        self._retry_log.log(logging.WARNING, replica.client.base_url,
+                            "inference retry replica=%s attempt=%d delay_s=%.2f error=%s",
+                            replica.client.base_url, attempt, delay, exc)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _acquire(self, avoid: _Replica | None) -> _Replica:
+        while True:
+            replica = self._pick(avoid)
+            if replica is not None:
+                replica.inflight += 1
+                return replica
+            if self._retry_limit is not None and self.healthy_count == 0:
+                raise RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self.waiting += 1
+            try:
+                await waiter
+            finally:
+                self.waiting -= 1
+                if not waiter.done():
+                    waiter.cancel()
+            avoid = None
+
+    def _pick(self, avoid: _Replica | None) -> _Replica | None:
+        replicas = self._replicas
+        n = len(replicas)
+        best: _Replica | None = None
+        fallback: _Replica | None = None
+        self._rr = (self._rr + 1) % n
+        for i in range(n):
+            r = replicas[(self._rr + i) % n]
+            if not r.healthy or r.inflight >= r.aimd.value:
+                continue
+            if r is avoid:
+                fallback = r
+                continue
+            if best is None or r.inflight < best.inflight:
+                best = r
+        return best or fallback
+
+    def _release(self, replica: _Replica) -> None:
+        replica.inflight -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_success(self, replica: _Replica, latency: float) -> None:
+        self.answered += 1
+        replica.failures = 0
+        replica.aimd.on_success(replica.inflight)
+        if self._observer is not None:
+            self._observer(replica.client.base_url, "ok", latency, replica.inflight)
+
+    def _on_failure(self, replica: _Replica, exc: RetryableError) -> None:
+        if self._observer is not None:
+            self._observer(replica.client.base_url, "error", 0.0, replica.inflight)
+        self._count_failure(replica, exc)
+
+    def _count_failure(self, replica: _Replica, exc: RetryableError) -> None:
+        replica.failures += 1
+        if replica.healthy and replica.failures >= self._failure_threshold:
+            replica.healthy = False
+            log.error(
+                "replica taken out of rotation replica=%s consecutive_failures=%d last_error=%s",
+                replica.client.base_url, replica.failures, exc,
+            )
+            self.health_changed.set()
+            replica.probe = asyncio.create_task(self._probe(replica))
+
+    async def _probe(self, replica: _Replica) -> None:
+        delay = self._probe_interval
+        while not await replica.client.health():
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self._backoff_max)
+        replica.failures = 0
+        replica.healthy = True
+        replica.probe = None
+        log.warning("replica back in rotation replica=%s", replica.client.base_url)
+        self.health_changed.set()
+        self._wake_all()

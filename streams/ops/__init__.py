@@ -1,0 +1,1 @@
+"""Running it: Prometheus metrics, health endpoints, log hygiene, the recommended vLLM command."""

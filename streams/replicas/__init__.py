@@ -1,9 +1,0 @@
-"""Talking to vLLM replicas over the OpenAI-compatible HTTP API: one client per replica, a pool
-that routes, retries and tracks health."""
-
-from __future__ import annotations
-
-from streams.replicas.client import ChatResult, ReplicaClient
-from streams.replicas.pool import ReplicaPool
-
-__all__ = ["ChatResult", "ReplicaClient", "ReplicaPool"]

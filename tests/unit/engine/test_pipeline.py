@@ -1,0 +1,101 @@
+"""The poll loop without a broker or replicas: the production wiring, fakes at the Kafka and HTTP edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.app import build_pipeline
+from streams.config import Settings, load_settings
+from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
+from streams.ops.metrics import build_metrics
+from streams.policy.model import STARTER_POLICIES, load_policies
+from streams.policy.registry import PolicyRegistry
+from tests.unit.engine.fakes import FakeClient, FakeKafkaConsumer, FakeMessage, FakePool, output_producer
+
+VIOLATING = '{"violation": 1, "policy_category": "SP2", "rule_ids": ["SP2"], "confidence": "high", "rationale": "bulk"}'
+SAFE = '{"violation": 0, "policy_category": null, "rule_ids": [], "confidence": "high", "rationale": "fine"}'
+
+
+def answer(content: str) -> str:
+    return VIOLATING if "buy now" in content else SAFE
+
+
+def settings(**extra: Any) -> Settings:
+    return load_settings(None, {"kafka": {"input_topics": ["in"]}, "policies": {"dir": str(STARTER_POLICIES),
+                                "default": ["spam"], "reload_interval_s": 0}, "metrics": {"port": 0}, **extra})
+
+
+def event(event_id: str, text: str, **fields: Any) -> bytes:
+    return orjson.dumps({"event_id": event_id, "text": text, **fields})
+
+
+async def run(s: Settings, messages: list[FakeMessage], delivery: Delivery, pool: FakePool,
+              partitions: list[tuple[str, int]]) -> FakeKafkaConsumer:
+    consumer = FakeKafkaConsumer(messages, partitions)
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, pool, build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    await pipeline.run(until_idle=0.3)
+    assert consumer.closed and pipeline.inflight_events == 0
+    return consumer
+
+
+def outputs(client: FakeClient, topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in client.produced if r.topic == topic]
+
+
+async def test_a_batch_goes_through_every_stage_and_is_committed_to_its_end() -> None:
+    s = settings()
+    client, pool = FakeClient(), FakePool(answer)
+    messages = [FakeMessage("in", 0, 0, event("e0", "buy now, cheap pills")),
+                FakeMessage("in", 0, 1, b"{not json"),
+                FakeMessage("in", 1, 0, event("e1", "hello there")),
+                FakeMessage("in", 1, 1, event("e2", "Buy  NOW, cheap pills")),  # a variant: the same decision
+                FakeMessage("in", 1, 2, event("e3", "hi", policies=["ghost"])),
+                FakeMessage("in", 0, 2, event("e4", "a chat", kind="chat",
+                                              messages=[{"role": "user", "content": "buy now please"}]))]
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = await run(s, messages, delivery, pool, [("in", 0), ("in", 1)])
+
+    labels = {lab["event_id"]: lab for lab in outputs(client, s.kafka.labels_topic)}
+    assert {k: (v["violation"], v["decided_by"]) for k, v in labels.items()} == {
+        "e0": (True, "model"), "e1": (False, "model"), "e2": (True, "cache"), "e4": (True, "model")}
+    assert labels["e0"]["source"] == {"topic": "in", "partition": 0, "offset": 0}
+    assert labels["e2"]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert pool.requests[-1]["messages"][1]["content"] == "user: buy now please"  # the chat as a transcript
+    letters = {(d["source"]["partition"], d["source"]["offset"]): d["error_type"]
+               for d in outputs(client, s.kafka.dead_letter_topic)}
+    assert letters == {(0, 1): "invalid_json", (1, 2): "unknown_policy"}
+    assert len(pool.requests) == 3  # e0, e1, e4: the duplicate never reached a replica
+    assert consumer.committed_at == {("in", 0): 3, ("in", 1): 3}
+
+
+async def test_combined_mode_sends_one_request_for_the_acting_policies() -> None:
+    s = settings(policies={"dir": str(STARTER_POLICIES), "default": ["spam", "game-cheating"],
+                           "reload_interval_s": 0, "mode": "combined"})
+    client = FakeClient()
+
+    def combined(content: str) -> str:
+        return orjson.dumps({"spam": orjson.loads(answer(content)), "game-cheating": orjson.loads(SAFE)}).decode()
+
+    pool = FakePool(combined)
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    await run(s, [FakeMessage("in", 0, 0, event("e0", "buy now"))], delivery, pool, [("in", 0)])
+    labels = {lab["policy_id"]: lab for lab in outputs(client, s.kafka.labels_topic)}
+    assert len(pool.requests) == 1 and set(labels) == {"spam", "game-cheating"}
+    assert labels["spam"]["violation"] is True and labels["game-cheating"]["violation"] is False
+    assert sum(lab["usage"]["prompt_tokens"] for lab in labels.values()) == 100  # the request's cost, split
+
+
+async def test_exactly_once_through_the_loop_commits_offsets_in_the_transaction() -> None:
+    s = settings(delivery="exactly_once")
+    client, pool = FakeClient(), FakePool(answer)
+    delivery = ExactlyOnce(Ledger(), output_producer(client), commit_interval_s=0.0, auto_offset_reset="earliest")
+    messages = [FakeMessage("in", 0, i, event(f"e{i}", f"message {i}")) for i in range(5)]
+    consumer = await run(s, messages, delivery, pool, [("in", 0)])
+    assert [orjson.loads(r.value)["event_id"] for r in client.produced] == ["e0", "e1", "e2", "e3", "e4"]
+    assert client.offsets_sent and client.offsets_sent[-1] == [("in", 0, 5)]
+    assert consumer.commits == []
+    assert client.calls[-3:] == ["commit", "begin", "abort"]  # shutdown aborts the empty transaction left open

@@ -1,0 +1,90 @@
+"""schemas/*.avsc mirror the wire models: same fields, and real events round-trip through them."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import fastavro
+import orjson
+import pytest
+
+from streams.engine.outputs import label_document
+from streams.engine.work import Work
+from streams.errors import ErrorType
+from streams.inference.labeler import Outcome
+from streams.inference.verdict import Verdict
+from streams.policy.model import parse_policy
+from streams.wire.events import (
+    ContentEvent,
+    DeadLetter,
+    LabelEvent,
+    ReasoningRecord,
+    Source,
+    Usage,
+    dead_letter_for,
+    label_id,
+)
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
+
+
+def parsed() -> dict[str, dict]:
+    named: dict = {}
+    fastavro.parse_schema(json.loads((SCHEMAS / "source.avsc").read_text()), named_schemas=named)
+    out = {}
+    for name in ("content", "label", "reasoning", "dead_letter"):
+        out[name] = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()), named_schemas=named)
+    return out
+
+
+def roundtrip(schema: dict, record: dict) -> dict:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+    buf.seek(0)
+    return fastavro.schemaless_reader(buf, schema)
+
+
+@pytest.mark.parametrize("name,model", [("content", ContentEvent), ("label", LabelEvent),
+                                        ("reasoning", ReasoningRecord), ("dead_letter", DeadLetter)])
+def test_fields_match_models(name: str, model: type) -> None:
+    doc = json.loads((SCHEMAS / f"{name}.avsc").read_text())
+    assert [f["name"] for f in doc["fields"]] == list(model.model_fields)
+
+
+def test_events_roundtrip() -> None:
+    schemas = parsed()
+    label = LabelEvent(label_id="l", event_id="e", policy_id="spam", policy_version="1-abcdef01", violation=True,
+                       category="SP1", rule_ids=["SP1"], confidence="high", rationale="r", reasoning="cot",
+                       model="m", reasoning_effort="low", source=Source(topic="t", partition=0, offset=5),
+                       metadata={"a": "b"}, latency_ms=12.5, usage=Usage(prompt_tokens=3, completion_tokens=4))
+    doc = label.model_dump(mode="json")
+    assert roundtrip(schemas["label"], doc) == doc
+    dl = dead_letter_for(source=Source(topic="t", partition=1, offset=2), key=b"k", value=b"v",
+                         error_type=ErrorType.INVALID_JSON, error="bad").model_dump(mode="json")
+    assert roundtrip(schemas["dead_letter"], dl) == dl
+    ev = ContentEvent.model_validate({"event_id": "c", "kind": "chat",
+                                      "messages": [{"role": "user", "content": "hi"}]}).model_dump(mode="json")
+    assert roundtrip(schemas["content"], ev) == ev
+
+
+@pytest.mark.parametrize("metadata,confidence,reasoning", [({"a": "b"}, "high", "cot"), (None, None, None)])
+def test_label_doc_is_what_the_model_dumps(metadata: dict | None, confidence: str | None,
+                                           reasoning: str | None) -> None:
+    """The consumer's pydantic-free label builder: valid, same keys in the same order, same values."""
+    event = ContentEvent(event_id="e", text="hello", metadata=metadata)
+    work = Work(("t", 0), 5, None, None, consumed_at=time.monotonic(), event=event)
+    policy = parse_policy("---\nid: spam\n---\nbody\n")
+    verdict = Verdict(violation=True, category="SP1", rule_ids=["SP1"], confidence=confidence, rationale="r")
+    outcome = Outcome(policy, verdict, reasoning, "cache", 3, 4)
+    doc = label_document(work, outcome, model="m", effort="low", inline_reasoning=True,
+                         now=work.consumed_at + 0.0125)
+    assert doc["latency_ms"] == 12.5 and doc["policy_version"] == policy.version
+    model = LabelEvent.model_validate(doc)
+    assert model.model_dump(mode="json") == doc
+    assert list(model.model_dump(mode="json")) == list(doc)
+    assert json.loads(model.model_dump_json()) == json.loads(orjson.dumps(doc))
+    assert roundtrip(parsed()["label"], doc) == doc
+    assert doc["label_id"] == label_id("e", "spam", policy.version)
