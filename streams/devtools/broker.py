@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import FatalError
+from streams.kafka.logs import LIBRDKAFKA_LOG
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class EmbeddedBroker:
             if self._proc.poll() is not None:
                 raise FatalError(f"embedded broker exited with {self._proc.returncode}; see {self.log_path}")
             try:
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
+                AdminClient({"bootstrap.servers": self.bootstrap, "logger": LIBRDKAFKA_LOG}).list_topics(timeout=1)
                 log.info("embedded broker up bootstrap=%s", self.bootstrap)
                 return self
             except KafkaException:
@@ -90,7 +91,7 @@ class EmbeddedBroker:
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
     """Create topics (name -> partitions); existing ones are left alone."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG})
     futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], operation_timeout=timeout_s)
     for name, fut in futures.items():
         try:
@@ -103,7 +104,8 @@ def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.
 def reader_from_beginning(bootstrap: str, topics: list[str], *, isolation: str = "read_uncommitted") -> Consumer:
     """A consumer assigned to every partition of ``topics`` from offset 0, outside any group:
     no join delay and nothing committed (demo read-back, benchmarks, tests)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG,
+                         "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "isolation.level": isolation})
     parts = []
     for topic in topics:

@@ -28,6 +28,7 @@ from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_b
 from streams.devtools.sim.launcher import SimProcesses
 from streams.engine.pipeline import Pipeline
 from streams.errors import FatalError
+from streams.kafka.logs import LIBRDKAFKA_LOG
 from streams.policy.model import STARTER_POLICIES, load_policies
 from streams.policy.routing import Router
 
@@ -94,7 +95,8 @@ class DemoResult:
 
 def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """Produce ``n`` events cycling through the samples (ids made unique per cycle)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+                         "logger": LIBRDKAFKA_LOG})
     events = []
     for i in range(n):
         sample = samples[i % len(samples)]

@@ -4,9 +4,9 @@
 reasoning records and dead letters (``output`` settings). Avro uses confluent-kafka's serializers
 (fastavro underneath) with the schemas shipped in this package (``streams/wire/schemas``, the
 project's top-level ``schemas/``), registered under the topic-name strategy (``<topic>-value``).
-Schema evolution rule: every change must stay BACKWARD compatible (only add fields with defaults,
-never remove or retype one), which is the registry's default check, so consumers of labels can
-upgrade after producers. A registry URL of ``mock://<name>`` uses confluent-kafka's in-memory
+Schema evolution rule: only add fields with defaults, never remove or retype one. Such a change is
+both backward and forward compatible, so producers and label consumers can upgrade in either order;
+the registry's default check (BACKWARD) accepts it. A registry URL of ``mock://<name>`` uses confluent-kafka's in-memory
 registry (tests, demos); one client per URL per process, so every part of the process sees the
 same schemas.
 """

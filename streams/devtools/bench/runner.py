@@ -38,6 +38,7 @@ from streams.devtools.sim.launcher import SimProcesses
 from streams.devtools.sim.profiles import PROFILES
 from streams.errors import FatalError
 from streams.inference.replicas.client import root_url, sum_samples
+from streams.kafka.logs import LIBRDKAFKA_LOG
 
 
 def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-safeguard-20b@h100",
@@ -93,7 +94,7 @@ class _Bench:
         return names
 
     def _produce(self, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "logger": LIBRDKAFKA_LOG})
         for key, value in items:
             p.produce(topic, key=key, value=value)
             p.poll(0)

@@ -10,8 +10,8 @@ Decode step time for a running batch of ``n`` sequences (memory-bound mixture-of
   the experts; by a few dozen sequences every expert is read every step);
 - ``per_seq_s``: per-sequence KV-cache reads and compute.
 Three anchors fix the three terms: single-stream speed (n = 1), saturated output throughput at
-``max_num_seqs``, and the shape of TPOT against concurrency. The only published TPOT-vs-concurrency
-series in reference section 3.4 (gpt-oss-120b, MI300X, vLLM 0.17, InferenceX PR #1053: TPOT 31 / 37 /
+``max_num_seqs``, and the shape of TPOT against concurrency. The only TPOT-vs-concurrency series
+we found published (gpt-oss-120b, MI300X, vLLM 0.17, InferenceX PR #1053: TPOT 31 / 37 /
 41 / 58 ms at concurrency 64 / 96 / 128 / 256) gives step(64) / step(256) = 0.53; fitting the 120b
 profile to that one ratio reproduces the other two points (0.63 vs 0.64 at 96, 0.71 vs 0.71 at 128),
 which a straight line through the single-stream point cannot (it gives 0.31 at 64). The 20b profile
@@ -19,7 +19,7 @@ takes the same ratio (an assumption: no series is published for it). What this s
 a batch that drains to a few stragglers still pays most of a full step per token, which is what a
 micro-batch barrier costs on a real GPU.
 
-gpt-oss-safeguard-20b @ H100 (same architecture as gpt-oss-20b, reference §3.4; 32 experts, top-4):
+gpt-oss-safeguard-20b @ H100 (same architecture as gpt-oss-20b; 32 experts, top-4):
   - saturated: GPUStack, vLLM 0.11.0, ShareGPT burst: 7,817 output tok/s, 9,064 with
     --async-scheduling; we take ~9,000 tok/s at 256 running sequences -> step(256) = 28.4 ms.
   - single stream: ~250 tok/s on an RTX Pro 6000 (Millstone); an H100 is faster, ~300 tok/s
@@ -35,7 +35,7 @@ gpt-oss-safeguard-120b @ H100 (128 experts, top-4):
   - KV: ~65 GB weights on 80 GB at 0.95 -> ~11 GB for KV at ~72 KiB/token -> ~150 k tokens, which
     binds before 256 sequences for long prompts (the recipe's TP1 OOM warnings agree).
 
-Reasoning length per effort is not published (reference §6, [U]). We use lognormal lengths with
+Reasoning length per effort is not published. We use lognormal lengths with
 median 240 tokens at low effort (sigma 0.8, so a few requests reason 4-5x longer), 2.5x that at
 medium, 6x at high: assumptions, documented as such, and the knobs are here.
 """

@@ -19,23 +19,16 @@ so together they land there in one step however many they are (and keep their re
 which additive increase then evens out). A cut at most halves the limit (``max_cut``: one bad
 scrape, e.g. of a replica that just restarted with nothing running yet, cannot collapse it); the
 fixed ``decrease`` applies only without R. A consumer with nothing in flight to the replica does not
-cut at all: the queue is other clients'. Measured with the simulator (time scale 10): a 32-slot
-replica behind a 256 limit converges in ~3 s instead of ~9 and then holds 3-5 waiting with all 32
-running (the fixed 20% cut left a sawtooth down to 29 running); after a forced cut to 4, a 256-slot
-replica is full again in ~2 s (additive increase alone: 56 of 256 after 20 s). On a KV-bound 120b
-replica (~150 running) the mean queue is ~6 with slow start on two empty readings, ~12 on one, and
-~2 with additive increase only, which then leaves it at 30 running 15-40 s after a deep cut.
+cut at all: the queue is other clients'.
 
 The queue it keeps is ``target``: ``waiting_target`` (4), or more when the consumer is slow to
 notice completions. Under load the consumer handles replica responses in batches ``reaction_s``
 apart (``batching.io_batch_ms``); a slot that frees meanwhile idles the GPU unless a request is
 already waiting there, so the target covers ``QUEUE_COVER`` times the completions expected within
 that time (our own completion rate, measured between readings; each consumer sharing a replica
-covers its own). That needs a ceiling above the replica's ``--max-num-seqs``. Measured (bench
-profile, time scale 10, 6,000 events, three runs each): 20 ms batches, ceiling 256: 207 events/s
-at 350-375 us CPU per event; 50 ms batches, ceiling 256: 202-203 events/s (the GPU idles) at
-274-299 us; 50 ms batches, ceiling 288, a fixed queue of 16: 208 events/s at 277-288 us, same p99;
-the same with this target (~21 there): 208 events/s at 261-279 us.
+covers its own). That needs a ceiling above the replica's ``--max-num-seqs``.
+
+What this buys, measured with the simulator: docs/performance.md.
 """
 
 from __future__ import annotations
