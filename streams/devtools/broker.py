@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -22,6 +23,10 @@ from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 
 log = logging.getLogger(__name__)
+
+
+def _conf(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,7 +69,7 @@ class EmbeddedBroker:
             if self._proc.poll() is not None:
                 raise FatalError(f"embedded broker exited with {self._proc.returncode}; see {self.log_path}")
             try:
-                AdminClient({"bootstrap.servers": self.bootstrap, "logger": LIBRDKAFKA_LOG}).list_topics(timeout=1)
+                AdminClient(_conf(self.bootstrap)).list_topics(timeout=1)
                 log.info("embedded broker up bootstrap=%s", self.bootstrap)
                 return self
             except KafkaException:
@@ -91,7 +96,7 @@ class EmbeddedBroker:
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
     """Create topics (name -> partitions); existing ones are left alone."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG})
+    admin = AdminClient(_conf(bootstrap))
     futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], operation_timeout=timeout_s)
     for name, fut in futures.items():
         try:

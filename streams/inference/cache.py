@@ -7,7 +7,8 @@ which grows with reasoning effort (~1.5 KB per entry at low effort, ~6.5 KB at h
 So the LRU is bounded twice: ``max_entries`` and ``max_bytes``, the latter over each value's
 ``size`` (an estimate, checked against tracemalloc in the tests). Normalisation: Unicode NFKC, case
 folding and collapsed whitespace, so trivial variants share an entry. Concurrent duplicates share
-one request (single flight) instead of racing to the replica.
+one request (single flight) instead of racing to the replica; what they get when that request fails
+or is cancelled is described on :meth:`DedupeCache.get_or_compute`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def cache_key(content: str, policy_version: str, policy_id: str, model: str, eff
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x1f")
     return h.digest()
+
+
+class _LeaderGone(Exception):
+    """The caller computing a key was cancelled: its waiters must not inherit that."""
 
 
 class DedupeCache(Generic[T]):
@@ -68,21 +73,31 @@ class DedupeCache(Generic[T]):
 
     async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[T]], *,
                              counted: bool = False) -> tuple[T, bool]:
-        """Return (value, from_cache). Failures are not cached; waiters of a failed flight retry.
-        ``counted``: this lookup was already counted by a :meth:`peek` that missed."""
+        """Return (value, from_cache). ``counted``: this lookup was already counted by a :meth:`peek`
+        that missed.
+
+        Single flight: while one caller (the leader) computes a key, the others wait for its
+        result. When the leader fails, its waiters get the same exception (the same content under
+        the same policy version, model and effort: each waiter's event is dead-lettered with the
+        leader's reason, and the failure costs one set of requests, not one per duplicate).
+        Failures are never cached: the next caller computes again. When the leader is cancelled
+        (its partition was revoked), one of its waiters leads in its place and the rest wait again.
+        """
         if not counted:
             self.lookups += 1
-        entry = self._done.get(key)
-        if entry is not None:
-            self._done.move_to_end(key)
-            self.hits += 1
-            return entry[0], True
-        flying = self._flying.get(key)
-        if flying is not None:
+        while True:
+            entry = self._done.get(key)
+            if entry is not None:
+                self._done.move_to_end(key)
+                self.hits += 1
+                return entry[0], True
+            flying = self._flying.get(key)
+            if flying is None:
+                break
             try:
                 value = await asyncio.shield(flying)
-            except Exception:  # noqa: BLE001 - the leader's failure is its own; decide again
-                return await compute(), False
+            except _LeaderGone:
+                continue  # the first waiter to run leads now
             self.hits += 1
             return value, True
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -91,7 +106,7 @@ class DedupeCache(Generic[T]):
             value = await compute()
         except BaseException as exc:
             if not fut.done():
-                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                fut.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
                 fut.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
             raise
         finally:
