@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.engine.outputs import Outputs
 from streams.engine.pipeline import Pipeline
 from streams.engine.stages import Decode, Dedupe, Route, Stage
+from streams.errors import FatalError, RetryableError
 from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler, decision_bytes
 from streams.inference.replicas.pool import ReplicaPool
@@ -100,6 +102,32 @@ def build_delivery(settings: Settings) -> Delivery:
     return AtLeastOnce(Ledger(), OutputProducer(settings.kafka), commit_interval_s=interval)
 
 
+REGISTER_WAIT_S = 10.0
+
+
+def register_output_schemas(settings: Settings, encoder: Encoder, *, shadow: bool) -> None:
+    """With ``output.format: avro``, register the output schemas before consuming anything, so no
+    model call is spent on an event whose labels could not be written; waits up to
+    ``REGISTER_WAIT_S`` for an unreachable registry, then raises FatalError naming it."""
+    k = settings.kafka
+    subjects = {"label": [k.labels_topic] + ([k.shadow_labels_topic] if shadow else []),
+                "dead_letter": [k.dead_letter_topic]}
+    if settings.output.reasoning == "separate":
+        subjects["reasoning"] = [k.reasoning_topic]
+    deadline, delay = time.monotonic() + REGISTER_WAIT_S, 0.5
+    while True:
+        try:
+            encoder.register(subjects)
+            return
+        except RetryableError as exc:
+            if time.monotonic() + delay > deadline:
+                raise FatalError(f"{exc} (output.format avro: the output schemas must be registered before "
+                                 f"consuming; waited {REGISTER_WAIT_S:.0f} s)") from exc
+            log.warning("waiting for the schema registry: %s", exc)
+            time.sleep(delay)
+            delay *= 2
+
+
 def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
     requests, latency_of = Children(metrics.inference_requests), Children(metrics.inference_latency)
 
@@ -117,7 +145,7 @@ def _replica_state(pool: ReplicaPool, url: str, index: int) -> Callable[[], floa
 
 
 def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPool, metrics: Metrics, *,
-                   delivery: Delivery | None = None,
+                   encoder: Encoder | None = None, delivery: Delivery | None = None,
                    consumer_factory: Callable[[dict[str, Any]], Any] = Consumer) -> Pipeline:
     """The event path over an open replica pool: cache, labeler, stages, outputs, delivery, flow
     control. ``delivery`` and ``consumer_factory`` replace the Kafka clients (unit tests)."""
@@ -128,8 +156,8 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
         register_cache(metrics, lambda: (c.lookups, c.hits, len(c), c.bytes))
     effort = settings.policies.reasoning_effort
     labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
-    outputs = Outputs(settings.kafka, settings.output, Encoder(settings.output, settings.schema_registry), metrics,
-                      model=settings.replicas.model, default_effort=effort)
+    outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
+                      metrics, model=settings.replicas.model, default_effort=effort)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
     stages = build_stages(settings, policies, labeler, cached=cache is not None)
 
@@ -160,6 +188,8 @@ async def run_consumer(
     loop = asyncio.get_running_loop()
     shadow = any(p.meta.shadow for p in policies.policies.values())
     await loop.run_in_executor(None, lambda: require_topics(settings.kafka, output_topics(settings, shadow=shadow)))
+    encoder = Encoder(settings.output, settings.schema_registry)
+    await loop.run_in_executor(None, lambda: register_output_schemas(settings, encoder, shadow=shadow))
     background: list[asyncio.Task[None]] = []
     if settings.kafka.policies_topic:
         reader = PolicyTopicReader(settings.kafka, policies)
@@ -175,7 +205,7 @@ async def run_consumer(
                 metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
                 metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
-            pipeline = build_pipeline(settings, policies, pool, metrics)
+            pipeline = build_pipeline(settings, policies, pool, metrics, encoder=encoder)
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

@@ -83,6 +83,7 @@ class ReplicaSettings(_Section):
     request_timeout_s: float = Field(300, gt=0)
     max_attempts: int = Field(5, gt=0)
     structured_output: bool = False
+    retry_after_max_s: float = Field(5.0, gt=0)  # cap on a replica's Retry-After (429/503) pause
 
     @field_validator("urls")
     @classmethod

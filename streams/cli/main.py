@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from streams import __version__
@@ -39,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        Console(stderr=True).print(f"[bold red]configuration error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]configuration error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except FatalError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -234,14 +235,15 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return 0
     con = Console()
     verdict = "[bold red]VIOLATION[/]" if v.violation else "[bold green]no violation[/]"
+    # Everything the model wrote is escaped: "[/]" in a rationale must print, not be read as markup.
     con.print(f"{policy.id} {policy.version}: {verdict}"
-              + (f"  category={v.category}" if v.category else "")
+              + (f"  category={escape(v.category)}" if v.category else "")
               + (f"  confidence={v.confidence}" if v.confidence else ""))
     if v.rationale:
-        con.print(f"[bold]rationale:[/] {v.rationale}", highlight=False)
+        con.print(f"[bold]rationale:[/] {escape(v.rationale)}", highlight=False)
     if decision.reasoning:
         con.print(f"[dim]reasoning ({decision.completion_tokens} completion tokens):[/] "
-                  f"[dim]{decision.reasoning[:600]}[/]", highlight=False)
+                  f"[dim]{escape(decision.reasoning[:600])}[/]", highlight=False)
     return 0
 
 
@@ -276,12 +278,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     con = Console()
     table = Table(title="safeguard bench")
-    for col in ("mode", "events/s", "p50 s", "p99 s", "CPU us/event"):
+    for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
         table.add_column(col, justify="right" if col != "mode" else "left")
     for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
         r = result[mode]
-        table.add_row(mode, str(r.get("events_per_s")), str(r.get("p50_s", "")), str(r.get("p99_s", "")),
-                      str(r.get("cpu_us_per_event", "")))
+        table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s", "e2e_p99_s",
+                                                            "cpu_us_per_event")))
     con.print(table)
     con.print(result["ratios"], highlight=False)
     return 0
@@ -304,7 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"agreement with expected verdicts {summary['agreement']:.1%}", highlight=False)
     missing = [k for k in result.expected if k not in result.labels]
     if missing:
-        con.print(f"[bold red]{len(missing)} expected labels never arrived[/], e.g. {missing[:5]}")
+        con.print(f"[bold red]{len(missing)} expected labels never arrived[/], e.g. {escape(str(missing[:5]))}")
     if args.json:
         _emit_json(summary)
     return 0 if result.complete else 1
@@ -320,7 +322,8 @@ def _render_labels(con: Console, result: Any, rows: int = 14) -> None:
         table.add_column(col, overflow="ellipsis", no_wrap=True, min_width=width)
     for lab in shown:
         text = result.texts.get(lab["event_id"], "")
-        table.add_row(lab["event_id"], text[:48] + ("..." if len(text) > 48 else ""), lab["policy_id"],
-                      "[red]violation[/]" if lab["violation"] else "[green]ok[/]",
-                      lab["category"] or "", f"{lab['latency_ms'] / 1000:.2f}s", (lab["rationale"] or "")[:70])
+        table.add_row(escape(lab["event_id"]), escape(text[:48] + ("..." if len(text) > 48 else "")),
+                      lab["policy_id"], "[red]violation[/]" if lab["violation"] else "[green]ok[/]",
+                      escape(lab["category"] or ""), f"{lab['latency_ms'] / 1000:.2f}s",
+                      escape((lab["rationale"] or "")[:70]))
     con.print(table)

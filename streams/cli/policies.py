@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -66,11 +67,11 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     for r in results:
         status = "[red]FAIL[/]" if r.errors else "[green]ok[/]"
         version = r.policy.version if r.policy else "-"
-        con.print(f"{status} {r.path}  version={version} ~{r.tokens} tokens", highlight=False)
+        con.print(f"{status} {escape(str(r.path))}  version={version} ~{r.tokens} tokens", highlight=False)
         for msg in r.errors:
-            con.print(f"  [red]error:[/] {msg}", highlight=False)
+            con.print(f"  [red]error:[/] {escape(msg)}", highlight=False)
         for msg in r.warnings:
-            con.print(f"  [yellow]warning:[/] {msg}", highlight=False)
+            con.print(f"  [yellow]warning:[/] {escape(msg)}", highlight=False)
         errors += len(r.errors)
     if not results:
         con.print("[red]no policy files found[/]")
@@ -182,5 +183,5 @@ def _render_scores(policies: list[Any], scores: list[Any], changed: list[dict[st
         for col in ("label", "a", "b", "text"):
             diff.add_column(col)
         for c in changed[:50]:
-            diff.add_row(str(c["label"]), str(c["a"]), str(c["b"]), c["text"][:100])
+            diff.add_row(str(c["label"]), str(c["a"]), str(c["b"]), escape(c["text"][:100]))
         con.print(diff)

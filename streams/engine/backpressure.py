@@ -19,8 +19,9 @@ that applies them to the partitions (:class:`FlowControl`).
   0.3-0.6 s after a resume, long enough to drain the local queue and idle the replicas.
   A hold that lasts ``HOLD_MAX_S`` (the replicas have stopped answering) turns into a pause, so
   polling, and with it rebalance callbacks, never stops for long; it ends below half the allowance.
-- **Outage**: with no healthy replica the partitions pause (a warning), and resume by themselves
-  when one is back. The loop keeps calling ``consume`` while paused, so the member stays in the group.
+- **Outage**: with no healthy replica, or while events wait for another dependency (the Schema
+  Registry, :mod:`streams.engine.waiting`), the partitions pause (a warning naming it), and resume
+  by themselves when it is back. The loop keeps calling ``consume`` while paused, so the member stays in the group.
 
 How the constants were chosen, with the measurements: docs/performance.md.
 """
@@ -141,27 +142,30 @@ class FlowControl:
         return BUSY_POLL_TIMEOUT_S if busy else POLL_TIMEOUT_S
 
     def apply(self, consumer: Any, now: float, *, inflight_events: int, waiting: int, healthy: bool,
-              decided: int) -> None:
+              decided: int, blocked: str | None = None) -> None:
         """Pause or resume every assigned partition. ``decided``: replica answers plus dedupe cache
-        hits so far (:meth:`Backpressure.update`)."""
+        hits so far (:meth:`Backpressure.update`); ``blocked``: an outage other than the replicas'
+        holds events back (the Schema Registry), named in the log."""
         self.bounds.update(now, decided)
+        available = healthy and blocked is None
         if self.paused:
-            if self.bounds.may_resume(inflight_events, waiting, healthy):
+            if self.bounds.may_resume(inflight_events, waiting, available):
                 consumer.resume(consumer.assignment())
                 self.paused = False
                 log.log(logging.INFO if self.outage else logging.DEBUG, "resumed partitions in_flight=%d",
                         inflight_events)
                 self.outage = False
-            elif not healthy and not self.outage:
+            elif not available and not self.outage:
                 self.outage = True
-                log.warning("paused partitions: no healthy replica in_flight_events=%d", inflight_events)
+                log.warning("paused partitions: %s in_flight_events=%d", blocked or "no healthy replica",
+                            inflight_events)
             return
         held = now - self._held_since if self._held_since is not None else 0.0
-        reason = self.bounds.reason_to_pause(inflight_events, waiting, healthy, held)
+        reason = blocked or self.bounds.reason_to_pause(inflight_events, waiting, healthy, held)
         parts = consumer.assignment() if reason else []
         if parts:
             consumer.pause(parts)
-            self.paused, self.outage = True, not healthy
+            self.paused, self.outage = True, not available
             log.log(logging.WARNING if self.outage else logging.DEBUG,
                     "paused partitions: %s in_flight_events=%d waiting_for_replica=%d", reason, inflight_events,
                     waiting)

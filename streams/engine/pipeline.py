@@ -40,8 +40,9 @@ from streams.engine.dispatch import Dispatch
 from streams.engine.outputs import Outputs
 from streams.engine.pump import serve_reports
 from streams.engine.stages import Stage
+from streams.engine.waiting import Waiting
 from streams.engine.work import TopicPartitionKey, Work
-from streams.errors import FatalError
+from streams.errors import ErrorType, FatalError, PoisonError, RetryableError
 from streams.inference.labeler import Labeler
 from streams.inference.replicas.pool import ReplicaPool
 from streams.kafka.config import consumer_config
@@ -78,6 +79,7 @@ class Pipeline:
         self._metrics = metrics
         self._decided = decided
         self._consumer_factory = consumer_factory
+        self._waiting = Waiting()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._assigned_at: float | None = None
@@ -103,7 +105,8 @@ class Pipeline:
 
     @property
     def ready(self) -> bool:
-        return self._assigned_at is not None and self._pool.healthy_count > 0
+        """Partitions assigned (or idle-ready), a healthy replica, and no outage holding events."""
+        return self._assigned_at is not None and self._pool.healthy_count > 0 and not self._waiting
 
     def _settled(self, work: Work) -> None:
         """The ledger's settle hook: the event's end-to-end latency."""
@@ -135,11 +138,13 @@ class Pipeline:
                 if msgs:
                     self._last_input = now
                     self._advance(msgs, now)
+                if self._waiting:
+                    self._retry_waiting(now)
                 self._delivery.tick(now, consumer)
                 if self._delivery.failure is not None:
                     self._fatal = self._delivery.failure
                 flow.apply(consumer, now, inflight_events=ledger.count, waiting=pool.waiting,
-                           healthy=pool.healthy_count > 0, decided=self._decided())
+                           healthy=pool.healthy_count > 0, decided=self._decided(), blocked=self._waiting.reason)
                 if until_idle is not None and self._idle_for(now) >= until_idle and ledger.count == 0:
                     log.info("idle for %.1fs with nothing in flight: exiting", until_idle)
                     break
@@ -162,6 +167,10 @@ class Pipeline:
             log.info("draining in_flight_events=%d bound_s=%.0f", self._ledger.count,
                      self._batching.drain_timeout_s)
             await self._delivery.drain(deadline)
+            if self._ledger.count:
+                log.warning("drain bound reached with %d events unsettled (not committed: consumed again after "
+                            "the restart) waiting_for_outage=%d", self._ledger.count, len(self._waiting))
+        self._delivery.flush_timeout_s = max(0.0, deadline - time.monotonic())  # the revoke close() triggers
         try:
             self._delivery.close(self._consumer, deadline, commit=self._fatal is None)
         except FatalError as exc:
@@ -190,18 +199,76 @@ class Pipeline:
             self._consumed_count(topic).inc()
             batch.append(work)
         self.consumed += len(batch)
+        self._run_stages(batch, now)
+
+    def _run_stages(self, batch: list[Work], now: float) -> None:
         for stage in self._stages:
-            stage(batch)
+            try:
+                stage(batch)
+            except Exception:  # noqa: BLE001 - a bug met by one event must not stall the batch
+                for work in batch:  # again one at a time, to find the event (stages are idempotent)
+                    try:
+                        stage([work])
+                    except Exception as exc:  # noqa: BLE001
+                        log.exception("internal error in a stage topic=%s partition=%d offset=%d", work.tp[0],
+                                      work.tp[1], work.offset)
+                        work.failure = PoisonError(ErrorType.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         for work in batch:
-            if work.open:
+            if work.deferred is not None:
+                self._waiting.hold(work, "stages", work.deferred, now)
+                work.deferred = None
+            elif work.open:
                 self._dispatch.start(work)
             else:
                 self._finish(work)
 
     def _finish(self, work: Work) -> None:
-        """Everything about the event is decided: build its records and hand it to delivery."""
-        self._outputs.build(work)
+        """Everything about the event is decided: build its records and hand it to delivery. Whatever
+        building raises, the event ends settled: it waits out a registry outage, or it is
+        dead-lettered as ``internal_error``; an event that cannot even be dead-lettered stops the
+        consumer (nothing is committed past it)."""
+        try:
+            self._outputs.build(work)
+        except RetryableError as exc:
+            work.records.clear()
+            self._waiting.hold(work, "outputs", str(exc), time.monotonic())
+            return
+        except Exception as exc:  # noqa: BLE001 - this event's problem (a bug, or a record its schema cannot hold)
+            log.exception("cannot build outputs topic=%s partition=%d offset=%d", work.tp[0], work.tp[1],
+                          work.offset)
+            work.records.clear()
+            try:
+                self._outputs.dead_letter(work, PoisonError(ErrorType.INTERNAL_ERROR,
+                                                            f"cannot build outputs: {type(exc).__name__}: {exc}"))
+            except RetryableError as outage:
+                work.records.clear()
+                self._waiting.hold(work, "outputs", str(outage), time.monotonic())
+                return
+            except Exception as exc2:  # noqa: BLE001
+                self._fatal = FatalError(f"cannot dead-letter topic={work.tp[0]} partition={work.tp[1]} "
+                                         f"offset={work.offset}: {type(exc2).__name__}: {exc2}")
+                return
         self._delivery.complete(work)
+
+    def _retry_waiting(self, now: float) -> None:
+        """Try the oldest event held by an outage; if it goes through, the others follow."""
+        waiter = self._waiting.due(now)
+        if waiter is None:
+            return
+        held = len(self._waiting)
+        self._resume(waiter.work, waiter.step, now)
+        if len(self._waiting) > held:  # still failing: it is waiting again, and so are the others
+            return
+        for w in self._waiting.release():
+            self._resume(w.work, w.step, now)
+
+    def _resume(self, work: Work, step: str, now: float) -> None:
+        if not self._ledger.holds(work):
+            return  # revoked or rewound meanwhile: consumed again
+        if step == "stages":
+            self._run_stages([work], now)
+        else:
+            self._finish(work)
 
     # ---- callbacks from the consumer thread ------------------------------------------------------
 
@@ -233,6 +300,7 @@ class Pipeline:
 
     async def _revoke(self, keys: list[TopicPartitionKey]) -> None:
         assert self._consumer is not None
+        self._waiting.drop(keys)
         try:
             self._delivery.revoke(keys, self._consumer)
         except FatalError as exc:
@@ -240,7 +308,12 @@ class Pipeline:
             self._ledger.drop(keys)
 
     async def _lose(self, keys: list[TopicPartitionKey]) -> None:
-        self._delivery.lose(keys)
+        self._waiting.drop(keys)
+        try:
+            self._delivery.lose(keys, self._consumer)
+        except FatalError as exc:
+            self._fatal = exc
+            self._ledger.drop(keys)
 
     def _stats(self, raw: str) -> None:
         """librdkafka statistics (consumer thread): per-partition lag for the lag gauge (KEDA, alerts)."""

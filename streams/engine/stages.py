@@ -5,8 +5,11 @@ given (:func:`streams.app.build_stages`), then hands every event that still has 
 inference stage (:mod:`streams.engine.dispatch`) and the others straight to outputs. A stage reads
 and writes only the :class:`~streams.engine.work.Work` records: it may mark an event poison
 (``failure``), add or remove the requests still to decide, or decide one itself (an
-``outcome``). Delivery never sees a stage, so one is added by writing it here and listing it.
-Stages skip events that are no longer open (:attr:`Work.open`).
+``outcome``), or defer it while a dependency is down (``deferred``: it waits, see
+:mod:`streams.engine.waiting`). Delivery never sees a stage, so one is added by writing it here and
+listing it. Stages skip events that are no longer open (:attr:`Work.open`). A stage that raises
+anything else is run again one event at a time and the event that raised is dead-lettered as
+``internal_error``: stages must therefore be idempotent.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from streams.engine.work import Request, Work
-from streams.errors import PoisonError
+from streams.errors import PoisonError, RetryableError
 from streams.inference.labeler import Labeler
 from streams.inference.prompt import render_content
 from streams.policy.model import Policy
@@ -30,7 +33,8 @@ class Stage(Protocol):
 
 class Decode:
     """Record value -> content event, and the text the model will read. Poison: ``invalid_json``,
-    ``invalid_avro``, ``schema_violation``, ``too_large``."""
+    ``invalid_avro``, ``schema_violation``, ``too_large``. An unreachable Schema Registry defers the
+    event (``deferred``): it waits for the registry instead of being dead-lettered."""
 
     def __init__(self, decoder: Decoder) -> None:
         self._decoder = decoder
@@ -42,6 +46,9 @@ class Decode:
                 work.event = event = decode(work.value, work.tp[0])
             except PoisonError as exc:
                 work.failure = exc
+                continue
+            except RetryableError as exc:  # the registry holding the writer's schema is down: wait
+                work.deferred = str(exc)
                 continue
             work.content = render_content(event)
 
@@ -58,7 +65,7 @@ class Route:
     def __call__(self, batch: list[Work]) -> None:
         for work in batch:
             event = work.event
-            if event is None or work.failure is not None:
+            if event is None or work.failure is not None or work.deferred is not None:
                 continue
             try:
                 policies = self._policies.resolve(topic=work.tp[0], kind=event.kind, requested=event.policies)

@@ -50,6 +50,7 @@ class Work:
     event: ContentEvent | None = None
     content: str = ""  # the user message the model reads (chats as a transcript)
     failure: PoisonError | None = None  # the event itself is unusable: one dead letter, no labels
+    deferred: str | None = None  # a stage could not go on for an outage (the Schema Registry): it waits
     requests: list[Request] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     pending: int = 0  # requests running on the replicas
@@ -66,8 +67,8 @@ class Work:
 
     @property
     def open(self) -> bool:
-        """Still has something to decide (neither failed nor fully decided)."""
-        return self.failure is None and bool(self.requests)
+        """Still has something to decide (neither failed, nor waiting, nor fully decided)."""
+        return self.failure is None and self.deferred is None and bool(self.requests)
 
     def cancel(self) -> None:
         for task in self.tasks:

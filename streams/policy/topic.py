@@ -3,8 +3,10 @@
 Record key = policy id, value = the policy file text (front matter + body); a tombstone (null
 value) deletes. Every consumer instance reads the whole topic itself (partitions assigned directly,
 no consumer group, nothing committed): each one needs every policy, not a share of them. At start
-the reader catches up to the high watermarks before content is consumed, so no event is labelled
-with a policy the topic has already replaced.
+the reader catches up to the high watermarks before content is consumed (:class:`CatchUp`), so no
+event is labelled with a policy the topic has already replaced. A record without a key, or whose
+value is not UTF-8, is logged and ignored; a policy that does not validate is rejected with a
+logged reason and the previous version keeps serving.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams.config import KafkaSettings
 from streams.errors import FatalError
@@ -23,6 +33,48 @@ from streams.kafka.config import producer_config, reader_config
 from streams.policy.registry import PolicyRegistry
 
 log = logging.getLogger(__name__)
+
+
+class CatchUp:
+    """Which partitions of the policies topic have been read to their end, from the consumer's
+    position (the next offset it will read) against the high watermark taken at assignment.
+
+    The offset of the last record says nothing: a log may end in a transaction marker, or with its
+    tail compacted away (a cleaned tombstone), or hold no record at all below a watermark above 0.
+    A partition is read when it is empty (high <= low), when the position reaches the watermark,
+    or when it has read records and then stayed short of the watermark for ``stall_s`` (nothing is
+    left to read there: reported in :attr:`short`). A partition that has read nothing yet (the
+    broker is slow or down) is never taken as read.
+    """
+
+    def __init__(self, ends: dict[int, tuple[int, int]], now: float, stall_s: float = 3.0) -> None:
+        self._high = {p: high for p, (low, high) in ends.items()}
+        self._behind = {p for p, (low, high) in ends.items() if high > low}
+        self._seen: dict[int, tuple[int, float]] = {p: (OFFSET_INVALID, now) for p in self._behind}
+        self._stall_s = stall_s
+        self.short: list[tuple[int, int, int]] = []  # (partition, position, high watermark)
+
+    @property
+    def done(self) -> bool:
+        return not self._behind
+
+    @property
+    def behind(self) -> list[int]:
+        return sorted(self._behind)
+
+    def update(self, positions: dict[int, int], now: float) -> None:
+        """``positions``: the consumer's current position per partition (OFFSET_INVALID if none)."""
+        for p in list(self._behind):
+            position = positions.get(p, OFFSET_INVALID)
+            if position >= self._high[p]:
+                self._behind.discard(p)
+                continue
+            last, since = self._seen[p]
+            if position != last:
+                self._seen[p] = (position, now)
+            elif position >= 0 and now - since >= self._stall_s:
+                self._behind.discard(p)
+                self.short.append((p, position, self._high[p]))
 
 
 class PolicyTopicReader:
@@ -36,8 +88,13 @@ class PolicyTopicReader:
         self._consumer = Consumer(reader_config(kafka, f"{kafka.group_id}-policies-{uuid.uuid4().hex[:8]}"))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="policy-topic")
 
-    def catch_up(self, timeout_s: float = 30.0) -> int:
-        """Assign all partitions from the beginning and apply records up to the high watermarks."""
+    def catch_up(self, timeout_s: float = 30.0, stall_s: float = 3.0) -> int:
+        """Assign all partitions from the beginning and apply records until each partition's
+        position reaches its high watermark (:class:`CatchUp`). Returns the records applied.
+
+        Raises:
+            FatalError: the topic does not exist, or was not read to its end within ``timeout_s``.
+        """
         try:
             meta = self._consumer.list_topics(self._topic, timeout=10)
         except KafkaException as exc:
@@ -47,18 +104,24 @@ class PolicyTopicReader:
             raise FatalError(f"policies topic {self._topic!r} does not exist; create it (compacted) first")
         parts = [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in info.partitions]
         self._consumer.assign(parts)
-        ends = {p.partition: self._consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-        positions = {p: 0 for p in ends}
+        ends = {p.partition: self._consumer.get_watermark_offsets(p, timeout=10) for p in parts}
+        progress = CatchUp(ends, time.monotonic(), stall_s)
         applied = 0
         deadline = time.monotonic() + timeout_s
-        while any(positions[p] < ends[p] for p in ends):
+        while not progress.done:
             if time.monotonic() > deadline:
-                raise FatalError(f"could not read policies topic {self._topic} to its end within {timeout_s}s")
+                raise FatalError(f"could not read policies topic {self._topic} to its end within {timeout_s}s "
+                                 f"(partitions behind: {progress.behind})")
             for msg in self._consumer.consume(500, 0.2):
                 if msg.error() is None:
                     self._apply(msg)
                     applied += 1
-                    positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+            positions = self._consumer.position([TopicPartition(self._topic, p) for p in progress.behind])
+            progress.update({tp.partition: tp.offset for tp in positions}, time.monotonic())
+        for partition, position, high in progress.short:
+            log.warning("policies topic partition ends below its high watermark topic=%s partition=%d "
+                        "position=%d high_watermark=%d (offsets compacted away at its tail): treated as read",
+                        self._topic, partition, position, high)
         log.info("policies topic caught up topic=%s records=%d", self._topic, applied)
         return applied
 

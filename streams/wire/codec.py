@@ -23,20 +23,37 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from streams.config import InputSettings, OutputSettings, SchemaRegistrySettings
-from streams.errors import ConfigError, ErrorType, PoisonError
+from streams.errors import ConfigError, ErrorType, FatalError, PoisonError, RetryableError
 from streams.wire.events import ContentEvent, decode_content
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 _NAMESPACE = "io.safeguard.streams."
 
 
+REGISTRY_TIMEOUT_S = 5.0
+
+
 @functools.cache
 def registry_client(url: str) -> Any:
+    """One client per URL per process. No retries inside the client: its calls run on the event
+    loop, and its own retries sleep there; an unreachable registry is retried by the pipeline
+    instead (:mod:`streams.engine.waiting`), without blocking anything else."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     if url.startswith("mock://"):
         return SchemaRegistryClient.new_client({"url": url})
-    return SchemaRegistryClient({"url": url})
+    return SchemaRegistryClient({"url": url, "max.retries": 0, "timeout": REGISTRY_TIMEOUT_S})
+
+
+def registry_outage(exc: BaseException) -> bool:
+    """The registry could not be reached or answered with a server error (the data may be fine)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(exc, SchemaRegistryError):
+        return exc.http_status_code in (408, 429) or exc.http_status_code >= 500
+    # The client's HTTP layer (httpx, vendored by confluent-kafka) fails with TransportError
+    # subclasses: refused, reset, DNS, TLS, timeouts.
+    return isinstance(exc, OSError | TimeoutError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__)
 
 
 def schema_str(name: str) -> str:
@@ -64,6 +81,7 @@ class Decoder:
 
     def __init__(self, settings: InputSettings, registry: SchemaRegistrySettings) -> None:
         self._max = settings.max_event_bytes
+        self._url = registry.url
         self._avro: Any = None
         if settings.format == "avro":
             from confluent_kafka.schema_registry.avro import AvroDeserializer
@@ -71,7 +89,8 @@ class Decoder:
             self._avro = AvroDeserializer(_registry(registry, "input.format"), schema_str("content"))
 
     def decode(self, value: bytes | None, topic: str) -> ContentEvent:
-        """Raises PoisonError (``too_large``, ``invalid_json``, ``invalid_avro``, ``schema_violation``)."""
+        """Raises PoisonError (``too_large``, ``invalid_json``, ``invalid_avro``, ``schema_violation``),
+        or RetryableError when the registry that holds the writer's schema cannot be reached."""
         if self._avro is None:
             return decode_content(value, max_bytes=self._max)
         if value is None:
@@ -84,6 +103,8 @@ class Decoder:
         try:
             doc = self._avro(value, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # noqa: BLE001 - the deserializer raises many types for bad bytes
+            if registry_outage(exc):
+                raise RetryableError(f"schema registry unreachable at {self._url}: {exc}") from exc
             raise PoisonError(ErrorType.INVALID_AVRO, f"not Avro in the registry wire format: {exc}") from exc
         try:
             return ContentEvent.model_validate(doc)
@@ -97,11 +118,32 @@ class Encoder:
 
     def __init__(self, settings: OutputSettings, registry: SchemaRegistrySettings) -> None:
         self._client: Any = _registry(registry, "output.format") if settings.format == "avro" else None
+        self._url = registry.url
         self._serializers: dict[str, Any] = {}
 
+    def register(self, subjects: dict[str, list[str]]) -> None:
+        """Register the schemas of ``{schema name: [topics]}`` under ``<topic>-value`` now (at
+        start-up), so that encoding needs the registry no more. Raises RetryableError when the
+        registry cannot be reached, FatalError when it refuses a schema."""
+        if self._client is None:
+            return
+        from confluent_kafka.schema_registry import Schema
+
+        for name, topics in subjects.items():
+            schema = Schema(schema_str(name), "AVRO")
+            for topic in topics:
+                try:
+                    self._client.register_schema(f"{topic}-value", schema)
+                except Exception as exc:  # noqa: BLE001 - the client raises transport and HTTP errors
+                    if registry_outage(exc):
+                        raise RetryableError(f"schema registry unreachable at {self._url}: {exc}") from exc
+                    raise FatalError(f"the schema registry at {self._url} refuses schema {name} for "
+                                     f"{topic}-value: {exc}") from exc
+
     def encode(self, model: BaseModel | dict[str, Any], schema: str, topic: str) -> bytes:
-        """A model, or a document already in the model's JSON shape. Raises whatever the Avro
-        serializer or the Schema Registry raises (the caller decides what that means for the event)."""
+        """A model, or a document already in the model's JSON shape. Raises RetryableError when the
+        registry cannot be reached; anything else the serializer raises is left to the caller (a
+        record the schema cannot hold is this event's problem, not the stream's)."""
         if self._client is None:
             return orjson.dumps(model) if isinstance(model, dict) else model.model_dump_json().encode()
         from confluent_kafka.serialization import MessageField, SerializationContext
@@ -113,6 +155,11 @@ class Encoder:
             serializer = self._serializers[schema] = AvroSerializer(
                 self._client, schema_str(schema), conf={"auto.register.schemas": True})
         doc = model if isinstance(model, dict) else model.model_dump(mode="json")
-        out = serializer(doc, SerializationContext(topic, MessageField.VALUE))
+        try:
+            out = serializer(doc, SerializationContext(topic, MessageField.VALUE))
+        except Exception as exc:
+            if registry_outage(exc):
+                raise RetryableError(f"schema registry unreachable at {self._url}: {exc}") from exc
+            raise
         assert out is not None
         return bytes(out)

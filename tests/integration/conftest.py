@@ -33,12 +33,20 @@ def _docker_reachable() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env:
-        yield env
+def broker_kind() -> str:
+    """Which broker the run uses: ``external`` (KAFKA_BOOTSTRAP_SERVERS), ``container`` (a
+    testcontainers Kafka) or ``tansu`` (the embedded broker)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "external"
+    return "container" if _docker_reachable() else "tansu"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_kind: str) -> Iterator[str]:
+    if broker_kind == "external":
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
-    if _docker_reachable():
+    if broker_kind == "container":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:

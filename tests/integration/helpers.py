@@ -99,3 +99,25 @@ def read_until(bootstrap: str, topic: str, done: Any, *, timeout_s: float = 60.0
     finally:
         c.close()
     return out
+
+
+def read_to_end(bootstrap: str, topic: str, *, isolation: str = "read_uncommitted",
+                timeout_s: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` up to the high watermarks as they are now: the end is the position
+    reaching each watermark (transaction markers included), not a quiet period."""
+    from confluent_kafka import TopicPartition
+
+    c = reader_from_beginning(bootstrap, [topic], isolation=isolation)
+    try:
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in c.assignment()]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out.extend(m for m in c.consume(500, 0.2) if m.error() is None)
+            positions = {tp.partition: tp.offset for tp in c.position(parts)}
+            if all(ends[p] == 0 or positions.get(p, -1) >= ends[p] for p in ends):
+                return out
+        raise AssertionError(f"{topic} not read to its end ({ends}) within {timeout_s} s")
+    finally:
+        c.close()

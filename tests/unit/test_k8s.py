@@ -91,7 +91,25 @@ def test_serve_replica_flags_match_the_vllm_manifest(capsys) -> None:
     manifest = set(container["args"])
     assert {f for f in flags if not f.startswith("--port")} <= manifest
     assert "--model=openai/gpt-oss-safeguard-20b" in manifest
-    assert main(["serve-replica", "--exec"]) == 1  # vllm is not installed here: a clear error, not a crash
+
+
+def test_serve_replica_exec_runs_vllm_from_path_or_says_how_to_install_it(tmp_path, monkeypatch, capsys) -> None:
+    """Never a real vLLM: PATH holds only what this test puts there, and exec is intercepted."""
+    import os
+
+    from streams.cli.main import main
+    from streams.ops.vllm import serve_command
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["serve-replica", "--exec"]) == 1  # no vllm on PATH: a clear error, not a crash
+    assert "pip install 'safeguard-streams[vllm]'" in capsys.readouterr().err
+    fake = tmp_path / "vllm"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    execs: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append((path, argv)))
+    assert main(["serve-replica", "--exec", "--port", "8123"]) == 0
+    assert execs == [(str(fake), serve_command("gpt-oss-safeguard-20b@h100", port=8123))]
 
 
 def test_grafana_dashboard_uses_only_metrics_we_export() -> None:

@@ -1,8 +1,12 @@
-"""Runs every benchmark mode against the same broker, replica profile, time scale and events.
+"""Runs every benchmark mode against the same broker, replica profile, time scale and events. Each
+mode gets simulated replicas of its own, started cold, so none inherits another's prefix cache (the
+simulator's answers and reasoning lengths depend only on the request, so every mode does the same work).
 
 - ``ideal``: the replicas' capacity over HTTP, no Kafka (:mod:`streams.devtools.bench.ideal`).
 - ``pipeline``: our consumer end to end (Kafka in -> labels acknowledged) in its own process:
-  events/s, p50/p99 event latency (consumed -> labelled, from the labels), utilisation
+  events/s, p50/p99 event latency (consumed -> labelled, from the labels; ``e2e_*``: from the input
+  record's timestamp to the label's, waiting in Kafka included, the events produced in one burst
+  once the consumer runs), utilisation
   (pipeline / ideal events/s), consumer CPU microseconds per event (that process only), and the
   replicas' prefix-cache hit rate over the run (from their ``/metrics``, in prompt tokens).
 - ``naive``: poll -> one blocking HTTP call -> produce -> commit (:mod:`streams.devtools.bench.naive`).
@@ -49,25 +53,34 @@ def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-
     naive_s = 10.0 if quick else 30.0
     out: dict[str, Any] = {"config": {"quick": quick, "profile": profile, "time_scale": time_scale,
                                       "replicas": replicas, "events": n, "passthrough_events": n_pass}}
-    with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, EmbeddedBroker() as broker, \
-            SimProcesses(replicas, time_scale=time_scale, profile=profile) as sims:
-        bench = _Bench(broker.bootstrap, sims.urls, prof.model, Path(tmp), prof.max_num_seqs)
+    def fresh() -> SimProcesses:
+        """Every mode gets simulators of its own, started cold: no mode inherits another's prefix cache."""
+        return SimProcesses(replicas, time_scale=time_scale, profile=profile)
+
+    with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, EmbeddedBroker() as broker:
+        bench = _Bench(broker.bootstrap, prof.model, Path(tmp), prof.max_num_seqs)
         texts = [orjson.loads(v)["text"] for _, v in workload.events(n)]
         progress("ideal: saturating the replicas over HTTP")
-        out["ideal"] = asyncio.run(saturate(sims.urls, texts, model=prof.model, concurrency=prof.max_num_seqs))
+        with fresh() as sims:
+            out["ideal"] = asyncio.run(saturate(sims.urls, texts, model=prof.model, concurrency=prof.max_num_seqs))
         progress("pipeline: safeguard consumer end to end")
-        out["pipeline"] = bench.pipeline(workload.events(n))
+        with fresh() as sims:
+            out["pipeline"] = bench.using(sims.urls).pipeline(workload.events(n))
         progress(f"naive: per-message loop for {naive_s:.0f}s")
-        out["naive"] = bench.naive(naive_s)
+        with fresh() as sims:
+            out["naive"] = bench.using(sims.urls).naive(naive_s)
         progress("faust: faust-streaming agent")
-        out["faust"] = bench.faust(workload.events(n))
+        with fresh() as sims:
+            out["faust"] = bench.using(sims.urls).faust(workload.events(n))
         progress("passthrough: cache-only labels vs raw confluent-kafka loop")
-        out["passthrough"] = bench.passthrough(n_pass)
+        with fresh() as sims:
+            out["passthrough"] = bench.using(sims.urls).passthrough(n_pass)
     p, i = out["pipeline"], out["ideal"]
     p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
     out["ratios"] = {
         "vs_ideal": p["utilisation"],
         "p99_vs_ideal": _ratio(p["p99_s"], i["p99_s"], 3),
+        "e2e_p99_vs_ideal": _ratio(p["e2e_p99_s"], i["e2e_p99_s"], 3),
         "vs_naive": _ratio(p["events_per_s"], out["naive"]["events_per_s"], 1),
         "vs_faust": _ratio(p["events_per_s"], out["faust"]["events_per_s"], 2),
         "passthrough_vs_raw": _ratio(out["passthrough"]["events_per_s"], out["passthrough"]["raw_events_per_s"], 3),
@@ -84,8 +97,14 @@ def _ratio(a: float, b: float, digits: int) -> float | None:
 
 
 class _Bench:
-    def __init__(self, bootstrap: str, urls: list[str], model: str, tmp: Path, seqs: int) -> None:
-        self.bootstrap, self.urls, self.model, self.tmp, self.seqs = bootstrap, urls, model, tmp, seqs
+    def __init__(self, bootstrap: str, model: str, tmp: Path, seqs: int) -> None:
+        self.bootstrap, self.model, self.tmp, self.seqs = bootstrap, model, tmp, seqs
+        self.urls: list[str] = []
+
+    def using(self, urls: list[str]) -> _Bench:
+        """The replicas of the next mode."""
+        self.urls = urls
+        return self
 
     def _topics(self, partitions: int = 6) -> dict[str, str]:
         tag = uuid.uuid4().hex[:8]
@@ -152,15 +171,26 @@ class _Bench:
         return orjson.loads(out.strip().splitlines()[-1])
 
     def pipeline(self, items: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        """Our consumer over ``items``, produced in one burst once it runs (after one unmeasured
+        warm-up event, so the consumer has joined its group): throughput, latency from consumption
+        (``p50_s``/``p99_s``, the labels' ``latency_ms``) and from the record's timestamp to the
+        label's (``e2e_*``: what a user sees, time waiting in Kafka included)."""
         names = self._topics()
-        self._produce(names["input"], items)
+        warmup = workload.events(1, unique=True, prefix="warm")
+        self._produce(names["input"], warmup)
         hits0, queries0 = prefix_cache_tokens(self.urls)
-        res = self._worker(self._config(names, cache=0), len(items))
+        res = self._worker(self._config(names, cache=0), len(items), warmup=1,
+                           when_warm=lambda: self._produce(names["input"], items))
         hits, queries = (a - b for a, b in zip(prefix_cache_tokens(self.urls), (hits0, queries0), strict=True))
-        lat = sorted(orjson.loads(m.value())["latency_ms"] / 1000 for m in self._read(names["labels"], len(items)))
+        labels = [m for m in self._read(names["labels"], len(items) + 1) if m.key() != warmup[0][0]]
+        lat = sorted(orjson.loads(m.value())["latency_ms"] / 1000 for m in labels)
+        produced = {(m.partition(), m.offset()): m.timestamp()[1] for m in self._read(names["input"], len(items) + 1)}
+        e2e = sorted((m.timestamp()[1] - produced[(src["partition"], src["offset"])]) / 1000
+                     for m in labels for src in [orjson.loads(m.value())["source"]])
         return {"events": len(items), "elapsed_s": round(res["wall_s"], 3),
                 "events_per_s": round(len(items) / res["wall_s"], 2),
                 "p50_s": round(percentile(lat, 0.5), 3), "p99_s": round(percentile(lat, 0.99), 3),
+                "e2e_p50_s": round(percentile(e2e, 0.5), 3), "e2e_p99_s": round(percentile(e2e, 0.99), 3),
                 "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1),
                 "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items)),
                 "prefix_cache_hit_rate": _ratio(hits, queries, 3)}

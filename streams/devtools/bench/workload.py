@@ -16,13 +16,15 @@ def review_texts() -> list[str]:
     return [s["event"]["text"] for s in load_samples() if s["event"]["kind"] == "review"]
 
 
-def events(n: int, *, unique: bool = True) -> list[tuple[bytes, bytes]]:
-    """``n`` review events; ``unique=False`` repeats one text (the cache-only passthrough run)."""
+def events(n: int, *, unique: bool = True, prefix: str = "b") -> list[tuple[bytes, bytes]]:
+    """``n`` review events; ``unique=False`` repeats one text (the cache-only passthrough run).
+    ``prefix`` names the ids (and, when unique, the texts), so a warm-up event is none of them."""
     texts = review_texts()
     out = []
     for i in range(n):
-        text = f"{texts[i % len(texts)]} (order #{i})" if unique else texts[0]
-        out.append((f"b{i}".encode(), orjson.dumps({"event_id": f"b{i}", "kind": "review", "text": text})))
+        text = f"{texts[i % len(texts)]} ({prefix} order #{i})" if unique else texts[0]
+        out.append((f"{prefix}{i}".encode(), orjson.dumps({"event_id": f"{prefix}{i}", "kind": "review",
+                                                         "text": text})))
     return out
 
 

@@ -9,6 +9,8 @@ tolerantly because servers add fields: ``message.reasoning`` falls back to
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,8 @@ from streams.errors import ErrorType, PoisonError, RetryableError
 from streams.inference.replicas.http import HttpPool
 
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
+_STRUCTURED = re.compile(r"response_format|json_schema|guided|structured output|grammar", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 _WAITING, _RUNNING = "vllm:num_requests_waiting", "vllm:num_requests_running"
@@ -99,8 +103,12 @@ class ReplicaClient:
         if status != 200:
             retry_after = _retry_after(resp.headers.get("retry-after"))
             detail = _error_detail(raw)
-            if status == 400 and "response_format" in body and self.supports_structured_output:
-                # Servers without guided decoding reject response_format: fall back to the plain request.
+            if status == 400 and "response_format" in body and _STRUCTURED.search(detail):
+                # This server cannot constrain the answer (no guided decoding): the plain request,
+                # from now on. Any other 400 (a prompt over the context length, say) is about this
+                # request alone and must not switch structured output off for the next ones.
+                log.warning("replica rejects response_format, sending plain requests from now on replica=%s "
+                            "error=%s", self.base_url, detail)
                 self.supports_structured_output = False
                 return await self.chat(body)
             if status >= 500 or status in _RETRYABLE_4XX:

@@ -8,8 +8,11 @@ Contract of :meth:`ReplicaPool.chat`:
 - Each request goes to the healthy replica with the fewest outstanding requests (ties rotate, so a
   burst does not land on one replica).
 - ``RetryableError`` (timeouts, 5xx, refused, 429) is retried with capped exponential backoff on a
-  different replica when there is one, honouring ``Retry-After``, for as long as it takes: GPUs
-  being down is never a reason to dead-letter or drop an event. (Interactive tools pass
+  different replica when there is one, for as long as it takes: GPUs being down is never a reason
+  to dead-letter or drop an event. A replica that answers with ``Retry-After`` gets no new requests
+  for that long, capped at ``replicas.retry_after_max_s`` (a server asking for an hour must not
+  park requests for an hour), while the others keep serving; the request goes to another replica
+  at once, or waits for the pause to end when no other can take it. (Interactive tools pass
   ``retry_limit`` to fail instead.) ``PoisonError`` propagates at once.
 - A replica failing ``failure_threshold`` times in a row is taken out and probed via ``/health``
   until it answers 200; while no replica is healthy, :attr:`healthy_count` is 0 and the pipeline
@@ -42,6 +45,7 @@ class _Replica:
     inflight: int = 0
     failures: int = 0
     healthy: bool = True
+    cool_until: float = 0.0  # loop time before which it asked (Retry-After) not to get requests
     probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -72,6 +76,7 @@ class ReplicaPool:
         self._timeout = settings.request_timeout_s
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._adaptive = settings.adaptive_concurrency
+        self._retry_after_max = settings.retry_after_max_s
         self._failure_threshold = failure_threshold
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
@@ -153,9 +158,16 @@ class ReplicaPool:
                 avoid = replica
                 if self._retry_limit is not None and attempt > self._retry_limit:
                     raise
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                if exc.retry_after is not None:
+                    # The replica asked for a pause: no new requests go to it until then (capped at
+                    # replicas.retry_after_max_s), and this one is retried at once elsewhere if it can be.
+                    delay = 0.0
+                    self._cool(replica, min(exc.retry_after, self._retry_after_max))
+                else:
+                    delay = self._backoff(attempt)
                 self._log_retry(replica, attempt, delay, exc)
-                await asyncio.sleep(delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 continue
             except BaseException:
                 self._release(replica)
@@ -169,6 +181,13 @@ class ReplicaPool:
         self._retry_log.log(logging.WARNING, replica.client.base_url,
                             "inference retry replica=%s attempt=%d delay_s=%.2f error=%s",
                             replica.client.base_url, attempt, delay, exc)
+
+    def _cool(self, replica: _Replica, pause_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + pause_s
+        if until > replica.cool_until:
+            replica.cool_until = until
+            loop.call_at(until, self._wake_all)  # requests waiting for a slot may take it again then
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
@@ -199,10 +218,15 @@ class ReplicaPool:
         best: _Replica | None = None
         fallback: _Replica | None = None
         self._rr = (self._rr + 1) % n
+        now = 0.0
         for i in range(n):
             r = replicas[(self._rr + i) % n]
             if not r.healthy or r.inflight >= r.aimd.value:
                 continue
+            if r.cool_until:
+                now = now or asyncio.get_running_loop().time()
+                if r.cool_until > now:
+                    continue
             if r is avoid:
                 fallback = r
                 continue

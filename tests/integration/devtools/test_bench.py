@@ -19,7 +19,7 @@ PROFILE = PROFILES[DEFAULT_PROFILE]
 
 @pytest.fixture
 def bench(kafka_bootstrap: str, sims, tmp_path: Path) -> _Bench:
-    return _Bench(kafka_bootstrap, sims(1, time_scale=10.0).urls, PROFILE.model, tmp_path, PROFILE.max_num_seqs)
+    return _Bench(kafka_bootstrap, PROFILE.model, tmp_path, PROFILE.max_num_seqs).using(sims(1, time_scale=10.0).urls)
 
 
 def test_passthrough_warm_up_is_settled_before_the_measured_events_exist(bench: _Bench) -> None:
@@ -47,6 +47,8 @@ def test_pipeline_run_reports_the_events_it_labelled(bench: _Bench) -> None:
     res = bench.pipeline(workload.events(40))
     assert res["events"] == 40
     assert 0 < res["p50_s"] <= res["p99_s"]
+    assert 0 < res["e2e_p50_s"] <= res["e2e_p99_s"]
+    assert res["e2e_p50_s"] >= res["p50_s"] - 0.01  # from the record's timestamp: waiting in Kafka counts too
     assert res["cpu_us_per_event"] > 0
     assert res["prefix_cache_hit_rate"] is not None and res["prefix_cache_hit_rate"] > 0.5
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.helpers import produce, read_all, read_until, write_config
+from tests.integration.helpers import produce, read_all, read_to_end, read_until, write_config
 
 N_KILL = 2000
 
@@ -36,6 +36,8 @@ def label_ids(bootstrap: str, topic: str, distinct: int, *, isolation: str, time
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_three_sigkills_at_random_points(delivery, kafka_bootstrap, topics, sims, consumers, broker_hides_aborted,
                                         tmp_path: Path) -> None:
+    """Kills land mid-stream (on progress: a number of events labelled), and each restart re-labels
+    only what was not committed yet: fewer events than were labelled before the kill."""
     names = topics(partitions=3)
     urls = sims(2, time_scale=2.0).urls
     produce(kafka_bootstrap, names["input"], events(N_KILL))
@@ -45,26 +47,45 @@ def test_three_sigkills_at_random_points(delivery, kafka_bootstrap, topics, sims
     isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
     consumer = consumers(config)
     rng = random.Random(4)
+    kills: list[tuple[set[str], dict[int, int]]] = []  # per kill: events labelled before it, label log ends
     for threshold in sorted(rng.sample(range(N_KILL // 10, N_KILL * 7 // 10), 3)):
         seen = label_ids(kafka_bootstrap, names["labels"], threshold, isolation=isolation)
-        assert len(seen) >= threshold, f"stalled before {threshold} labelled events"
         consumer.kill()
+        before = read_to_end(kafka_bootstrap, names["labels"])  # everything the killed process wrote
+        labelled = {orjson.loads(m.value())["event_id"] for m in before}
+        assert len(seen) >= threshold and len(labelled) < N_KILL, "the kill did not land mid-stream"
+        kills.append((labelled, high_watermarks(before)))
         consumer.start()
     final = label_ids(kafka_bootstrap, names["labels"], N_KILL, isolation=isolation, timeout_s=240)
     assert set(final) == {f"e{i}" for i in range(N_KILL)}, "an event has no label"
-    if delivery == "exactly_once":
-        time.sleep(1.0)  # anything extra would be visible by now
-        final = label_ids(kafka_bootstrap, names["labels"], N_KILL + 1, isolation=isolation, timeout_s=2)
-        if broker_hides_aborted:
-            assert max(final.values()) == 1 and sum(final.values()) == N_KILL, "a label was seen twice"
-        else:
-            # A crash aborts the open transaction; this broker still shows aborted records to
-            # read_committed readers (see broker_hides_aborted), so only "no gap" is observable here.
-            print("\nNOTE broker shows aborted records: exactly-once after a crash is not observable on it")
     assert consumer.terminate() == 0
+    records = read_to_end(kafka_bootstrap, names["labels"])
+    for i, (labelled, ends) in enumerate(kills, 1):
+        again = {orjson.loads(m.value())["event_id"] for m in records if m.offset() >= ends.get(m.partition(), 0)}
+        relabelled = labelled & again
+        assert len(relabelled) < len(labelled), f"kill {i}: the restart labelled everything again (no commits?)"
     dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
-    report(f"3 SIGKILLs, {delivery}", N_KILL, final, len(dlq))
     assert dlq == []
+    if delivery == "exactly_once":
+        committed = Counter(orjson.loads(m.value())["event_id"]
+                            for m in read_to_end(kafka_bootstrap, names["labels"], isolation="read_committed"))
+        report(f"3 SIGKILLs, {delivery}", N_KILL, committed, len(dlq))
+        exact = max(committed.values()) == 1 and sum(committed.values()) == N_KILL
+        if broker_hides_aborted:
+            assert exact, "a read_committed reader saw a label twice"
+        elif not exact:
+            pytest.xfail(f"{sum(committed.values()) - N_KILL} labels of aborted transactions visible: the embedded "
+                         "broker shows aborted records to read_committed readers (test_broker_conformance)")
+    else:
+        report(f"3 SIGKILLs, {delivery}", N_KILL, final, len(dlq))
+
+
+def high_watermarks(records: list) -> dict[int, int]:
+    """One past the last offset seen per partition."""
+    ends: dict[int, int] = {}
+    for m in records:
+        ends[m.partition()] = max(ends.get(m.partition(), 0), m.offset() + 1)
+    return ends
 
 
 def _kafka(bootstrap: str, names: dict[str, str], **extra: object) -> dict[str, object]:
@@ -92,7 +113,7 @@ def test_one_of_two_replicas_killed_then_restarted(kafka_bootstrap, topics, sims
     consumer = consumers(write_config(tmp_path, kafka_bootstrap, names, replicas.urls))
     labelled_events(kafka_bootstrap, names["labels"], n // 4)
     replicas.kill(0)
-    time.sleep(3)
+    wait_for_log(consumer, "taken out of rotation")  # the outage was noticed, while the other replica serves
     replicas.start_one(0)
     assert labelled_events(kafka_bootstrap, names["labels"], n) == {f"e{i}" for i in range(n)}
     wait_for_log(consumer, "back in rotation")
@@ -101,7 +122,6 @@ def test_one_of_two_replicas_killed_then_restarted(kafka_bootstrap, topics, sims
     report("1 of 2 replicas killed and restarted", n, label_ids(kafka_bootstrap, names["labels"], n,
                                                                 isolation="read_uncommitted"), len(dlq))
     assert dlq == []
-    assert "taken out of rotation" in consumer.log_path.read_text()
 
 
 def wait_for_log(consumer, text: str, timeout_s: float = 20) -> None:
@@ -122,9 +142,9 @@ def test_all_replicas_down_for_20s_pauses_and_resumes(kafka_bootstrap, topics, s
     replicas.kill(0)
     replicas.kill(1)
     outage_start = time.monotonic()
-    time.sleep(5)
+    wait_for_log(consumer, "paused partitions: no healthy replica")
     during = labelled_events(kafka_bootstrap, names["labels"], n, timeout_s=1)
-    time.sleep(max(0.0, 20 - (time.monotonic() - outage_start)))
+    time.sleep(max(0.0, 20 - (time.monotonic() - outage_start)))  # the scenario: 20 s without any GPU
     after_outage = labelled_events(kafka_bootstrap, names["labels"], n, timeout_s=1)
     assert during == after_outage, "labels appeared while every replica was down"
     assert len(after_outage) < n and len(before) <= len(after_outage)
@@ -137,8 +157,7 @@ def test_all_replicas_down_for_20s_pauses_and_resumes(kafka_bootstrap, topics, s
     report("all replicas down 20 s", n, label_ids(kafka_bootstrap, names["labels"], n, isolation="read_uncommitted"),
            len(dlq))
     assert dlq == []
-    log = consumer.log_path.read_text()
-    assert "paused partitions" in log and "resumed partitions" in log
+    assert "resumed partitions" in consumer.log_path.read_text()
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
@@ -164,12 +183,12 @@ def test_consumer_added_and_removed_under_load(delivery, kafka_bootstrap, topics
     assert group[0].terminate() == 0  # scale down: a graceful leave
     final = label_ids(kafka_bootstrap, names["labels"], n, isolation=isolation, timeout_s=240)
     assert set(final) == {f"e{i}" for i in range(n)}
-    if delivery == "exactly_once":
-        time.sleep(1.0)
-        final = label_ids(kafka_bootstrap, names["labels"], n + 1, isolation=isolation, timeout_s=2)
-        assert max(final.values()) == 1 and sum(final.values()) == n, "a label was seen twice"
     for c in group[1:]:
         assert c.terminate() == 0
+    if delivery == "exactly_once":
+        final = Counter(orjson.loads(m.value())["event_id"]
+                        for m in read_to_end(kafka_bootstrap, names["labels"], isolation=isolation))
+        assert max(final.values()) == 1 and sum(final.values()) == n, "a label was seen twice"
     dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
     report(f"3 consumers, +1 -1 under load, {delivery}", n, final, len(dlq))
     assert dlq == []
@@ -196,15 +215,15 @@ def test_slow_inference_never_evicts_the_consumer(kafka_bootstrap, topics, sims,
 def test_sigterm_drain_is_bounded(kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
     n = 40
     names = topics(partitions=2)
-    urls = sims(1, time_scale=1.0).urls
+    urls = sims(1, time_scale=0.3).urls  # requests of several seconds: some run past the bound
     produce(kafka_bootstrap, names["input"], events(n))
     config = write_config(tmp_path, kafka_bootstrap, names, urls, batching={"drain_timeout_s": 1.0})
     consumer = consumers(config)
     label_ids(kafka_bootstrap, names["labels"], 1, isolation="read_uncommitted", timeout_s=60)
-    started = time.monotonic()
-    assert consumer.terminate(timeout=30) == 0
-    assert time.monotonic() - started < 15  # the bound, not the slowest request, decides
-    assert "in_flight_abandoned=" in consumer.log_path.read_text()
+    assert consumer.terminate(timeout=120) == 0
+    log = consumer.log_path.read_text()
+    # The bound, not the slowest request, decides: the drain gave up with requests still running.
+    assert "drain bound reached with" in log and "in_flight_abandoned=" in log
     restarted = consumers(config)  # abandoned events were not committed: the next run labels them
     labels = label_ids(kafka_bootstrap, names["labels"], n, isolation="read_uncommitted", timeout_s=120)
     assert set(labels) == {f"e{i}" for i in range(n)}

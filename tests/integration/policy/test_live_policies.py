@@ -156,3 +156,50 @@ async def test_topic_update_reaches_every_consumer_and_late_joiners(kafka_bootst
     assert pc.policies["spam"].version == pa.policies["spam"].version
     for r in (a, b, late):
         await r.stop()
+
+
+GHOST = "---\nid: ghost\nversion: 1\n---\n# Ghost (policy ghost)\n\nNot routed anywhere.\n"
+
+
+async def test_catch_up_ends_at_a_transaction_marker_and_applies_tombstones(kafka_bootstrap, topics, sims, tmp_path,
+                                                                            caplog) -> None:
+    """The policies topic ends in a transaction marker (its last record is not at high watermark - 1),
+    and holds a keyless record, a value that is not UTF-8, a policy and its tombstone."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="streams.policy")
+    names = topics(partitions=2)
+    policies_topic = f"policies-{names['input']}"
+    create_topics(kafka_bootstrap, {policies_topic: 1})
+    plain = Producer({"bootstrap.servers": kafka_bootstrap})
+    plain.produce(policies_topic, value=spam_text(7))  # no key: ignored with a logged reason
+    plain.produce(policies_topic, key=b"self-harm", value=b"\xff\xfe not utf-8")  # rejected, old version serves
+    plain.produce(policies_topic, key=b"ghost", value=GHOST.encode())
+    assert plain.flush(10) == 0
+    txn = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": policies_topic})
+    txn.init_transactions(10)
+    txn.begin_transaction()
+    txn.produce(policies_topic, key=b"spam", value=spam_text(5).encode())
+    txn.produce(policies_topic, key=b"ghost", value=None)  # tombstone: deleted again
+    txn.commit_transaction(10)  # the log now ends in the commit marker
+    kafka = {"policies_topic": policies_topic, "bootstrap_servers": kafka_bootstrap, "group_id": f"g-{names['input']}",
+             "input_topics": [names["input"]], "labels_topic": names["labels"], "dead_letter_topic": names["dlq"],
+             "librdkafka": {"session.timeout.ms": 6000}}
+    config = write_config(tmp_path, kafka_bootstrap, names, sims(1).urls, kafka=kafka,
+                          policies={"dir": str(ROOT / "policies"), "default": ["spam"], "reload_interval_s": 0})
+    starter = {p.stem: p for p in (ROOT / "policies").glob("*.md")}
+    run = Running(config)
+    policies = await run.started()
+    assert policies.policies["spam"].version.startswith("5-") and "ghost" not in policies.policies
+    assert policies.policies["self-harm"].body.strip() in starter["self-harm"].read_text()
+    assert "policy record without key ignored" in caplog.text and "not UTF-8" in caplog.text
+
+    extra = tmp_path / "ghost.md"
+    extra.write_text(spam_text(1).replace("id: spam", "id: ghost"))  # lint-clean, as publish requires
+    published = await asyncio.to_thread(safeguard, "policies", "publish", str(extra), "--config", str(config))
+    assert published.returncode == 0, published.stderr
+    await wait_for(lambda: "ghost" in policies.policies)
+    deleted = await asyncio.to_thread(safeguard, "policies", "publish", "--delete", "ghost", "--config", str(config))
+    assert deleted.returncode == 0 and "ghost (deleted)" in deleted.stdout, deleted.stderr
+    await wait_for(lambda: "ghost" not in policies.policies)
+    await run.stop()

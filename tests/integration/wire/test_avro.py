@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -44,3 +45,28 @@ async def test_avro_round_trip_with_mock_registry(kafka_bootstrap, topics, sims,
     assert [d["error_type"] for d in letters] == ["invalid_avro"]
     subjects = client.get_subjects()
     assert f"{names['labels']}-value" in subjects and f"{names['dlq']}-value" in subjects
+
+
+def test_an_unreachable_registry_stops_the_start_naming_it_and_loses_nothing(kafka_bootstrap, topics, sims,
+                                                                               tmp_path) -> None:
+    """Labels that cannot be written must not cost a model call, freeze a partition or be dropped:
+    with the registry down the consumer refuses to start, saying which registry, before consuming."""
+    from streams.devtools.broker import free_port
+    from tests.integration.helpers import safeguard
+
+    names = topics(partitions=2)
+    produce(kafka_bootstrap, names["input"], [(f"k{i}".encode(), orjson.dumps({"event_id": f"e{i}", "text": f"t{i}"}))
+                                              for i in range(5)])
+    replica = sims(1).urls[0]
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(tmp_path, kafka_bootstrap, names, [replica], output={"format": "avro"},
+                          schema_registry={"url": down})
+    proc = safeguard("--log-level", "warning", "run", "--config", str(config), "--until-idle", "3", timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"schema registry unreachable at {down}" in proc.stderr
+    assert read_all(kafka_bootstrap, names["labels"], expect=1, timeout_s=1) == []
+    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1) == []
+    up = write_config(tmp_path, kafka_bootstrap, names, [replica], name="-up", output={"format": "avro"},
+                      schema_registry={"url": f"mock://up-{uuid.uuid4().hex[:6]}"})
+    assert safeguard("run", "--config", str(up), "--until-idle", "3", timeout=120).returncode == 0
+    assert len(read_all(kafka_bootstrap, names["labels"], expect=5)) == 5  # nothing had been committed

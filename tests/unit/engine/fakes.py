@@ -164,6 +164,7 @@ class FakeKafkaConsumer(FakeConsumer):
         self._partitions = partitions
         self._callbacks: dict[str, Any] = {}
         self.paused: set[tuple[str, int]] = set()
+        self.pauses = 0
         self.closed = False
 
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
@@ -183,6 +184,7 @@ class FakeKafkaConsumer(FakeConsumer):
         return ready
 
     def pause(self, partitions: list[TopicPartition]) -> None:
+        self.pauses += 1
         self.paused |= {(tp.topic, tp.partition) for tp in partitions}
 
     def resume(self, partitions: list[TopicPartition]) -> None:

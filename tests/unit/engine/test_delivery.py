@@ -216,3 +216,81 @@ def test_exactly_once_close_without_commit_aborts() -> None:
     asyncio.run(d.drain(time.monotonic() + 1))  # releases it into the open transaction
     d.close(consumer, time.monotonic(), commit=False)
     assert client.calls[-1] == "abort" and client.offsets_sent == []
+
+
+# ---- failure branches ------------------------------------------------------------------------
+
+def test_a_retriable_transaction_commit_is_tried_again_next_tick_without_producing_meanwhile() -> None:
+    client, consumer = FakeClient(), FakeConsumer()
+    d = exactly_once(client)
+    counted: list[int] = []
+    w0, w1 = decided(0, "labels"), decided(1, "labels")
+    w0.records[0] = OutRecord("labels", b"labels:0", lambda: counted.append(0))
+    for w in (w0, w1):
+        d.ledger.add(w)
+    d.complete(w0)
+    client.fail_next["commit"] = KafkaError(KafkaError.REQUEST_TIMED_OUT, "coordinator timed out", retriable=True)
+    d.tick(time.monotonic(), consumer)
+    assert client.calls.count("commit") == 1 and counted == []  # one attempt per tick: the loop never sleeps
+    d.complete(w1)
+    d.tick(time.monotonic(), consumer)  # the commit again; w1 waits (no produce while committing)
+    assert client.calls[-2:] == ["commit", "begin"] and counted == [0]
+    assert [r.value for r in client.produced] == [b"labels:0"]
+    d.tick(time.monotonic(), consumer)
+    assert [r.value for r in client.produced] == [b"labels:0", b"labels:1"]
+    assert client.offsets_sent == [[("in", 0, 1)], [("in", 0, 2)]]
+
+
+def test_exactly_once_revoke_aborts_a_transaction_it_cannot_commit_and_rewinds_the_rest() -> None:
+    client = FakeClient()
+    consumer = FakeConsumer(assigned=[P0, P1], committed_at={P0: 0, P1: 4})
+    d = exactly_once(client)
+    a0, b4 = decided(0, "labels"), decided(4, "labels", partition=1)
+    for w in (a0, b4):
+        d.ledger.add(w)
+        d.complete(w)
+    client.fail_next["commit"] = KafkaError(KafkaError.REQUEST_TIMED_OUT, "timed out", retriable=True)
+    d.revoke([P0], consumer)
+    assert client.calls[-2:] == ["abort", "begin"] and d.aborts == 1
+    assert consumer.seeks == [("in", 1, 4)]  # the kept partition again from its committed offset, not P0
+    assert d.ledger.count == 0 and d.ledger.partitions() == []
+    d.tick(time.monotonic(), consumer)
+    assert client.calls[-1] == "begin"  # no commit left pending for the aborted transaction
+
+
+def test_exactly_once_lost_partitions_abort_the_open_transaction() -> None:
+    client = FakeClient()
+    consumer = FakeConsumer(assigned=[P0, P1], committed_at={P1: 2})
+    d = exactly_once(client)
+    counted: list[int] = []
+    a0, b2 = decided(0, "labels"), decided(2, "labels", partition=1)
+    a0.records[0] = OutRecord("labels", b"labels:0", lambda: counted.append(0))
+    for w in (a0, b2):
+        d.ledger.add(w)
+        d.complete(w)
+    d.tick(time.monotonic() - 10, consumer)  # released into the transaction, not committed yet
+    d.lose([P0], consumer)
+    assert "abort" in client.calls and client.offsets_sent == [] and counted == []
+    assert consumer.seeks == [("in", 1, 2)] and d.ledger.count == 0
+
+
+def test_at_least_once_lost_partitions_are_dropped_uncommitted() -> None:
+    client, consumer = FakeClient(auto_ack=False), FakeConsumer()
+    d = at_least_once(client)
+    w = decided(0, "labels")
+    running = Task()
+    w.tasks.add(running)  # type: ignore[arg-type]
+    d.ledger.add(w)
+    d.lose([P0], consumer)
+    assert running.cancelled and d.ledger.count == 0 and consumer.commits == []
+
+
+def test_at_least_once_revoke_survives_a_failed_commit() -> None:
+    client, consumer = FakeClient(), FakeConsumer()
+    d = at_least_once(client)
+    w = decided(0, "labels")
+    d.ledger.add(w)
+    d.complete(w)
+    consumer.fail_commit = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing")
+    d.revoke([P0], consumer)  # logged; the next owner starts from the last commit (duplicates, no loss)
+    assert consumer.commits == [] and d.ledger.partitions() == []

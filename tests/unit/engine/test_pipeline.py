@@ -7,11 +7,13 @@ from typing import Any
 import orjson
 
 from streams.app import build_pipeline
-from streams.config import Settings, load_settings
+from streams.config import OutputSettings, SchemaRegistrySettings, Settings, load_settings
 from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
+from streams.errors import RetryableError
 from streams.ops.metrics import build_metrics
 from streams.policy.model import STARTER_POLICIES, load_policies
 from streams.policy.registry import PolicyRegistry
+from streams.wire.codec import Encoder
 from tests.unit.engine.fakes import FakeClient, FakeKafkaConsumer, FakeMessage, FakePool, output_producer
 
 VIOLATING = '{"violation": 1, "policy_category": "SP2", "rule_ids": ["SP2"], "confidence": "high", "rationale": "bulk"}'
@@ -32,13 +34,16 @@ def event(event_id: str, text: str, **fields: Any) -> bytes:
 
 
 async def run(s: Settings, messages: list[FakeMessage], delivery: Delivery, pool: FakePool,
-              partitions: list[tuple[str, int]]) -> FakeKafkaConsumer:
+              partitions: list[tuple[str, int]], *, encoder: Any = None, registry: Any = None,
+              started: Any = None, settled: bool = True) -> FakeKafkaConsumer:
     consumer = FakeKafkaConsumer(messages, partitions)
-    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    registry = registry or PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
     pipeline = build_pipeline(s, registry, pool, build_metrics(), delivery=delivery,  # type: ignore[arg-type]
-                              consumer_factory=lambda conf: consumer)
+                              encoder=encoder, consumer_factory=lambda conf: consumer)
+    if started is not None:
+        started(pipeline)
     await pipeline.run(until_idle=0.3)
-    assert consumer.closed and pipeline.inflight_events == 0
+    assert consumer.closed and (pipeline.inflight_events == 0 or not settled)
     return consumer
 
 
@@ -99,3 +104,100 @@ async def test_exactly_once_through_the_loop_commits_offsets_in_the_transaction(
     assert client.offsets_sent and client.offsets_sent[-1] == [("in", 0, 5)]
     assert consumer.commits == []
     assert client.calls[-3:] == ["commit", "begin", "abort"]  # shutdown aborts the empty transaction left open
+
+
+class Encoding(Encoder):
+    """The JSON encoder, failing as ``fail(doc, schema)`` says (an exception to raise, or None)."""
+
+    def __init__(self, fail: Any) -> None:
+        super().__init__(OutputSettings(), SchemaRegistrySettings())
+        self._fail = fail
+
+    def encode(self, model: Any, schema: str, topic: str) -> bytes:
+        exc = self._fail(model, schema)
+        if exc is not None:
+            raise exc
+        return super().encode(model, schema, topic)
+
+
+async def test_an_event_whose_outputs_cannot_be_built_is_dead_lettered_and_the_partition_goes_on() -> None:
+    s = settings()
+    client, pool = FakeClient(), FakePool(answer)
+
+    def fail(doc: Any, schema: str) -> Exception | None:
+        if schema == "label" and doc["event_id"] == "e1":
+            return ValueError("a value the label schema cannot hold")
+        return None
+
+    messages = [FakeMessage("in", 0, i, event(f"e{i}", f"message {i}")) for i in range(3)]
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = await run(s, messages, delivery, pool, [("in", 0)], encoder=Encoding(fail))
+    assert sorted(lab["event_id"] for lab in outputs(client, s.kafka.labels_topic)) == ["e0", "e2"]
+    [letter] = outputs(client, s.kafka.dead_letter_topic)
+    assert letter["error_type"] == "internal_error" and letter["event_id"] == "e1"
+    assert "cannot build outputs: ValueError" in letter["error"]
+    assert consumer.committed_at == {("in", 0): 3}
+
+
+async def test_a_bug_in_a_stage_dead_letters_that_event_alone() -> None:
+    s = settings()
+    client, pool = FakeClient(), FakePool(answer)
+
+    class Buggy(PolicyRegistry):
+        def resolve(self, *, topic: str, kind: str, requested: Any) -> Any:
+            if requested == ["boom"]:
+                raise KeyError("a bug met by this event only")
+            return super().resolve(topic=topic, kind=kind, requested=requested)
+
+    registry = Buggy(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    messages = [FakeMessage("in", 0, 0, event("e0", "hi")),
+                FakeMessage("in", 0, 1, event("e1", "x", policies=["boom"])),
+                FakeMessage("in", 0, 2, event("e2", "hello"))]
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = await run(s, messages, delivery, pool, [("in", 0)], registry=registry)
+    assert sorted(lab["event_id"] for lab in outputs(client, s.kafka.labels_topic)) == ["e0", "e2"]
+    assert [d["error_type"] for d in outputs(client, s.kafka.dead_letter_topic)] == ["internal_error"]
+    assert consumer.committed_at == {("in", 0): 3}
+
+
+async def test_a_registry_outage_holds_events_pauses_and_resumes_without_losing_any() -> None:
+    s = settings()
+    client, pool = FakeClient(), FakePool(answer)
+    down = {"left": 4}
+    seen_ready: list[bool] = []
+    holder: list[Any] = []
+
+    def fail(doc: Any, schema: str) -> Exception | None:
+        if down["left"] > 0:
+            down["left"] -= 1
+            if holder:
+                seen_ready.append(holder[0].ready)
+            return RetryableError("schema registry unreachable at http://registry:8081: connection refused")
+        return None
+
+    messages = [FakeMessage("in", 0, i, event(f"e{i}", f"message {i}")) for i in range(5)]
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = await run(s, messages, delivery, pool, [("in", 0)], encoder=Encoding(fail), started=holder.append)
+    assert sorted(lab["event_id"] for lab in outputs(client, s.kafka.labels_topic)) == [f"e{i}" for i in range(5)]
+    assert outputs(client, s.kafka.dead_letter_topic) == []  # an outage is never the events' fault
+    assert consumer.pauses >= 1 and not consumer.paused  # paused while they waited, resumed after
+    assert False in seen_ready[1:] and holder[0].ready  # not ready while events waited
+    assert consumer.committed_at == {("in", 0): 5}
+
+
+async def test_sigterm_while_events_wait_for_an_outage_stops_within_the_drain_bound(caplog: Any) -> None:
+    s = settings(batching={"drain_timeout_s": 0.5})
+    client, pool = FakeClient(), FakePool(answer)
+    holder: list[Any] = []
+
+    def fail(doc: Any, schema: str) -> Exception | None:
+        if holder:
+            holder[0].stop()  # SIGTERM arrives while the registry is down
+        return RetryableError("schema registry unreachable at http://registry:8081: connection refused")
+
+    messages = [FakeMessage("in", 0, i, event(f"e{i}", f"message {i}")) for i in range(3)]
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = await run(s, messages, delivery, pool, [("in", 0)], encoder=Encoding(fail), started=holder.append,
+                         settled=False)
+    assert "drain bound reached with 3 events unsettled" in caplog.text
+    assert client.produced == [] and consumer.committed_at == {}  # nothing written, nothing committed

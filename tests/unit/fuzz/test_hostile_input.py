@@ -23,6 +23,11 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan
                     st.sampled_from(WORDS))
 json_values = st.recursive(scalars, lambda children: st.one_of(
     st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS), children, max_size=6)), max_leaves=25)
+finite = st.recursive(  # what a JSON answer can hold (json.dumps would write inf as Infinity, not JSON)
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=50), st.sampled_from(WORDS)),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS), children,
+                                                                                max_size=6)), max_leaves=25)
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -65,19 +70,48 @@ def test_verdict_parser_never_crashes(text: str) -> None:
     assert isinstance(v, Verdict) and isinstance(v.violation, bool)
 
 
+def check_verdict(v: Verdict) -> None:
+    assert isinstance(v.violation, bool) and all(isinstance(r, str) for r in v.rule_ids)
+    assert v.confidence in (None, "low", "medium", "high") and (v.category is None or isinstance(v.category, str))
+    assert v.rationale is None or isinstance(v.rationale, str)
+
+
+FRAMES = ["{}", "```json\n{}\n```", "Answer: {} done"]  # a JSON object the parsers must find
+BROKEN = ["{}}", "{{}"]  # not a JSON object any more
+
+
 @FAST
-@given(json_values, st.sampled_from(["{}", "```json\n{}\n```", "Answer: {} done", "{}}", "{{}"]))
+@given(finite, st.sampled_from(FRAMES + BROKEN))
 def test_model_outputs_in_odd_shapes(value: object, frame: str) -> None:
-    body = json.dumps({"violation": value, "policy_category": value, "rule_ids": value, "rationale": value,
-                       "confidence": value})
-    text = frame.replace("{}", body, 1)
-    for parse in (lambda: parse_verdict(text), lambda: parse_combined(text, ["a", "b"])):
-        try:
-            out = parse()
-        except PoisonError:
-            continue
+    """Every field of the answer holds the same odd value. The single-policy parser gives a sane
+    verdict or unparseable_output; the same object keyed by policy, as a combined answer, gives each
+    policy exactly what the single parser gives the object alone, and a policy the answer leaves out
+    (or a frame that is no JSON object) is unparseable for that policy alone."""
+    obj = {"violation": value, "policy_category": value, "rule_ids": value, "rationale": value, "confidence": value}
+    try:
+        alone: Verdict | PoisonError = parse_verdict(json.dumps(obj))
+    except PoisonError as exc:
+        alone = exc
+    try:
+        single: Verdict | PoisonError = parse_verdict(frame.replace("{}", json.dumps(obj), 1))
+    except PoisonError as exc:
+        single = exc
+    combined = parse_combined(frame.replace("{}", json.dumps({"a": obj, "b": obj}), 1), ["a", "b", "c"])
+    assert list(combined) == ["a", "b", "c"]
+    for out in (single, *combined.values()):
         if isinstance(out, Verdict):
-            assert isinstance(out.violation, bool) and all(isinstance(r, str) for r in out.rule_ids)
+            check_verdict(out)
+        else:
+            assert out.error_type == "unparseable_output" and str(out)
+    assert isinstance(combined["c"], PoisonError)
+    if frame in FRAMES:
+        assert "'c'" in str(combined["c"])  # the policy the answer leaves out, and only that one
+        for pid in ("a", "b"):
+            assert type(combined[pid]) is type(alone)
+            assert combined[pid] == alone if isinstance(alone, Verdict) else True
+        assert type(single) is type(alone) and (single == alone if isinstance(alone, Verdict) else True)
+    else:
+        assert all(isinstance(v, PoisonError) for v in combined.values())
 
 
 @FAST

@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from streams.errors import ErrorType, PoisonError
 from streams.inference.cache import DedupeCache, cache_key, normalise
 
 
@@ -105,3 +106,43 @@ def test_decision_size_estimate_matches_measured_memory(reasoning_chars: int) ->
 
 async def _ready(value: object) -> object:
     return value
+
+
+async def test_waiters_of_a_failed_leader_get_its_failure_and_no_request_of_their_own() -> None:
+    cache: DedupeCache[int] = DedupeCache(max_entries=10)
+    calls, gate = [], asyncio.Event()
+
+    async def fails() -> int:
+        calls.append(1)
+        await gate.wait()
+        raise PoisonError(ErrorType.UNPARSEABLE_OUTPUT, "no verdict (after 5 attempts)")
+
+    tasks = [asyncio.create_task(cache.get_or_compute(b"k", fails)) for _ in range(3)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(calls) == 1  # one set of requests for the content, not one per duplicate
+    assert all(isinstance(r, PoisonError) and r.error_type == ErrorType.UNPARSEABLE_OUTPUT for r in results)
+    assert cache.peek(b"k") is None  # and the failure is not kept
+
+
+async def test_a_cancelled_leader_hands_the_flight_to_one_waiter() -> None:
+    cache: DedupeCache[int] = DedupeCache(max_entries=10)
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow() -> int:
+        calls.append(1)
+        await gate.wait()
+        return 42
+
+    leader = asyncio.create_task(cache.get_or_compute(b"k", slow))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(cache.get_or_compute(b"k", slow)) for _ in range(3)]
+    await asyncio.sleep(0)
+    leader.cancel()  # its partition was revoked
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(*waiters)
+    assert leader.cancelled() and len(calls) == 2  # the leader's, and one waiter's in its place
+    assert sorted(results) == [(42, False), (42, True), (42, True)]

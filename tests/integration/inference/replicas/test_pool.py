@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+
+import pytest
+from aiohttp import web
 
 from streams.config import ReplicaSettings
 from streams.devtools.broker import free_port
+from streams.errors import ErrorType, PoisonError
 from streams.inference.labeler import Labeler
 from streams.inference.prompt import build_request
 from streams.inference.replicas.client import ReplicaClient
@@ -75,46 +78,6 @@ async def test_waiting_counts_requests_queued_for_a_slot(sims) -> None:
         assert (pool.inflight, pool.waiting, pool.free_slots, pool.answered) == (0, 0, 4, 20)
 
 
-async def test_replicas_of_different_sizes_each_run_full_without_a_long_queue(sims) -> None:
-    """A 32-slot replica next to a 256-slot one, both behind a 256 in-flight limit, under more load
-    than both can run: the small one's limit must come down to what it runs (a fixed 256 would queue
-    ~224 there) while both stay full."""
-    small = sims(1, time_scale=5.0, extra_args=["--max-num-seqs", "32"]).urls[0]
-    big = sims(1, time_scale=5.0).urls[0]
-    stop = time.monotonic() + 12.0
-    samples: dict[str, list[tuple[float, float]]] = {small: [], big: []}
-
-    async with ReplicaPool(ReplicaSettings(urls=[small, big], max_inflight_per_replica=256)) as pool:
-        async def load(i: int) -> None:
-            while time.monotonic() < stop:
-                await pool.chat(body(f"load {i}"))
-                i += 1000
-
-        async def watch() -> None:
-            clients = {url: ReplicaClient(url, api_key=None, timeout_s=5.0) for url in samples}
-            await asyncio.sleep(5.0)  # the limits settle first
-            while time.monotonic() < stop - 0.5:
-                for url, client in clients.items():
-                    state = await client.queue_state()
-                    assert state is not None and state.running is not None
-                    samples[url].append((state.waiting, state.running))
-                await asyncio.sleep(0.25)
-            for client in clients.values():
-                client.close()
-
-        await asyncio.gather(watch(), *(load(i) for i in range(320)))
-        limits = {url: limit for url, (_, _, limit) in pool.replica_states().items()}
-
-    def mean(url: str, i: int) -> float:
-        return sum(s[i] for s in samples[url]) / len(samples[url])
-
-    assert len(samples[small]) >= 10
-    assert mean(small, 0) <= 12, (limits, samples[small])  # waiting: near the target of 4, not ~224
-    assert mean(small, 1) >= 0.9 * 32, samples[small]  # still full
-    assert mean(big, 1) >= 0.9 * 256, samples[big]
-    assert limits[small] < 64 and limits[big] == 256
-
-
 async def test_reasoning_content_fallback(sims) -> None:
     url = sims(1, extra_args=["--reasoning-field", "reasoning_content"]).urls[0]
     replicas = ReplicaSettings(urls=[url], model=MODEL, max_attempts=2)
@@ -140,3 +103,122 @@ def test_classify_cli_unreachable_replica_is_a_clear_error() -> None:
                      timeout=60)
     assert proc.returncode == 1
     assert "replica unavailable" in proc.stderr
+
+
+async def _serve(handler) -> tuple[str, web.AppRunner]:
+    """An OpenAI-shaped test server in this event loop: ``handler(body) -> (status, doc, headers)``."""
+    async def completions(request: web.Request) -> web.Response:
+        status, doc, headers = handler(await request.json())
+        return web.json_response(doc, status=status, headers=headers)
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return f"http://127.0.0.1:{port}/v1", runner
+
+
+def _answer(content: str = '{"violation": 0, "policy_category": null}') -> dict:
+    return {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2}}
+
+
+async def test_a_retry_after_of_an_hour_parks_nothing_and_the_other_replica_serves(sims) -> None:
+    throttled: list[dict] = []
+
+    def throttle(body: dict) -> tuple[int, dict, dict]:
+        throttled.append(body)
+        return 429, {"error": {"message": "slow down"}}, {"Retry-After": "3600"}
+
+    url, runner = await _serve(throttle)
+    alive = sims(1).urls[0]
+    try:
+        async with ReplicaPool(ReplicaSettings(urls=[url, alive])) as pool:
+            results = await asyncio.wait_for(asyncio.gather(*(pool.chat(body(f"m{i}")) for i in range(20))), 60)
+        assert {r.replica for r in results} == {alive}
+        assert 1 <= len(throttled) < 20  # it was tried, then left alone for its pause
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_retry_after_pause_is_capped_and_the_replica_serves_again() -> None:
+    calls: list[int] = []
+
+    def once(body: dict) -> tuple[int, dict, dict]:
+        calls.append(1)
+        if len(calls) == 1:
+            return 429, {"error": {"message": "busy"}}, {"Retry-After": "3600"}
+        return 200, _answer(), {}
+
+    url, runner = await _serve(once)
+    try:
+        async with ReplicaPool(ReplicaSettings(urls=[url], retry_after_max_s=0.3, adaptive_concurrency=False)) as pool:
+            result = await asyncio.wait_for(pool.chat(body("hello")), 30)
+        assert result.content is not None and len(calls) == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_structured_output_falls_back_only_when_the_server_rejects_response_format() -> None:
+    seen: list[dict] = []
+
+    def context_limited(body: dict) -> tuple[int, dict, dict]:
+        seen.append(body)
+        if len(body["messages"][-1]["content"]) > 1000:
+            return 400, {"error": {"message": "This model's maximum context length is 131072 tokens. However, "
+                                              "you requested 250000 tokens."}}, {}
+        return 200, _answer(), {}
+
+    def no_guided_decoding(body: dict) -> tuple[int, dict, dict]:
+        seen.append(body)
+        if "response_format" in body:
+            return 400, {"error": {"message": "response_format json_schema is not supported by this server"}}, {}
+        return 200, _answer(), {}
+
+    structured = build_request(POLICIES["spam"], "x", model=MODEL, reasoning_effort="low", structured_output=True)
+    url, runner = await _serve(context_limited)
+    try:
+        client = ReplicaClient(url, api_key=None, timeout_s=10)
+        too_long = {**structured, "messages": [structured["messages"][0], {"role": "user", "content": "y" * 5000}]}
+        with pytest.raises(PoisonError) as rejected:
+            await client.chat(too_long)
+        assert rejected.value.error_type == ErrorType.REQUEST_REJECTED and "context length" in str(rejected.value)
+        await client.chat(structured)
+        assert "response_format" in seen[-1]  # a prompt that was too long does not switch it off
+        client.close()
+    finally:
+        await runner.cleanup()
+    seen.clear()
+    url, runner = await _serve(no_guided_decoding)
+    try:
+        client = ReplicaClient(url, api_key=None, timeout_s=10)
+        assert (await client.chat(structured)).content is not None
+        await client.chat(structured)
+        assert ["response_format" in b for b in seen] == [True, False, False]  # rejected once, then plain
+        client.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_classify_prints_what_the_model_wrote_literally() -> None:
+    """Model text is data: a rationale holding rich markup ("[/red]") is printed as written, not
+    parsed (an unmatched closing tag used to crash the command)."""
+    rationale = "closing [/red] tag and [bold]markup"
+
+    def answer(body: dict) -> tuple[int, dict, dict]:
+        return 200, _answer(json.dumps({"violation": 1, "policy_category": "[SP2]", "rationale": rationale})), {}
+
+    url, runner = await _serve(answer)
+    try:
+        proc = await asyncio.to_thread(safeguard, "classify", "--policy", str(ROOT / "policies/spam.md"),
+                                       "--text", "x", "--replica", url)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert rationale in proc.stdout and "category=[SP2]" in proc.stdout
