@@ -1,18 +1,22 @@
 """Configuration: one frozen settings tree (every key: docs/configuration.md).
 
 Read once at start-up from ``--config FILE`` (YAML), then overridden by environment variables
-``SAFEGUARD_<SECTION>__<KEY>`` (for example ``SAFEGUARD_KAFKA__BOOTSTRAP_SERVERS``). Unknown keys are
-an error in both places. The tree is passed down; no other module reads the environment.
+``SAFEGUARD_<SECTION>__<KEY>`` (for example ``SAFEGUARD_KAFKA__BOOTSTRAP_SERVERS``); values given on
+the command line override both. Unknown keys, and ``SAFEGUARD_*`` variables naming no section, are
+errors. The tree is passed down; no other module reads the environment.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
 
@@ -174,20 +178,39 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first so it overrides the YAML file, which arrives as init kwargs.
-        return (env_settings, init_settings)
+        # First wins: command-line overrides, then the environment, then the YAML file (init kwargs).
+        return (_OverrideSource(settings_cls), env_settings, init_settings)
 
 
-def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+_OVERRIDES: ContextVar[dict[str, Any]] = ContextVar("safeguard_overrides", default={})  # noqa: B039 - never mutated
+
+
+class _OverrideSource(PydanticBaseSettingsSource):
+    """The ``overrides`` of :func:`load_settings` (command-line flags): above the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _OVERRIDES.get()
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
     """Read the YAML file (if any), apply ``SAFEGUARD_*`` environment overrides, validate.
 
     Args:
         path: YAML config file; ``None`` uses defaults plus the environment.
-        overrides: extra values merged over the file (used by ``demo`` and tests), below the env.
+        overrides: values from the command line (``demo``, ``bench``, ``policies publish --topic``):
+            above the environment, which is above the file.
+        environ: where the ``SAFEGUARD_*`` variables are read, for the unknown-section check
+            (default: the process environment).
 
     Raises:
-        ConfigError: the file is missing or unreadable, or any key or value is invalid.
+        ConfigError: the file is missing or unreadable, a ``SAFEGUARD_*`` variable names no section,
+            or any key or value is invalid.
     """
+    _check_environment(os.environ if environ is None else environ)
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -202,22 +225,26 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a YAML mapping at the top level")
         data = loaded
-    if overrides:
-        data = _deep_merge(data, overrides)
+    token = _OVERRIDES.set(overrides or {})
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, path)) from exc
+    except SettingsError as exc:  # a SAFEGUARD_* value that is not the JSON a list or mapping needs
+        raise ConfigError(f"invalid environment variable: {exc}") from exc
+    finally:
+        _OVERRIDES.reset(token)
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def _check_environment(environ: Mapping[str, str]) -> None:
+    prefix = "SAFEGUARD_"
+    sections = set(Settings.model_fields)
+    for name in environ:
+        if name.upper().startswith(prefix):
+            section = name[len(prefix):].split("__", 1)[0].lower()
+            if section not in sections:
+                raise ConfigError(f"environment variable {name}: no configuration section {section!r} "
+                                  f"(sections: {', '.join(sorted(sections))})")
 
 
 def _explain(exc: ValidationError, path: str | Path | None) -> str:

@@ -269,7 +269,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streams.devtools.bench.runner import run_bench
+    from streams.devtools.sim.profiles import PROFILES
 
+    if args.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
     err = Console(stderr=True)
     result = run_bench(quick=args.quick, time_scale=args.time_scale, profile=args.profile, replicas=args.replicas,
                        progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))

@@ -6,7 +6,7 @@ The stage map (docs/architecture.md has the picture)::
                                                                    │
                                  open requests ─► inference tasks  (engine/dispatch.py, concurrent)
                                                                    │
-                      all decided ─► outputs (engine/outputs.py) ─► delivery (engine/delivery.py)
+                      all decided ─► outputs (engine/outputs.py) ─► delivery (engine/delivery/)
 
 Concurrency model (chosen once): ONE asyncio event loop owns all state. Blocking librdkafka consumer
 calls (``consume``, ``close``, and the rebalance callbacks they trigger) run on a single dedicated
@@ -25,6 +25,7 @@ memory, the local queue or an outage says so; the loop keeps calling ``consume``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -282,14 +283,21 @@ class Pipeline:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         self._on_loop(self._revoke(keys))
-        self.assigned -= set(keys)
+        self._unassigned(keys)
         log.info("revoked partitions=%s", _fmt(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         self._on_loop(self._lose(keys))
-        self.assigned -= set(keys)
+        self._unassigned(keys)
         log.warning("lost partitions=%s (not committed)", _fmt(partitions))
+
+    def _unassigned(self, keys: list[TopicPartitionKey]) -> None:
+        """Another member reports their lag now: a stale value here would be counted twice."""
+        self.assigned -= set(keys)
+        for topic, partition in keys:
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(topic, str(partition))
 
     def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None

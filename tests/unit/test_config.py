@@ -89,3 +89,26 @@ def test_readme_first_screen_config_loads(tmp_path, monkeypatch) -> None:
     assert s.replicas.max_inflight_per_replica == 288
     assert s.kafka.security.sasl_password is not None
     assert [r.kind for r in s.policies.routes] == ["review", "chat"]
+
+
+def test_command_line_overrides_beat_the_environment_which_beats_the_file(tmp_path, monkeypatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  policies_topic: from-file\n  group_id: file-group\n  labels_topic: file-labels\n")
+    monkeypatch.setenv("SAFEGUARD_KAFKA__POLICIES_TOPIC", "from-env")
+    monkeypatch.setenv("SAFEGUARD_KAFKA__GROUP_ID", "env-group")
+    s = load_settings(f, {"kafka": {"policies_topic": "from-flag"}})
+    assert (s.kafka.policies_topic, s.kafka.group_id, s.kafka.labels_topic) == ("from-flag", "env-group",
+                                                                                 "file-labels")
+    assert load_settings(f).kafka.policies_topic == "from-env"  # the override was for that call only
+
+
+def test_a_variable_naming_no_section_is_an_error(monkeypatch) -> None:
+    monkeypatch.setenv("SAFEGUARD_KAFAK__BOOTSTRAP_SERVERS", "typo:9092")
+    with pytest.raises(ConfigError, match="SAFEGUARD_KAFAK__BOOTSTRAP_SERVERS: no configuration section 'kafak'"):
+        load_settings(None)
+
+
+def test_a_variable_that_is_not_the_json_a_list_needs_is_a_configuration_error(monkeypatch) -> None:
+    monkeypatch.setenv("SAFEGUARD_KAFKA__INPUT_TOPICS", "a,b")
+    with pytest.raises(ConfigError, match="invalid environment variable"):
+        load_settings(None)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+import pytest
+from confluent_kafka import KafkaError
 
 from streams.app import build_pipeline
 from streams.config import OutputSettings, SchemaRegistrySettings, Settings, load_settings
 from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
-from streams.errors import RetryableError
+from streams.errors import FatalError, RetryableError
 from streams.ops.metrics import build_metrics
 from streams.policy.model import STARTER_POLICIES, load_policies
 from streams.policy.registry import PolicyRegistry
@@ -35,10 +38,10 @@ def event(event_id: str, text: str, **fields: Any) -> bytes:
 
 async def run(s: Settings, messages: list[FakeMessage], delivery: Delivery, pool: FakePool,
               partitions: list[tuple[str, int]], *, encoder: Any = None, registry: Any = None,
-              started: Any = None, settled: bool = True) -> FakeKafkaConsumer:
+              started: Any = None, settled: bool = True, metrics: Any = None) -> FakeKafkaConsumer:
     consumer = FakeKafkaConsumer(messages, partitions)
     registry = registry or PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
-    pipeline = build_pipeline(s, registry, pool, build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+    pipeline = build_pipeline(s, registry, pool, metrics or build_metrics(), delivery=delivery,  # type: ignore[arg-type]
                               encoder=encoder, consumer_factory=lambda conf: consumer)
     if started is not None:
         started(pipeline)
@@ -201,3 +204,32 @@ async def test_sigterm_while_events_wait_for_an_outage_stops_within_the_drain_bo
                          settled=False)
     assert "drain bound reached with 3 events unsettled" in caplog.text
     assert client.produced == [] and consumer.committed_at == {}  # nothing written, nothing committed
+
+
+async def test_a_label_the_broker_never_acknowledges_stops_the_consumer_without_committing_past_it() -> None:
+    s = settings()
+    client, pool = FakeClient(auto_ack=False), FakePool(answer)
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    consumer = FakeKafkaConsumer([FakeMessage("in", 0, i, event(f"e{i}", f"m {i}")) for i in range(3)], [("in", 0)])
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, pool, build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    task = asyncio.create_task(pipeline.run(until_idle=30))
+    while len(client.produced) < 3:
+        await asyncio.sleep(0.01)
+    client.report(1)
+    client.report(2)
+    client.report(0, KafkaError(KafkaError._MSG_TIMED_OUT, "Message timed out"))
+    with pytest.raises(FatalError, match="pipeline stopped: .*timed out"):
+        await asyncio.wait_for(task, 30)
+    assert consumer.commits == [] and consumer.closed  # 1 and 2 are acknowledged, but 0 holds them
+
+
+async def test_the_lag_of_a_partition_that_left_is_not_reported_any_more() -> None:
+    s = settings()
+    metrics = build_metrics()
+    metrics.consumer_lag.labels("in", "0").set(42)  # as the statistics callback set it
+    delivery = AtLeastOnce(Ledger(), output_producer(FakeClient()), commit_interval_s=0.0)
+    await run(s, [FakeMessage("in", 0, 0, event("e0", "hi"))], delivery, FakePool(answer), [("in", 0)],
+              metrics=metrics)
+    assert metrics.registry.get_sample_value("safeguard_consumer_lag", {"topic": "in", "partition": "0"}) is None
