@@ -4,7 +4,8 @@ Errors (exit non-zero): unreadable or invalid front matter, file name not ``<id>
 required section (INSTRUCTIONS, DEFINITIONS, VIOLATES, SAFE, EXAMPLES), no output-format
 instruction, example answers that do not match the declared output format, a malformed golden set.
 Warnings: output instruction not repeated near the bottom, length outside 300-1,500 estimated
-tokens (the guide finds 400-600 best), examples of only one label, a golden set under 40 items.
+tokens (the guide finds 400-600 best), examples of only one label, a golden set under 100 items or
+with either class under a fifth of it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def lint_policy(path: Path) -> LintResult:
     low, high = TOKEN_RANGE
     if not low <= result.tokens <= high:
         result.warnings.append(f"about {result.tokens} tokens; the guide finds 400-600 best (lint range {low}-{high})")
-    _check_golden(path.with_name(f"{policy.id}.golden.jsonl"), result)
+    _check_golden(path.with_name(f"{policy.id}.golden.jsonl"), policy.id, result)
     return result
 
 
@@ -119,7 +120,11 @@ def _check_examples(policy: Policy, sections: dict[str, tuple[int, int]], result
         result.warnings.append("examples show only one label; add both violating and safe cases near the boundary")
 
 
-def _check_golden(path: Path, result: LintResult) -> None:
+GOLDEN_MIN_ITEMS = 100  # below this, recall is measured on a handful of positives
+GOLDEN_MIN_SHARE = 0.2  # each class at least this share of the set
+
+
+def _check_golden(path: Path, policy_id: str, result: LintResult) -> None:
     if not path.exists():
         return
     try:
@@ -128,9 +133,14 @@ def _check_golden(path: Path, result: LintResult) -> None:
         result.errors.append(str(exc))
         return
     result.errors.extend(p.removeprefix(f"{path.parent}/") for p in data.problems)
-    n = len(data.items)
-    if n < 40:
-        result.warnings.append(f"golden set {path.name} has {n} items; 40 or more give usable precision/recall")
+    labels = [label for item in data.items if (label := item.label_for(policy_id)) is not None]
+    n, positives = len(labels), sum(labels)
+    if n < GOLDEN_MIN_ITEMS:
+        result.warnings.append(f"golden set {path.name} has {n} items; {GOLDEN_MIN_ITEMS} or more give usable "
+                               "precision and recall (and enough positives to train a prefilter)")
+    if n and min(positives, n - positives) < GOLDEN_MIN_SHARE * n:
+        result.warnings.append(f"golden set {path.name} is unbalanced: {positives} violating and {n - positives} "
+                               f"safe items; keep each class at {GOLDEN_MIN_SHARE:.0%} or more")
 
 
 def lint_paths(paths: list[Path]) -> list[LintResult]:

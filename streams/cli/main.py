@@ -40,13 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        Console(stderr=True).print(f"[bold red]configuration error:[/] {escape(str(exc))}", highlight=False)
+        _error("configuration error", exc)
         return 2
     except FatalError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        _error("error", exc)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _error(what: str, exc: Exception) -> None:
+    # Never wrapped (paths and file:line stay whole for grep and copy), never read as markup.
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]{what}:[/] {escape(str(exc))}", highlight=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,9 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     b.set_defaults(func=_cmd_bench)
 
-    from streams.cli.policies import add_commands
+    from streams.cli import evaluation, policies
 
-    add_commands(sub, _emit_json)
+    evaluation.add_command(sub, _emit_json)
+    policies.add_commands(sub)
     return p
 
 
@@ -217,7 +223,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     async def go() -> Any:
         async with ReplicaPool(replicas, retry_limit=2, backoff_base_s=0.2) as pool:
-            return await Labeler(pool, replicas, default_effort=args.effort or "low").decide(policy, content)
+            return await Labeler(pool, replicas, default_effort="low", effort=args.effort).decide(policy, content)
 
     try:
         decision = asyncio.run(go())

@@ -1,37 +1,19 @@
-"""``safeguard policies lint|publish`` and ``safeguard eval``: the policy author's loop."""
+"""``safeguard policies lint|publish|configmap``: checking and shipping policy files."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from streams.cli.replicas import add_replica_options, replica_settings
-from streams.errors import ConfigError, FatalError
+from streams.errors import ConfigError
 
 
-def add_commands(sub: Any, emit_json: Any) -> None:
-    """Register ``eval`` and ``policies`` on the top-level subparsers."""
-    e = sub.add_parser("eval", help="score a policy on a labelled dataset",
-                       description="Run a labelled set (JSONL {\"text\", \"label\": 0|1} or CSV with those columns) "
-                       "through a policy on the replicas and report precision, recall, F1 and accuracy. Unusable "
-                       "answers and replica failures are counted as errors, never as negatives.")
-    e.add_argument("--policy", type=Path, required=True, help="policy file (<id>.md)")
-    e.add_argument("--dataset", type=Path, required=True, help="JSONL or CSV with text and label")
-    add_replica_options(e)
-    e.add_argument("--compare", type=Path, metavar="FILE2", help="a second policy version to score side by side")
-    e.add_argument("--out", type=Path, help="write every item's verdict and rationale as JSONL")
-    e.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
-    e.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    e.set_defaults(func=lambda a: _cmd_eval(a, emit_json))
-
+def add_commands(sub: Any) -> None:
+    """Register ``policies`` (lint, publish, configmap) on the top-level subparsers."""
     p = sub.add_parser("policies", help="lint and publish policies")
     psub = p.add_subparsers(title="policies commands", metavar="COMMAND")
     lint = psub.add_parser("lint", help="validate policy files",
@@ -113,75 +95,3 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     Console().print(f"published {len(records)} record(s) to {settings.kafka.policies_topic}: "
                     + ", ".join(pid + (" (deleted)" if v is None else "") for pid, v in records), highlight=False)
     return 0
-
-
-def _cmd_eval(args: argparse.Namespace, emit_json: Any) -> int:
-    from streams.authoring.datasets import load_dataset
-    from streams.authoring.evaluate import changed_items, evaluate, score
-    from streams.inference.labeler import Labeler
-    from streams.inference.replicas.pool import ReplicaPool
-    from streams.policy.model import load_policy
-
-    policies = [load_policy(args.policy)] + ([load_policy(args.compare)] if args.compare else [])
-    items = load_dataset(args.dataset)
-    replicas = replica_settings(args)
-    urls = replicas.urls
-    if args.concurrency <= 0:
-        raise ConfigError("--concurrency must be > 0")
-
-    async def go() -> list[Any]:
-        async with ReplicaPool(replicas, retry_limit=3) as pool:
-            labeler = Labeler(pool, replicas, default_effort=args.effort or "low")
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=Console(stderr=True), transient=True) as bar:
-                runs = []
-                for pol in policies:
-                    task = bar.add_task(f"{pol.id} {pol.version}", total=len(items))
-                    runs.append(evaluate(pol, items, labeler, concurrency=args.concurrency,
-                                         progress=_advance(bar, task)))
-                return list(await asyncio.gather(*runs))
-
-    runs = asyncio.run(go())
-    scores = [score(r) for r in runs]
-    if scores[0].errors == scores[0].n:
-        first = next((r.error for r in runs[0] if r.error), "")
-        raise FatalError(f"every item failed; is a replica reachable at {', '.join(urls)}? first error: {first}")
-    if args.out:
-        with args.out.open("wb") as fh:
-            for pol, run in zip(policies, runs, strict=True):
-                for r in run:
-                    fh.write(orjson.dumps({"policy_id": pol.id, "policy_version": pol.version, "text": r.text,
-                                           "label": r.label, "violation": r.violation, "category": r.category,
-                                           "rationale": r.rationale, "error": r.error}) + b"\n")
-    doc: dict[str, Any] = scores[0].as_dict()
-    changed = changed_items(runs[0], runs[1]) if len(runs) == 2 else []
-    if len(runs) == 2:
-        doc["compare"] = scores[1].as_dict() | {"policy_version": policies[1].version}
-        doc["changed"] = changed
-    if args.json:
-        emit_json(doc)
-        return 0
-    _render_scores(policies, scores, changed)
-    return 0
-
-
-def _advance(bar: Progress, task: Any) -> Any:
-    return lambda: bar.advance(task)
-
-
-def _render_scores(policies: list[Any], scores: list[Any], changed: list[dict[str, Any]]) -> None:
-    con = Console()
-    table = Table(title="evaluation")
-    table.add_column("metric")
-    for pol in policies:
-        table.add_column(f"{pol.id} {pol.version}", justify="right")
-    for key in ("n", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "accuracy", "errors"):
-        table.add_row(key, *(str(getattr(s, key)) for s in scores))
-    con.print(table)
-    if changed:
-        diff = Table(title=f"{len(changed)} items changed verdict")
-        for col in ("label", "a", "b", "text"):
-            diff.add_column(col)
-        for c in changed[:50]:
-            diff.add_row(str(c["label"]), str(c["a"]), str(c["b"]), escape(c["text"][:100]))
-        con.print(diff)

@@ -17,7 +17,8 @@ def add_replica_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replica", action="append", metavar="URL",
                    help=f"OpenAI-compatible base URL, repeatable (default {DEFAULT_REPLICA})")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name on the replica (default {DEFAULT_MODEL})")
-    p.add_argument("--effort", choices=["low", "medium", "high"], help="reasoning effort (default: policy's or low)")
+    p.add_argument("--effort", choices=["low", "medium", "high"],
+                   help="reasoning effort of every request (default: the policy's own, else low)")
     p.add_argument("--api-key", help="bearer token for the replica")
     p.add_argument("--timeout", type=float, default=300.0, help="request timeout in seconds (default 300)")
 

@@ -69,17 +69,21 @@ class Labeler:
     model name, attempts per request, structured output)."""
 
     def __init__(self, pool: ReplicaPool, replicas: ReplicaSettings, *, default_effort: str,
-                 cache: DedupeCache[Decision] | None = None) -> None:
+                 cache: DedupeCache[Decision] | None = None, effort: str | None = None) -> None:
+        """``default_effort``: for policies that set none; ``effort``: for every request, over the
+        policy's own (``classify --effort``, ``eval --effort``)."""
         self._pool = pool
         self.model = replicas.model
         self._max_attempts = replicas.max_attempts
         self._structured = replicas.structured_output
         self._default_effort = default_effort
+        self._effort = effort
         self._cache = cache
 
     def effort(self, policy: Policy) -> str:
-        """The reasoning effort requests for ``policy`` carry (its own, else the default)."""
-        return policy.effort(self._default_effort)
+        """The reasoning effort requests for ``policy`` carry: the override, else the policy's own,
+        else the default."""
+        return self._effort or policy.effort(self._default_effort)
 
     async def decide(self, policy: Policy, content: str) -> Decision:
         """Ask the model; raises PoisonError when no usable answer came after the allowed attempts."""

@@ -1,7 +1,8 @@
 """Where the simulator's verdicts come from, in order:
 
-1. ``--answer-key``: a dataset (:mod:`streams.authoring.datasets`; JSONL ``{"text": ..., "label":
-   0|1, "category": ..., "policy": optional id}``, the golden sets' layout):
+1. ``--answer-key``: a dataset in any layout :mod:`streams.authoring.datasets` reads (JSONL
+   ``{"text": ..., "label": 0|1, "category": ..., "policy": optional id}``, the golden sets' layout;
+   ``{"text", "labels": {id: 0|1}}`` for several policies; ToxicChat's CSV):
    the exact user content, else the longest key text contained in it (e.g. one turn of a chat
    transcript). An entry with ``policy`` only applies when the policy's first line names that id
    (as a whole word, e.g. ``# Spam (policy spam)``).
@@ -87,8 +88,9 @@ class AnswerKey:
     @classmethod
     def load(cls, path: str | Path) -> AnswerKey:
         """Raises ConfigError naming ``file:line`` of a bad row (:mod:`streams.authoring.datasets`)."""
-        items = load_dataset(Path(path))
-        return cls([_Entry(i.text, Answer(bool(i.label), i.category, "answer-key"), i.policy) for i in items])
+        data = load_dataset(Path(path))
+        return cls([_Entry(item.text, Answer(bool(label), item.category, "answer-key"), policy)
+                    for item in data.items for policy, label in item.labels.items()])
 
     def find(self, content: str, policy_text: str) -> Answer | None:
         return self._index.find(content, _head(policy_text))

@@ -70,3 +70,13 @@ def test_golden_set_lines_are_checked(policies_dir: Path, tmp_path: Path) -> Non
     r = lint_policy(tmp_path / "spam.md")
     assert any("spam.golden.jsonl:2" in e for e in r.errors)
     assert any("has 1 items" in w for w in r.warnings)
+
+
+def test_the_toxicity_policy_in_the_evaluation_docs_is_lint_clean(tmp_path: Path) -> None:
+    """docs/evaluation.md tells people to save this policy to reproduce the ToxicChat figure."""
+    doc = (Path(__file__).resolve().parents[3] / "docs/evaluation.md").read_text()
+    block = doc.split("<!-- toxicity-policy-start -->", 1)[1].split("<!-- toxicity-policy-end -->", 1)[0]
+    text = block.split("```markdown\n", 1)[1].rsplit("```", 1)[0]
+    (tmp_path / "toxicity.md").write_text(text)
+    r = lint_policy(tmp_path / "toxicity.md")
+    assert r.errors == [] and r.warnings == [], (r.errors, r.warnings)
