@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
+from streams.cascade.registry import Prefilters
 from streams.config import Settings
 from streams.engine.backpressure import Backpressure, FlowControl
 from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.engine.outputs import Outputs
 from streams.engine.pipeline import Pipeline
-from streams.engine.stages import Decode, Dedupe, Route, Stage
-from streams.errors import FatalError, RetryableError
+from streams.engine.stages import Decode, Dedupe, Prefilter, Route, Stage
+from streams.errors import ConfigError, FatalError, RetryableError
 from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler, decision_bytes
 from streams.inference.replicas.pool import ReplicaPool
@@ -84,10 +85,13 @@ def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
                           on_change=changed, accept=accept)
 
 
-def build_stages(settings: Settings, policies: PolicyRegistry, labeler: Labeler, *, cached: bool) -> list[Stage]:
+def build_stages(settings: Settings, policies: PolicyRegistry, labeler: Labeler, metrics: Metrics, *,
+                 cached: bool, prefilters: Prefilters | None = None) -> list[Stage]:
     """The stages before inference, in order (docs/architecture.md)."""
     stages: list[Stage] = [Decode(Decoder(settings.input, settings.schema_registry)),
                            Route(policies, settings.policies.mode)]
+    if prefilters is not None:
+        stages.append(Prefilter(prefilters, settings.prefilter.audit_rate, metrics))
     if cached:
         stages.append(Dedupe(labeler))
     return stages
@@ -100,6 +104,19 @@ def build_delivery(settings: Settings) -> Delivery:
         return ExactlyOnce(Ledger(), producer, commit_interval_s=interval,
                            auto_offset_reset=settings.kafka.auto_offset_reset)
     return AtLeastOnce(Ledger(), OutputProducer(settings.kafka), commit_interval_s=interval)
+
+
+def load_prefilters(settings: Settings, metrics: Metrics) -> Prefilters | None:
+    """The cascade's prefilters from ``prefilter.dir`` (None when it is not set). Raises ConfigError
+    when the directory does not exist (a typo would otherwise silently send everything to the GPUs)."""
+    directory = settings.prefilter.dir
+    if directory is None:
+        return None
+    if not directory.is_dir():
+        raise ConfigError(f"prefilter.dir {directory} is not a directory")
+    prefilters = Prefilters(directory, metrics)
+    prefilters.scan()
+    return prefilters
 
 
 REGISTER_WAIT_S = 10.0
@@ -145,7 +162,8 @@ def _replica_state(pool: ReplicaPool, url: str, index: int) -> Callable[[], floa
 
 
 def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPool, metrics: Metrics, *,
-                   encoder: Encoder | None = None, delivery: Delivery | None = None,
+                   prefilters: Prefilters | None = None, encoder: Encoder | None = None,
+                   delivery: Delivery | None = None,
                    consumer_factory: Callable[[dict[str, Any]], Any] = Consumer) -> Pipeline:
     """The event path over an open replica pool: cache, labeler, stages, outputs, delivery, flow
     control. ``delivery`` and ``consumer_factory`` replace the Kafka clients (unit tests)."""
@@ -159,7 +177,7 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
                       metrics, model=settings.replicas.model, default_effort=effort)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
-    stages = build_stages(settings, policies, labeler, cached=cache is not None)
+    stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters)
 
     def decided() -> int:
         return pool.answered + (cache.hits if cache is not None else 0)
@@ -198,6 +216,9 @@ async def run_consumer(
     if settings.policies.reload_interval_s > 0:
         watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
         background.append(asyncio.create_task(watcher.run()))
+    prefilters = load_prefilters(settings, metrics)
+    if prefilters is not None and settings.policies.reload_interval_s > 0:
+        background.append(asyncio.create_task(prefilters.run(settings.policies.reload_interval_s)))
     try:
         async with ReplicaPool(settings.replicas, reaction_s=settings.batching.io_batch_ms / 1000,
                                observer=pool_observer(metrics)) as pool:
@@ -205,7 +226,7 @@ async def run_consumer(
                 metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
                 metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
-            pipeline = build_pipeline(settings, policies, pool, metrics, encoder=encoder)
+            pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

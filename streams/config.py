@@ -144,6 +144,11 @@ class CacheSettings(_Section):
     max_bytes: int = Field(256 * 2**20, gt=0)  # and at most this much memory (values hold reasoning text)
 
 
+class PrefilterSettings(_Section):
+    dir: Path | None = None  # directory of trained *.prefilter files, watched like policies.dir; null: off
+    audit_rate: float = Field(0.02, ge=0, le=1)  # share of would-skip (event, policy) pairs still sent to the model
+
+
 class MetricsSettings(_Section):
     port: int = Field(9400, ge=0, le=65535)
 
@@ -167,6 +172,7 @@ class Settings(BaseSettings):
     schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    prefilter: PrefilterSettings = Field(default_factory=PrefilterSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

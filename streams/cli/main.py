@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--time-scale", type=_positive_float, default=20.0,
                    help="simulated GPU time runs this many times faster than real time (default 20)")
     d.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
+    d.add_argument("--cascade", action="store_true",
+                   help="train a prefilter per policy on its golden set first, and report how many (event, "
+                   "policy) pairs never reached a GPU and how many violations were still caught")
     d.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
     d.set_defaults(func=_cmd_demo)
 
@@ -136,10 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     b.set_defaults(func=_cmd_bench)
 
-    from streams.cli import evaluation, policies
+    from streams.cli import evaluation, policies, prefilter
 
     evaluation.add_command(sub, _emit_json)
     policies.add_commands(sub)
+    prefilter.add_commands(sub, _emit_json)
     return p
 
 
@@ -304,7 +308,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     result = asyncio.run(run_demo(events=args.events, replicas=args.replicas, time_scale=args.time_scale,
-                                  profile=args.profile))
+                                  profile=args.profile, cascade=args.cascade))
     summary = result.summary()
     con = Console(stderr=args.json, width=None if sys.stdout.isatty() else 190)
     _render_labels(con, result)
@@ -313,6 +317,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"({summary['violations']} violations, {summary['dead_letters']} dead letters) in "
         f"{summary['elapsed_s']:.1f}s = [bold]{summary['events_per_s']}[/] events/s; "
         f"agreement with expected verdicts {summary['agreement']:.1%}", highlight=False)
+    if result.cascade is not None:
+        c = summary["cascade"]
+        con.print(f"cascade: {c['decided_by_prefilter']} of {c['pairs']} (event, policy) pairs decided on the CPU "
+                  f"by the prefilter ({c['events_without_gpu']} events never reached a GPU, {c['audited']} audited); "
+                  f"{c['violations_caught']} of {c['violations_expected']} expected violations caught",
+                  highlight=False)
     missing = [k for k in result.expected if k not in result.labels]
     if missing:
         con.print(f"[bold red]{len(missing)} expected labels never arrived[/], e.g. {escape(str(missing[:5]))}")

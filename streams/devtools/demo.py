@@ -73,6 +73,7 @@ class DemoResult:
     texts: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
     aborted: bool = False
+    cascade: dict[str, Any] | None = None  # the prefilters trained for --cascade: their training figures
 
     @property
     def complete(self) -> bool:
@@ -90,7 +91,23 @@ class DemoResult:
             "agreement": round(
                 sum(1 for k, v in self.expected.items() if k in self.labels and self.labels[k]["violation"] == bool(v))
                 / max(1, len(self.expected)), 4),
-        }
+        } | ({"cascade": self.cascade_summary()} if self.cascade is not None else {})
+
+    def cascade_summary(self) -> dict[str, Any]:
+        """How many (event, policy) pairs never reached a GPU, and how many expected violations the
+        cascade still caught (each decided by the model after the prefilter sent it on)."""
+        by = [lab["decided_by"] for lab in self.labels.values()]
+        expected_violations = [k for k, v in self.expected.items() if v]
+        caught = sum(1 for k in expected_violations if k in self.labels and self.labels[k]["violation"])
+        deciders: dict[str, set[str]] = {}
+        for (event_id, _), lab in self.labels.items():
+            deciders.setdefault(event_id, set()).add(lab["decided_by"])
+        return {"pairs": len(by), "decided_by_prefilter": by.count("prefilter"),
+                "decided_by_model": by.count("model"), "decided_by_cache": by.count("cache"),
+                "audited": sum(1 for lab in self.labels.values() if lab["audit"]),
+                "events_without_gpu": sum(1 for d in deciders.values() if "model" not in d),
+                "violations_expected": len(expected_violations),
+                "violations_caught": caught, "prefilters": self.cascade}
 
 
 def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -141,8 +158,24 @@ async def _wait_assigned(holder: list[Pipeline], task: asyncio.Task[None], timeo
         await asyncio.sleep(0.05)
 
 
+def train_demo_prefilters(directory: Path, policies: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """One prefilter per policy of the demo's routes, trained on its golden set (the reasoner's
+    stand-in labels), into ``directory``. Returns each one's training figures."""
+    from streams.authoring.datasets import load_dataset
+    from streams.cascade.train import examples_for, train
+
+    figures = {}
+    for pid in ids:
+        data = load_dataset(STARTER_POLICIES / f"{pid}.golden.jsonl")
+        trained = train(policies[pid], examples_for(pid, data.items), target_recall=0.98)
+        trained.prefilter.save(directory / f"{pid}.prefilter")
+        figures[pid] = {"holdout_recall": round(trained.holdout_recall, 4),
+                        "holdout_pass_rate": round(trained.holdout_pass_rate, 4), "n_train": trained.n_train}
+    return figures
+
+
 async def run_demo(*, events: int, replicas: int, time_scale: float, profile: str,
-                   timeout_s: float | None = None) -> DemoResult:
+                   timeout_s: float | None = None, cascade: bool = False) -> DemoResult:
     samples = load_samples()
     policies_dir = STARTER_POLICIES
     policies = load_policies(policies_dir)
@@ -151,6 +184,12 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
     with tempfile.TemporaryDirectory(prefix="safeguard-demo-") as tmp:
         key_path = Path(tmp) / "answer-key.jsonl"
         key_path.write_bytes(b"\n".join(orjson.dumps(r) for r in answer_key_rows(samples)) + b"\n")
+        prefilter_dir, trained = Path(tmp) / "prefilters", None
+        if cascade:
+            prefilter_dir.mkdir()
+            ids = sorted({pid for route in DEMO_ROUTES for pid in route["policies"]})
+            trained = await asyncio.get_running_loop().run_in_executor(
+                None, train_demo_prefilters, prefilter_dir, policies, ids)
         sims_cm = SimProcesses(replicas, answer_key=key_path, time_scale=time_scale, profile=profile)
         with EmbeddedBroker() as broker, sims_cm as sims:
             settings = load_settings(None, {
@@ -159,6 +198,7 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                 "replicas": {"urls": sims.urls},
                 "policies": {"dir": str(policies_dir), "routes": DEMO_ROUTES},
                 "metrics": {"port": 0},
+                **({"prefilter": {"dir": str(prefilter_dir)}} if cascade else {}),
             })
             create_topics(broker.bootstrap, {CONTENT_TOPIC: 3, settings.kafka.labels_topic: 3,
                                              settings.kafka.dead_letter_topic: 1})
@@ -177,7 +217,7 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                     expected[(ev["event_id"], pol.id)] = base["expect"][pol.id]["label"]
             result = DemoResult(events=len(produced), expected=expected,
                                 texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
-                                       for ev in produced})
+                                       for ev in produced}, cascade=trained)
             deadline = time.monotonic() + (timeout_s or 120 + events / 5)
             reader = loop.run_in_executor(None, collect, broker.bootstrap, settings, result, deadline, started)
             done, _ = await asyncio.wait({consumer_task, asyncio.ensure_future(reader)},

@@ -31,6 +31,7 @@ def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inl
     and every value here is already typed by the code that made it (a unit test validates it)."""
     event, verdict, policy = work.event, outcome.verdict, outcome.policy
     assert event is not None and verdict is not None
+    score, audit = work.prefilter.get(policy.id, (None, False)) if work.prefilter else (None, False)
     return {
         "schema_version": SCHEMA_VERSION,
         "label_id": label_id(event.event_id, policy.id, policy.version),
@@ -51,6 +52,8 @@ def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inl
         "latency_ms": round((now - work.consumed_at) * 1000, 3),
         "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens},
         "labeled_at": utc_now(),
+        "prefilter_score": score,
+        "audit": audit,
     }
 
 
@@ -69,6 +72,7 @@ class Outputs:
         self._effort = default_effort
         self._label_count = Children(metrics.labels_produced)
         self._dead_count = Children(metrics.dead_letters)
+        self._audit_misses = Children(metrics.prefilter_audit_misses)
         self._dlq_log = RateLimitedLog(log, 1.0)
 
     def build(self, work: Work) -> None:
@@ -88,6 +92,8 @@ class Outputs:
         doc = label_document(work, outcome, model=self._model, effort=policy.effort(self._effort),
                              inline_reasoning=self._inline, now=now)
         counter = self._label_count(policy.id, "true" if doc["violation"] else "false", outcome.decided_by)
+        if doc["audit"] and doc["violation"]:  # the prefilter would have let this violation through
+            self._audit_misses(policy.id).inc()
         topic = self._shadow if policy.meta.shadow else self._labels
         work.records.append(OutRecord(topic, self._encode(doc, "label", topic), counter.inc))
         if self._separate:

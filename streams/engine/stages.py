@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from streams.cascade.model import Prefilter as CascadeModel
+from streams.cascade.registry import Prefilters
 from streams.engine.work import Request, Work
 from streams.errors import PoisonError, RetryableError
-from streams.inference.labeler import Labeler
+from streams.inference.labeler import Labeler, Outcome
 from streams.inference.prompt import render_content
+from streams.inference.verdict import Verdict
+from streams.ops.metrics import Children, Metrics
 from streams.policy.model import Policy
 from streams.policy.registry import PolicyRegistry
 from streams.wire.codec import Decoder
+from streams.wire.events import label_id
 
 
 class Stage(Protocol):
@@ -80,6 +85,66 @@ class Route:
         acting = [p for p in policies if not p.meta.shadow]
         groups = [acting] if len(acting) > 1 else [[p] for p in acting]
         return groups + [[p] for p in policies if p.meta.shadow]
+
+
+class Prefilter:
+    """The cascade (:mod:`streams.cascade`): for each policy with a current prefilter, every pair of
+    the batch is scored in one call. Below the threshold the pair is decided here, "no violation"
+    (``decided_by: prefilter``), unless it is sampled for audit (deterministic from its label id,
+    ``prefilter.audit_rate`` of them), which sends it to the model like a pair at or above the
+    threshold; the label of every scored pair carries its score. In combined mode a policy decided
+    here leaves its group; the rest of the group is still asked together."""
+
+    def __init__(self, prefilters: Prefilters, audit_rate: float, metrics: Metrics) -> None:
+        self._prefilters = prefilters
+        self._audit_below = int(audit_rate * 2**32)  # a label id whose first 32 bits fall below: audited
+        self._count = Children(metrics.prefilter_decisions)
+
+    def __call__(self, batch: list[Work]) -> None:
+        scored: dict[str, tuple[CascadeModel, list[tuple[Work, Policy]]]] = {}
+        for work in batch:
+            if not work.open:
+                continue
+            for request in work.requests:
+                for policy in request.policies:
+                    entry = scored.get(policy.id)
+                    if entry is None:
+                        model = self._prefilters.current(policy)
+                        if model is None:
+                            continue
+                        entry = scored[policy.id] = (model, [])
+                    entry[1].append((work, policy))
+        for policy_id, (model, pairs) in scored.items():
+            scores = model.scores([work.content for work, _ in pairs])
+            for (work, policy), score in zip(pairs, scores.tolist(), strict=True):
+                if work.prefilter is None:
+                    work.prefilter = {}
+                if score >= model.threshold:
+                    work.prefilter[policy_id] = (round(score, 4), False)
+                    self._count(policy_id, "sent").inc()
+                elif self._audited(work, policy):
+                    work.prefilter[policy_id] = (round(score, 4), True)
+                    self._count(policy_id, "audited").inc()
+                else:
+                    work.prefilter[policy_id] = (round(score, 4), False)
+                    self._count(policy_id, "skipped").inc()
+                    self._decide(work, policy, score, model.threshold)
+
+    def _audited(self, work: Work, policy: Policy) -> bool:
+        assert work.event is not None
+        return int(label_id(work.event.event_id, policy.id, policy.version)[:8], 16) < self._audit_below
+
+    @staticmethod
+    def _decide(work: Work, policy: Policy, score: float, threshold: float) -> None:
+        rationale = f"decided by the prefilter: score {score:.2f} below its threshold {threshold:.2f}"
+        work.outcomes.append(Outcome(policy, Verdict(False, rationale=rationale), decided_by="prefilter"))
+        kept = []
+        for request in work.requests:
+            if policy in request.policies:
+                request.policies = [p for p in request.policies if p is not policy]
+            if request.policies:
+                kept.append(request)
+        work.requests = kept
 
 
 class Dedupe:

@@ -56,6 +56,7 @@ class Work:
     pending: int = 0  # requests running on the replicas
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     records: list[OutRecord] = field(default_factory=list)
+    prefilter: dict[str, tuple[float, bool]] | None = None  # policy id -> (score, audited), from the prefilter stage
 
     @property
     def topic(self) -> str:

@@ -32,6 +32,9 @@ class Metrics:
     consumer_lag: Gauge
     replica_healthy: Gauge
     policy_info: Gauge
+    prefilter_decisions: Counter
+    prefilter_audit_misses: Counter
+    prefilter_info: Gauge
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -85,6 +88,21 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         policy_info=Gauge(
             "safeguard_policy_info", "Loaded policies and their versions (value 1).", ["policy", "version"],
             registry=reg,
+        ),
+        prefilter_decisions=Counter(
+            "safeguard_prefilter_decisions",
+            "(event, policy) pairs a prefilter scored: skipped (decided without the model), sent (at or above "
+            "its threshold), audited (below it, sent to the model anyway to measure recall).",
+            ["policy", "outcome"], registry=reg,
+        ),
+        prefilter_audit_misses=Counter(
+            "safeguard_prefilter_audit_misses",
+            "Audited pairs the prefilter would have skipped and the model found violating (the live recall signal).",
+            ["policy"], registry=reg,
+        ),
+        prefilter_info=Gauge(
+            "safeguard_prefilter_info", "Loaded prefilters and the policy version each was trained for (value 1).",
+            ["policy", "version"], registry=reg,
         ),
     )
 

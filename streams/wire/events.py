@@ -116,6 +116,8 @@ class LabelEvent(BaseModel):
     latency_ms: float
     usage: Usage = Field(default_factory=Usage)
     labeled_at: str = Field(default_factory=utc_now)
+    prefilter_score: float | None = None  # the cascade's log-odds, when a prefilter scored the pair
+    audit: bool = False  # the prefilter would have decided it; sent to the model to measure recall
 
 
 class ReasoningRecord(BaseModel):

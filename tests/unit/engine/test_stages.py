@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import orjson
 
 from streams.config import InputSettings, ReplicaSettings, SchemaRegistrySettings
@@ -71,3 +75,65 @@ def test_dedupe_turns_cached_decisions_into_outcomes_and_keys_the_misses() -> No
     assert [r.policies[0].id for r in hit.requests] == ["fake-reviews"]  # not decided yet for that policy
     assert all(r.cache_key is not None for r in hit.requests + miss.requests) and not miss.outcomes
     assert cache.hits == 1 and cache.lookups == 4
+
+
+def prefilter_stage(threshold: float, audit_rate: float = 0.0, *, policies: tuple[str, ...] = ("spam",)) -> Any:
+    from streams.cascade.model import BITS
+    from streams.cascade.model import Prefilter as Model
+    from streams.cascade.registry import Prefilters
+    from streams.engine.stages import Prefilter
+    from streams.ops.metrics import build_metrics
+
+    class Fixed(Prefilters):
+        """Scores every text by the number of '!' in it, minus 1."""
+
+        def current(self, policy: Any) -> Any:
+            if policy.id not in policies:
+                return None
+            model = Model(policy.id, policy.version, threshold, np.zeros(2**BITS, dtype=np.float32), 0.0)
+            model.scores = lambda texts: np.array([t.count("!") - 1.0 for t in texts])  # type: ignore[method-assign]
+            return model
+
+    metrics = build_metrics()
+    return Prefilter(Fixed(Path(".")), audit_rate, metrics), metrics
+
+
+def test_the_prefilter_decides_below_its_threshold_and_sends_the_rest() -> None:
+    stage, metrics = prefilter_stage(threshold=0.5)
+    registry = PolicyRegistry(POLICIES, [], ["spam", "fake-reviews"])
+    works = decoded({"event_id": "a", "text": "calm"}, {"event_id": "b", "text": "buy!! now!!"})
+    Route(registry, "separate")(works)
+    stage(works)
+    calm, loud = works
+    assert [(o.policy.id, o.decided_by, o.verdict.violation) for o in calm.outcomes] == [("spam", "prefilter", False)]
+    assert [r.policies[0].id for r in calm.requests] == ["fake-reviews"]  # no prefilter for that one
+    assert loud.outcomes == [] and [r.policies[0].id for r in loud.requests] == ["spam", "fake-reviews"]
+    assert calm.prefilter == {"spam": (-1.0, False)} and loud.prefilter == {"spam": (3.0, False)}
+    sample = metrics.registry.get_sample_value
+    assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "skipped"}) == 1
+    assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "sent"}) == 1
+
+
+def test_in_combined_mode_a_decided_policy_leaves_its_group() -> None:
+    stage, _ = prefilter_stage(threshold=0.5, policies=("spam",))
+    registry = PolicyRegistry(POLICIES, [], ["spam", "fake-reviews", "game-cheating"])
+    works = decoded({"event_id": "a", "text": "calm"})
+    Route(registry, "combined")(works)
+    stage(works)
+    [work] = works
+    assert [[p.id for p in r.policies] for r in work.requests] == [["fake-reviews", "game-cheating"]]
+    assert [o.policy.id for o in work.outcomes] == ["spam"]
+
+
+def test_the_audit_sample_is_deterministic_and_near_its_rate() -> None:
+    stage, metrics = prefilter_stage(threshold=0.5, audit_rate=0.1)
+    registry = PolicyRegistry(POLICIES, [], ["spam"])
+    events = [{"event_id": f"e{i}", "text": "calm"} for i in range(2000)]
+    first, again = decoded(*events), decoded(*events)
+    for works in (first, again):
+        Route(registry, "separate")(works)
+        stage(works)
+    audited = [w.prefilter["spam"][1] for w in first]  # type: ignore[index]
+    assert audited == [w.prefilter["spam"][1] for w in again]  # type: ignore[index]
+    assert 150 <= sum(audited) <= 250  # 10% of 2,000, within about 3.5 standard deviations
+    assert all(bool(w.requests) == a for w, a in zip(first, audited, strict=True))  # audited pairs go to the model

@@ -1,0 +1,141 @@
+"""Learning from the label history: the model's own past verdicts, joined to the content they were for.
+
+Label events on ``kafka.labels_topic`` that the model decided (``decided_by: model``) for the
+policy's current version are read from the beginning (at most ``limit``, duplicates by ``label_id``
+once); each one's content is read back from its ``source`` topic, partition and offset and rendered
+as the model read it (chats as transcripts). Content that is gone (retention, compaction) is
+skipped and counted. Both topics are read with partitions assigned directly: no consumer group,
+nothing committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.cascade.train import Example
+from streams.config import Settings
+from streams.errors import FatalError, PoisonError, RetryableError
+from streams.inference.prompt import render_content
+from streams.kafka.config import reader_config
+from streams.policy.model import Policy
+from streams.wire.codec import Decoder
+
+log = logging.getLogger(__name__)
+
+
+def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100_000,
+                         timeout_s: float = 120.0) -> list[Example]:
+    """Examples (content, the model's verdict) for ``policy`` from the label history."""
+    labels = _model_labels(settings, policy, limit, timeout_s)
+    wanted: dict[tuple[str, int], dict[int, bool]] = {}
+    for source, violation in labels:
+        wanted.setdefault(source[:2], {})[source[2]] = violation
+    decoder = Decoder(settings.input, settings.schema_registry)
+    examples, missing = [], 0
+    for (topic, partition), offsets in wanted.items():
+        found = _read_offsets(settings, topic, partition, sorted(offsets), timeout_s)
+        for offset, value in found.items():
+            try:
+                content = render_content(decoder.decode(value, topic))
+            except (PoisonError, RetryableError):
+                missing += 1
+                continue
+            examples.append(Example(content, int(offsets[offset])))
+        missing += len(offsets) - len(found)
+    log.info("label history read policy=%s version=%s labels=%d examples=%d content_missing=%d", policy.id,
+             policy.version, len(labels), len(examples), missing)
+    return examples
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer(reader_config(settings.kafka, f"{settings.kafka.group_id}-history-{uuid.uuid4().hex[:8]}"))
+
+
+def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: float
+                  ) -> list[tuple[tuple[str, int, int], bool]]:
+    topic = settings.kafka.labels_topic
+    consumer = _consumer(settings)
+    decode = _label_decoder(settings, topic)
+    try:
+        parts = _assign_all(consumer, topic)
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+        seen: dict[str, tuple[tuple[str, int, int], bool]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < limit and not _at_end(consumer, parts, ends):
+            if time.monotonic() > deadline:
+                raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is not None or msg.value() is None:
+                    continue
+                try:
+                    doc = decode(msg.value())
+                except Exception:  # noqa: BLE001, S112 - a record that is not a label is not ours to learn from
+                    continue
+                if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
+                        and doc.get("decided_by") == "model" and len(seen) < limit):
+                    src = doc["source"]
+                    seen[doc["label_id"]] = ((src["topic"], int(src["partition"]), int(src["offset"])),
+                                             bool(doc["violation"]))
+        return list(seen.values())
+    finally:
+        consumer.close()
+
+
+def _label_decoder(settings: Settings, topic: str) -> Any:
+    if settings.output.format != "avro":
+        return orjson.loads
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from streams.wire.codec import registry_client, schema_str
+
+    if not settings.schema_registry.url:
+        raise FatalError("output.format avro needs schema_registry.url to read the labels")
+    deserialize = AvroDeserializer(registry_client(settings.schema_registry.url), schema_str("label"))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return lambda value: deserialize(value, ctx)
+
+
+def _read_offsets(settings: Settings, topic: str, partition: int, offsets: list[int], timeout_s: float
+                  ) -> dict[int, bytes | None]:
+    """The values at ``offsets`` (sorted) of one partition; offsets that no longer exist are left out."""
+    consumer = _consumer(settings)
+    wanted = set(offsets)
+    found: dict[int, bytes | None] = {}
+    try:
+        tp = TopicPartition(topic, partition, offsets[0])
+        consumer.assign([tp])
+        end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        deadline = time.monotonic() + timeout_s
+        last = min(offsets[-1], end - 1)
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                offset = msg.offset()
+                if msg.error() is None and offset is not None and offset in wanted:
+                    found[offset] = msg.value()
+            position = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if position > last or len(found) == len(wanted):
+                break
+        return found
+    finally:
+        consumer.close()
+
+
+def _assign_all(consumer: Consumer, topic: str) -> list[TopicPartition]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise FatalError(f"labels topic {topic!r} cannot be read: {meta.error if meta else 'it does not exist'}")
+    parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+    consumer.assign([TopicPartition(topic, p.partition, -2) for p in parts])  # from the beginning
+    return [TopicPartition(topic, p.partition) for p in parts]
+
+
+def _at_end(consumer: Consumer, parts: list[TopicPartition], ends: dict[int, int]) -> bool:
+    positions = {tp.partition: tp.offset for tp in consumer.position(parts)}
+    return all(ends[p] == 0 or positions.get(p, -1) >= ends[p] for p in ends)

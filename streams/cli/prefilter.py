@@ -1,0 +1,121 @@
+"""``safeguard prefilter train|eval``: distil the cascade's CPU prefilter from the reasoner, and check it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from streams.authoring.datasets import FORMATS
+from streams.errors import ConfigError
+
+
+def add_commands(sub: Any, emit_json: Any) -> None:
+    p = sub.add_parser("prefilter", help="train and check the cascade's CPU prefilter",
+                       description="A per-policy CPU classifier, trained on the reasoner's own labels, that "
+                       "decides the easy majority of (event, policy) pairs so the GPUs see only what needs "
+                       "reasoning (docs/cascade.md).")
+    psub = p.add_subparsers(title="prefilter commands", metavar="COMMAND")
+    t = psub.add_parser("train", help="train a prefilter for one policy",
+                        description="Train a prefilter for the policy's current version from labelled datasets "
+                        "(any layout `safeguard eval` reads) or, with --from-labels, from the label events the "
+                        "model produced for that version (their content read back from each label's source "
+                        "offset). The threshold is the highest that keeps hold-out recall at or above "
+                        "--target-recall, lowered by a margin of 1.0 in log-odds. Too few violations to measure "
+                        "that is an error (exit 1) and no file is written.")
+    t.add_argument("--policy", type=Path, required=True, help="the policy file (<id>.md)")
+    t.add_argument("--dataset", type=Path, action="append", default=[], help="labelled dataset, repeatable")
+    t.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default auto)")
+    t.add_argument("--category", action="append", default=[], metavar="CODE[=POLICY_ID]",
+                   help="2022 moderation set: which label to learn")
+    t.add_argument("--from-labels", action="store_true",
+                   help="learn from kafka.labels_topic (decided_by model, the current policy version)")
+    t.add_argument("--config", type=Path, help="consumer config, for --from-labels (Kafka, topics, input format)")
+    t.add_argument("--max", type=int, default=100_000, help="--from-labels: at most this many labels (default 100000)")
+    t.add_argument("--target-recall", type=float, default=0.99, help="hold-out recall to keep (default 0.99)")
+    t.add_argument("--holdout", type=float, default=0.2, help="share of items held out (default 0.2)")
+    t.add_argument("--out", type=Path, help="file to write (default <policy-id>.prefilter)")
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    t.set_defaults(func=lambda a: _cmd_train(a, emit_json))
+    e = psub.add_parser("eval", help="score a trained prefilter on a labelled set",
+                        description="Recall (violations the prefilter sends to the model) and pass rate (share "
+                        "of items it sends) of a prefilter on a labelled set, at its threshold.")
+    e.add_argument("--model", type=Path, required=True, help="a .prefilter file")
+    e.add_argument("--dataset", type=Path, required=True, help="labelled dataset")
+    e.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default auto)")
+    e.add_argument("--category", action="append", default=[], metavar="CODE[=POLICY_ID]",
+                   help="2022 moderation set: which label to score")
+    e.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    e.set_defaults(func=lambda a: _cmd_eval(a, emit_json))
+
+
+def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
+    from streams.authoring.datasets import load_dataset, parse_categories
+    from streams.cascade.train import Example, examples_for, train
+    from streams.policy.model import load_policy
+
+    policy = load_policy(args.policy)
+    examples: list[Example] = []
+    sources = []
+    for path in args.dataset:
+        data = load_dataset(path, args.format, categories=parse_categories(args.category))
+        examples += examples_for(policy.id, data.items)
+        sources.append(str(path))
+    if args.from_labels:
+        from streams.cascade.history import examples_from_labels
+        from streams.config import load_settings
+
+        if args.config is None:
+            raise ConfigError("--from-labels needs --config (the consumer's: Kafka, topics, input format)")
+        settings = load_settings(args.config)
+        history = examples_from_labels(settings, policy, limit=args.max)
+        examples += history
+        sources.append(f"{settings.kafka.labels_topic} ({len(history)} labels)")
+    if not examples:
+        raise ConfigError("nothing to learn from: give --dataset FILE (repeatable) and/or --from-labels")
+    out = args.out or Path(f"{policy.id}.prefilter")
+    result = train(policy, examples, target_recall=args.target_recall, holdout=args.holdout,
+                   source=", ".join(sources))
+    result.prefilter.save(out)
+    doc = {"policy_id": policy.id, "policy_version": policy.version, "n_train": result.n_train,
+           "n_holdout": result.n_holdout, "positives": result.positives,
+           "threshold": round(result.prefilter.threshold, 4), "holdout_recall": round(result.holdout_recall, 4),
+           "holdout_pass_rate": round(result.holdout_pass_rate, 4), "out": str(out)}
+    if args.json:
+        emit_json(doc)
+        return 0
+    Console().print(f"prefilter for {policy.id} {policy.version} written to {out}: hold-out recall "
+                    f"{result.holdout_recall:.1%} passing {result.holdout_pass_rate:.1%} of items to the model "
+                    f"({result.n_train} training, {result.n_holdout} held out, {result.positives} violations)",
+                    highlight=False)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, emit_json: Any) -> int:
+    import numpy as np
+
+    from streams.authoring.datasets import load_dataset, parse_categories
+    from streams.cascade.model import load_prefilter
+    from streams.cascade.train import examples_for
+
+    prefilter = load_prefilter(args.model)
+    data = load_dataset(args.dataset, args.format, categories=parse_categories(args.category))
+    examples = examples_for(prefilter.policy_id, data.items)
+    if not examples:
+        raise ConfigError(f"{args.dataset}: no labels for policy {prefilter.policy_id}")
+    scores = prefilter.scores([e.text for e in examples])
+    labels = np.asarray([e.label for e in examples])
+    sent = scores >= prefilter.threshold
+    positives = int(labels.sum())
+    doc = {"policy_id": prefilter.policy_id, "policy_version": prefilter.policy_version, "n": len(examples),
+           "positives": positives, "threshold": round(prefilter.threshold, 4),
+           "recall": round(float(sent[labels == 1].mean()), 4) if positives else None,
+           "pass_rate": round(float(sent.mean()), 4), "skipped_violations": int((~sent & (labels == 1)).sum())}
+    if args.json:
+        emit_json(doc)
+        return 0
+    Console().print(f"{prefilter.policy_id} {prefilter.policy_version}: recall {doc['recall']} on {positives} "
+                    f"violations, pass rate {doc['pass_rate']} of {len(examples)} items", highlight=False)
+    return 0
