@@ -24,7 +24,7 @@ import numpy as np
 
 from streams.authoring.datasets import Item
 from streams.cascade.model import BITS, Prefilter, featurize, log_odds
-from streams.errors import ConfigError
+from streams.errors import ConfigError, FatalError
 from streams.inference.cache import normalise
 from streams.policy.model import Policy
 
@@ -54,7 +54,7 @@ def fit(texts: list[str], labels: list[int], *, bits: int = BITS, epochs: int = 
     positives = float(y.sum())
     negatives = float(len(y) - positives)
     if not positives or not negatives:
-        raise ConfigError("training needs both violating and safe examples")
+        raise FatalError("training needs both violating and safe examples")
     sample_weight = np.where(y == 1, 0.5 / positives, 0.5 / negatives)
     weights = np.zeros(2**bits, dtype=np.float64)
     bias = 0.0
@@ -94,8 +94,9 @@ class Trained:
 
 def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.99, holdout: float = 0.2,
           source: str = "") -> Trained:
-    """A prefilter for ``policy`` (stamped with its current version). Raises ConfigError when the
-    data cannot support the target (too few positives in the training or hold-out part)."""
+    """A prefilter for ``policy`` (stamped with its current version). Raises FatalError when the
+    data cannot support the target (too few positives in the training or hold-out part: the CLI
+    exits 1), ConfigError for arguments out of range (exit 2)."""
     if not 0.5 <= target_recall < 1.0:
         raise ConfigError(f"--target-recall must be in [0.5, 1), got {target_recall}")
     if not 0.05 <= holdout <= 0.5:
@@ -104,7 +105,7 @@ def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.9
     fit_on = [e for e in examples if not held_out(e.text, holdout)]
     pos_train, pos_test = sum(e.label for e in fit_on), sum(e.label for e in test)
     if pos_train < MIN_POSITIVES or pos_test < MIN_POSITIVES:
-        raise ConfigError(f"too few positives to measure recall for {policy.id}: {pos_train} in training and "
+        raise FatalError(f"too few positives to measure recall for {policy.id}: {pos_train} in training and "
                           f"{pos_test} in the hold-out split (each needs {MIN_POSITIVES}); add labelled violations "
                           f"or change --holdout")
     weights, bias = fit([e.text for e in fit_on], [e.label for e in fit_on])

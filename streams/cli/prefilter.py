@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
     if not examples:
         raise ConfigError("nothing to learn from: give --dataset FILE (repeatable) and/or --from-labels")
     out = args.out or Path(f"{policy.id}.prefilter")
+    logging.getLogger(__name__).info("training prefilter policy=%s version=%s examples=%d (about 15 s per 10,000)",
+                                     policy.id, policy.version, len(examples))
     result = train(policy, examples, target_recall=args.target_recall, holdout=args.holdout,
                    source=", ".join(sources))
     result.prefilter.save(out)
@@ -86,7 +89,7 @@ def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
     if args.json:
         emit_json(doc)
         return 0
-    Console().print(f"prefilter for {policy.id} {policy.version} written to {out}: hold-out recall "
+    Console(soft_wrap=True).print(f"prefilter for {policy.id} {policy.version} written to {out}: hold-out recall "
                     f"{result.holdout_recall:.1%} passing {result.holdout_pass_rate:.1%} of items to the model "
                     f"({result.n_train} training, {result.n_holdout} held out, {result.positives} violations)",
                     highlight=False)
@@ -116,6 +119,7 @@ def _cmd_eval(args: argparse.Namespace, emit_json: Any) -> int:
     if args.json:
         emit_json(doc)
         return 0
-    Console().print(f"{prefilter.policy_id} {prefilter.policy_version}: recall {doc['recall']} on {positives} "
-                    f"violations, pass rate {doc['pass_rate']} of {len(examples)} items", highlight=False)
+    Console(soft_wrap=True).print(f"{prefilter.policy_id} {prefilter.policy_version}: recall {doc['recall']} on "
+                                  f"{positives} violations, pass rate {doc['pass_rate']} of {len(examples)} items",
+                                  highlight=False)
     return 0

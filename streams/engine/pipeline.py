@@ -186,6 +186,7 @@ class Pipeline:
 
     def _advance(self, msgs: list[Message], now: float) -> None:
         batch: list[Work] = []
+        per_topic: dict[str, int] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -197,8 +198,10 @@ class Pipeline:
             topic = cast(str, msg.topic())
             work = Work((topic, cast(int, msg.partition())), cast(int, msg.offset()), msg.key(), msg.value(), now)
             self._ledger.add(work)
-            self._consumed_count(topic).inc()
+            per_topic[topic] = per_topic.get(topic, 0) + 1
             batch.append(work)
+        for topic, count in per_topic.items():
+            self._consumed_count(topic).inc(count)
         self.consumed += len(batch)
         self._run_stages(batch, now)
 

@@ -27,7 +27,7 @@ from streams.ops.metrics import Children, Metrics
 from streams.policy.model import Policy
 from streams.policy.registry import PolicyRegistry
 from streams.wire.codec import Decoder
-from streams.wire.events import label_id
+from streams.wire.events import label_id_prefix
 
 
 class Stage(Protocol):
@@ -99,6 +99,7 @@ class Prefilter:
         self._prefilters = prefilters
         self._audit_below = int(audit_rate * 2**32)  # a label id whose first 32 bits fall below: audited
         self._count = Children(metrics.prefilter_decisions)
+        self._verdicts: dict[tuple[str, float], Verdict] = {}  # one shared "no violation" per prefilter
 
     def __call__(self, batch: list[Work]) -> None:
         scored: dict[str, tuple[CascadeModel, list[tuple[Work, Policy]]]] = {}
@@ -116,28 +117,43 @@ class Prefilter:
                     entry[1].append((work, policy))
         for policy_id, (model, pairs) in scored.items():
             scores = model.scores([work.content for work, _ in pairs])
+            threshold = model.threshold
+            verdict = self._verdict(policy_id, threshold)
+            sent = audited = skipped = 0
             for (work, policy), score in zip(pairs, scores.tolist(), strict=True):
                 if work.prefilter is None:
                     work.prefilter = {}
-                if score >= model.threshold:
+                if score >= threshold:
                     work.prefilter[policy_id] = (round(score, 4), False)
-                    self._count(policy_id, "sent").inc()
-                elif self._audited(work, policy):
+                    sent += 1
+                elif self._audit_below and self._audited(work, policy):
                     work.prefilter[policy_id] = (round(score, 4), True)
-                    self._count(policy_id, "audited").inc()
+                    audited += 1
                 else:
                     work.prefilter[policy_id] = (round(score, 4), False)
-                    self._count(policy_id, "skipped").inc()
-                    self._decide(work, policy, score, model.threshold)
+                    skipped += 1
+                    self._decide(work, policy, verdict)
+            for outcome, count in (("sent", sent), ("audited", audited), ("skipped", skipped)):
+                if count:
+                    self._count(policy_id, outcome).inc(count)
+
+    def _verdict(self, policy_id: str, threshold: float) -> Verdict:
+        verdict = self._verdicts.get((policy_id, threshold))
+        if verdict is None:
+            if len(self._verdicts) > 1000:  # prefilters come and go with live reloads
+                self._verdicts.clear()
+            rationale = f"decided by the prefilter: its score (prefilter_score) is below its threshold {threshold:.4f}"
+            verdict = self._verdicts[(policy_id, threshold)] = Verdict(False, rationale=rationale)
+        return verdict
 
     def _audited(self, work: Work, policy: Policy) -> bool:
+        """Whether the label id's first 32 bits fall below the audit rate's share of 2**32."""
         assert work.event is not None
-        return int(label_id(work.event.event_id, policy.id, policy.version)[:8], 16) < self._audit_below
+        return label_id_prefix(work.event.event_id, policy.id, policy.version) < self._audit_below
 
     @staticmethod
-    def _decide(work: Work, policy: Policy, score: float, threshold: float) -> None:
-        rationale = f"decided by the prefilter: score {score:.2f} below its threshold {threshold:.2f}"
-        work.outcomes.append(Outcome(policy, Verdict(False, rationale=rationale), decided_by="prefilter"))
+    def _decide(work: Work, policy: Policy, verdict: Verdict) -> None:
+        work.outcomes.append(Outcome(policy, verdict, decided_by="prefilter"))
         kept = []
         for request in work.requests:
             if policy in request.policies:

@@ -166,6 +166,13 @@ def label_id(event_id: str, policy_id: str, policy_version: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+def label_id_prefix(event_id: str, policy_id: str, policy_version: str) -> int:
+    """The first 32 bits of :func:`label_id` as an integer (``int(label_id(...)[:8], 16)``), without
+    formatting the id: the prefilter's audit sample is drawn from it."""
+    name = f"{event_id}\x1f{policy_id}\x1f{policy_version}".encode()
+    return int.from_bytes(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:4], "big")
+
+
 def decode_content(value: bytes | None, *, max_bytes: int) -> ContentEvent:
     """Parse and validate one JSON content event.
 

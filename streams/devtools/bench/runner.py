@@ -14,6 +14,10 @@ simulator's answers and reasoning lengths depend only on the request, so every m
 - ``passthrough``: our consumer when every label comes from the dedupe cache (no model: one
   unmeasured event warms the cache first), against a raw confluent-kafka consume -> produce loop,
   the physical floor on this machine.
+- ``cascade``: our consumer with a prefilter (trained on 70% of the golden set) in front of the
+  model, over a stream with about 10% violations: model requests per event, recall against the
+  simulated model's answers, events/s; then a prefilter-only stream for the CPU per
+  prefilter-decided event beside the raw loop (:meth:`_Bench.cascade`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-
         progress("passthrough: cache-only labels vs raw confluent-kafka loop")
         with fresh() as sims:
             out["passthrough"] = bench.using(sims.urls).passthrough(n_pass)
+        progress("cascade: a prefilter in front of the model, ~10% violations")
+        key = Path(tmp) / "cascade-answers.jsonl"
+        key.write_bytes(b"\n".join(orjson.dumps(r) for r in workload.answer_key_rows()) + b"\n")
+        with SimProcesses(replicas, time_scale=time_scale, profile=profile, answer_key=key) as sims:
+            out["cascade"] = bench.using(sims.urls).cascade(n, n_pass)
     p, i = out["pipeline"], out["ideal"]
     p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
     out["ratios"] = {
@@ -120,7 +129,7 @@ class _Bench:
         if p.flush(60):
             raise FatalError("benchmark events were not delivered")
 
-    def _config(self, names: dict[str, str], cache: int) -> Path:
+    def _config(self, names: dict[str, str], cache: int, prefilter: dict[str, Any] | None = None) -> Path:
         """Defaults (``batching.max_inflight_events`` included: the local queue bound keeps the
         backlog in Kafka), except that each replica may have 1/8 more requests than it runs, the room
         the adaptive limit needs for the short queue that covers the consumer's I/O batching (as
@@ -135,6 +144,7 @@ class _Bench:
                          "reload_interval_s": 0},
             "cache": {"max_entries": cache},
             "metrics": {"port": 0},
+            **({"prefilter": prefilter} if prefilter else {}),
         }
         path = self.tmp / f"{names['input']}.yaml"
         path.write_text(yaml.safe_dump(conf))
@@ -207,6 +217,61 @@ class _Bench:
         return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
                 "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
                 "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), n), **raw}
+
+    def cascade(self, n: int, n_skip: int) -> dict[str, Any]:
+        """The cascade: a prefilter trained on 70% of the golden set, over a stream of ``n`` events
+        with about 10% violations (the simulated model answers with the golden labels), the default
+        audit rate; then ``n_skip`` events the prefilter decides alone (audits off), timed for the
+        CPU per prefilter-decided event, next to the raw loop over the same input."""
+        from streams.cascade.train import examples_for, train
+        from streams.policy.model import load_policy
+
+        policy = load_policy(workload.policy_path())
+        trained = train(policy, examples_for(policy.id, workload.cascade_training()), target_recall=0.99)
+        directory = self.tmp / "prefilters"
+        directory.mkdir(exist_ok=True)
+        trained.prefilter.save(directory / f"{policy.id}.prefilter")
+        stream, gold = workload.cascade_stream(n)
+        names = self._topics()
+        warm = workload.events(1, prefix="cwarm")
+        self._produce(names["input"], warm)
+        requests0 = model_requests(self.urls)
+        res = self._worker(self._config(names, cache=0, prefilter={"dir": str(directory)}), n, warmup=1,
+                           when_warm=lambda: self._produce(names["input"], stream))
+        requests = model_requests(self.urls) - requests0 - 1  # the warm-up event went to the model
+        labels = [orjson.loads(m.value()) for m in self._read(names["labels"], n + 1)]
+        flagged = {lab["event_id"] for lab in labels if lab["violation"]}
+        violating = [e for e, g in gold.items() if g]
+        decided = [lab for lab in labels if lab["event_id"] in gold]
+        skip_events = self._skippable(trained.prefilter, n_skip)
+        names_skip = self._topics()
+        self._produce(names_skip["input"], warm)
+        res_skip = self._worker(self._config(names_skip, cache=0, prefilter={"dir": str(directory), "audit_rate": 0.0}),
+                                n_skip, warmup=1, when_warm=lambda: self._produce(names_skip["input"], skip_events))
+        raw = self._raw(names_skip["input"], n_skip)
+        return {"events": n, "violation_share": round(len(violating) / n, 3),
+                "model_requests_per_event": round(requests / n, 4),
+                "recall_vs_model": round(sum(1 for e in violating if e in flagged) / len(violating), 4),
+                "decided_by_prefilter": sum(1 for lab in decided if lab["decided_by"] == "prefilter"),
+                "audited": sum(1 for lab in decided if lab["audit"]),
+                "events_per_s": round(n / res["wall_s"], 2),
+                "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
+                "prefiltered_events": n_skip, "prefiltered_events_per_s": round(n_skip / res_skip["wall_s"], 1),
+                "cpu_us_per_prefiltered_event": round(res_skip["cpu_s"] / n_skip * 1e6, 1),
+                "raw_cpu_us_per_event": raw["raw_cpu_us_per_event"],
+                "training": {"holdout_recall": round(trained.holdout_recall, 4),
+                             "holdout_pass_rate": round(trained.holdout_pass_rate, 4), "n_train": trained.n_train}}
+
+    @staticmethod
+    def _skippable(prefilter: Any, n: int) -> list[tuple[bytes, bytes]]:
+        """``n`` unique safe reviews the prefilter scores below its threshold (decided without the model)."""
+        safe = [i.text for i in workload.golden_items() if i.label == 0]
+        texts = [f"{safe[k % len(safe)]} (order #{k})" for k in range(n)]
+        keep = [t for t, s in zip(texts, prefilter.scores(texts).tolist(), strict=True) if s < prefilter.threshold]
+        if not keep:
+            raise FatalError("the bench's prefilter decides none of the safe reviews alone")
+        return [(f"s{k}".encode(), orjson.dumps({"event_id": f"s{k}", "kind": "review", "text": keep[k % len(keep)]}))
+                for k in range(n)]
 
     def _raw(self, topic: str, n: int) -> dict[str, float]:
         """The physical floor: batch consume -> produce (no parsing, no callbacks, no commits), timed
@@ -302,6 +367,16 @@ class _Bench:
         if len(out) < n:
             raise FatalError(f"only {len(out)} of {n} outputs arrived on {topic}")
         return out
+
+
+def model_requests(urls: list[str]) -> float:
+    """Chat completions the replicas have answered so far, summed over replicas (their ``/metrics``)."""
+    name = "vllm:e2e_request_latency_seconds_count"
+    total = 0.0
+    for url in urls:
+        with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
+            total += sum_samples(resp.read().decode(), name).get(name, 0.0)
+    return total
 
 
 def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:

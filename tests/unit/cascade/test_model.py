@@ -41,6 +41,20 @@ def test_a_batch_scores_each_text_as_alone_and_case_does_not_matter() -> None:
     assert set(f.row.tolist()) == {0, 1, 3} and f.texts == 4  # the empty text has only its frame
 
 
+def test_scores_are_the_log_odds_of_the_features_the_trainer_fits_on() -> None:
+    """Scoring skips building the feature lists (prefix sums per n-gram length, in chunks); it must
+    give what training saw: ``log_odds(featurize(texts))``, across chunk boundaries and short texts."""
+    from streams.cascade.model import CHUNK, log_odds
+
+    m = model()
+    rng = np.random.default_rng(3)
+    alphabet = list("abc xyz!?é日") + ["  "]
+    texts = ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(0, 40, size=CHUNK * 2 + 7)]
+    texts += ["", "a", "ab", "abc"]
+    expected = log_odds(featurize(texts), m.weights, m.bias)
+    assert np.allclose(m.scores(texts), expected, rtol=0, atol=1e-9)
+
+
 def test_a_file_round_trips(tmp_path: Path) -> None:
     m = model(threshold=-1.25)
     path = tmp_path / "spam.prefilter"

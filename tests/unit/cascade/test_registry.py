@@ -66,3 +66,18 @@ def test_changed_added_and_removed_files_are_picked_up(tmp_path: Path) -> None:
     path.unlink()
     set_.scan()
     assert set_.current(SPAM) is None and set_.loaded() == []
+
+
+def test_a_prefilter_dir_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
+    """A typo must not quietly send every pair to the GPUs."""
+    from streams.app import load_prefilters
+    from streams.config import Settings
+    from streams.errors import ConfigError
+
+    settings = Settings.model_validate({"prefilter": {"dir": str(tmp_path / "missing")}})
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_prefilters(settings, build_metrics())
+    empty = Settings.model_validate({"prefilter": {"dir": str(tmp_path)}})
+    loaded = load_prefilters(empty, build_metrics())
+    assert loaded is not None and loaded.loaded() == []
+    assert load_prefilters(Settings(), build_metrics()) is None

@@ -8,7 +8,7 @@ import pytest
 
 from streams.authoring.datasets import load_dataset
 from streams.cascade.train import MARGIN, Example, examples_for, held_out, threshold_for, train
-from streams.errors import ConfigError
+from streams.errors import ConfigError, FatalError
 from streams.policy.model import STARTER_POLICIES, load_policies
 
 POLICIES = load_policies(STARTER_POLICIES)
@@ -43,7 +43,7 @@ def test_duplicates_land_on_the_same_side_of_the_split() -> None:
 
 def test_too_few_violations_is_an_error_and_nothing_is_made() -> None:
     few = [Example(f"safe text {i}", 0) for i in range(200)] + [Example(f"bad text {i}", 1) for i in range(3)]
-    with pytest.raises(ConfigError, match="too few positives"):
+    with pytest.raises(FatalError, match="too few positives"):
         train(POLICIES["spam"], few)
     with pytest.raises(ConfigError, match="target-recall"):
         train(POLICIES["spam"], golden("spam"), target_recall=1.0)

@@ -17,6 +17,7 @@ from streams.wire.events import (
     dead_letter_for,
     decode_content,
     label_id,
+    label_id_prefix,
     utc_now,
 )
 
@@ -93,6 +94,7 @@ def test_dead_letter_truncates_oversize_with_hash() -> None:
 def test_label_id_is_uuid5_of_the_triple(event_id: str) -> None:
     name = f"{event_id}\x1fspam\x1f1-abcdef01"
     assert label_id(event_id, "spam", "1-abcdef01") == str(uuid.uuid5(LABEL_NAMESPACE, name))
+    assert label_id_prefix(event_id, "spam", "1-abcdef01") == int(label_id(event_id, "spam", "1-abcdef01")[:8], 16)
 
 
 def test_utc_now_is_rfc3339_milliseconds() -> None:
