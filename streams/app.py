@@ -27,6 +27,7 @@ from streams.errors import ConfigError, FatalError, RetryableError
 from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler, decision_bytes
 from streams.inference.replicas.pool import ReplicaPool
+from streams.interventions.actions import check_rules
 from streams.kafka.admin import existing_topics, require_topics
 from streams.kafka.config import transactional_id
 from streams.kafka.producer import OutputProducer
@@ -54,7 +55,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def output_topics(settings: Settings, *, shadow: bool) -> list[str]:
     k = settings.kafka
     return ([k.labels_topic, k.dead_letter_topic] + ([k.reasoning_topic] if settings.output.reasoning == "separate"
-                                                      else []) + ([k.shadow_labels_topic] if shadow else []))
+                                                      else []) + ([k.shadow_labels_topic] if shadow else [])
+            + ([settings.actions.topic] if settings.actions.topic else []))
 
 
 def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
@@ -131,6 +133,8 @@ def register_output_schemas(settings: Settings, encoder: Encoder, *, shadow: boo
                 "dead_letter": [k.dead_letter_topic]}
     if settings.output.reasoning == "separate":
         subjects["reasoning"] = [k.reasoning_topic]
+    if settings.actions.topic:
+        subjects["decision"] = [settings.actions.topic]
     deadline, delay = time.monotonic() + REGISTER_WAIT_S, 0.5
     while True:
         try:
@@ -175,7 +179,7 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     effort = settings.policies.reasoning_effort
     labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
     outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
-                      metrics, model=settings.replicas.model, default_effort=effort)
+                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
     stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters)
 
@@ -213,6 +217,7 @@ async def run_consumer(
         reader = PolicyTopicReader(settings.kafka, policies)
         await loop.run_in_executor(None, reader.catch_up)
         background.append(asyncio.create_task(reader.run()))
+    check_rules(settings.actions, policies.policies)  # after the policies topic: rules may name its policies
     if settings.policies.reload_interval_s > 0:
         watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
         background.append(asyncio.create_task(watcher.run()))

@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
@@ -149,6 +149,46 @@ class PrefilterSettings(_Section):
     audit_rate: float = Field(0.02, ge=0, le=1)  # share of would-skip (event, policy) pairs still sent to the model
 
 
+ActionName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+class ActionRule(_Section):
+    """One rule of ``actions.rules``: it matches a label when every condition it names holds."""
+
+    policy: str | None = None
+    violation: bool | None = None
+    category: str | None = None
+    confidence: list[Literal["low", "medium", "high"]] | None = Field(None, min_length=1)
+    action: ActionName
+
+    def conditions(self) -> list[str]:
+        return [name for name in ("policy", "violation", "category", "confidence") if getattr(self, name) is not None]
+
+
+class ActionSettings(_Section):
+    topic: str | None = None  # e.g. "safeguard.decisions"; null: no decision events
+    default: ActionName = "allow"
+    on_error: ActionName = "review"  # one of the event's policies was dead-lettered (and no rule matched)
+    rules: list[ActionRule] = Field(default_factory=list)  # first match wins
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ActionSettings:
+        for i, rule in enumerate(self.rules[:-1]):
+            if not rule.conditions():
+                raise ValueError(f"rule {i + 1} ({rule.action}) has no condition, so it matches every event and "
+                                 f"the {len(self.rules) - i - 1} rule(s) after it never apply; use actions.default "
+                                 f"or give it a condition")
+        return self
+
+
+class EscalationSettings(_Section):
+    actor_field: str | None = Field(None, min_length=1)  # metadata key naming the actor; null disables
+    policies: list[str] = Field(default_factory=list)  # [] = every policy
+    window_s: int = Field(86_400, gt=0)  # tumbling window, by label event time
+    threshold: int = Field(3, ge=1)  # violations of one policy by one actor within one window
+    topic: str = Field("safeguard.escalations", min_length=1)
+
+
 class MetricsSettings(_Section):
     port: int = Field(9400, ge=0, le=65535)
 
@@ -173,6 +213,8 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     prefilter: PrefilterSettings = Field(default_factory=PrefilterSettings)
+    actions: ActionSettings = Field(default_factory=ActionSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

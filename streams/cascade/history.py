@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.cascade.train import Example
@@ -24,7 +22,7 @@ from streams.errors import FatalError, PoisonError, RetryableError
 from streams.inference.prompt import render_content
 from streams.kafka.config import reader_config
 from streams.policy.model import Policy
-from streams.wire.codec import Decoder
+from streams.wire.codec import Decoder, label_reader
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
                   ) -> list[tuple[tuple[str, int, int], bool]]:
     topic = settings.kafka.labels_topic
     consumer = _consumer(settings)
-    decode = _label_decoder(settings, topic)
+    decode = label_reader(settings, topic)
     try:
         parts = _assign_all(consumer, topic)
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
@@ -71,10 +69,11 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
             if time.monotonic() > deadline:
                 raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
             for msg in consumer.consume(1000, 0.5):
-                if msg.error() is not None or msg.value() is None:
+                value = msg.value()
+                if msg.error() is not None or value is None:
                     continue
                 try:
-                    doc = decode(msg.value())
+                    doc = decode(value)
                 except Exception:  # noqa: BLE001, S112 - a record that is not a label is not ours to learn from
                     continue
                 if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
@@ -85,21 +84,6 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
         return list(seen.values())
     finally:
         consumer.close()
-
-
-def _label_decoder(settings: Settings, topic: str) -> Any:
-    if settings.output.format != "avro":
-        return orjson.loads
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
-
-    from streams.wire.codec import registry_client, schema_str
-
-    if not settings.schema_registry.url:
-        raise FatalError("output.format avro needs schema_registry.url to read the labels")
-    deserialize = AvroDeserializer(registry_client(settings.schema_registry.url), schema_str("label"))
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    return lambda value: deserialize(value, ctx)
 
 
 def _read_offsets(settings: Settings, topic: str, partition: int, offsets: list[int], timeout_s: float

@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 0 once no input arrived for SECONDS (after assignment) and all is committed")
     r.set_defaults(func=_cmd_run)
 
+    x = sub.add_parser("escalate", help="escalate repeat offenders (faust-streaming tables over the labels)",
+                       description="Count violations per actor (metadata[escalation.actor_field]) and policy in "
+                       "tumbling windows of escalation.window_s, in faust-streaming tables backed by changelog "
+                       "topics, and emit exactly one escalation per (actor, policy, window) reaching "
+                       "escalation.threshold on escalation.topic. Counts survive restarts and rebalances; run it "
+                       "as its own Deployment (docs/interventions.md). SIGTERM commits and exits 0.")
+    x.add_argument("--config", type=Path, help="YAML config file (the consumer's: kafka, output, escalation)")
+    x.add_argument("--until-idle", type=_positive_float, metavar="SECONDS",
+                   help="exit 0 once no label arrived for SECONDS (after recovery) and all is committed")
+    x.set_defaults(func=_cmd_escalate)
+
     s = sub.add_parser("replica-sim", help="a vLLM-compatible replica simulator",
                        description="Serve /health, /v1/models, /v1/chat/completions and /metrics like vLLM, with a "
                        "continuous-batching latency model of an H100. Verdicts come from --answer-key, else "
@@ -100,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--time-scale", type=_positive_float, default=1.0, help="run X times faster than the GPU")
     s.add_argument("--answer-key", type=Path, help='JSONL {"text", "label": 0|1, "category", "policy"?}')
     s.add_argument("--max-num-seqs", type=_positive_int, help="override the profile's running-sequence cap")
+    s.add_argument("--max-model-len", type=_positive_int,
+                   help="override the profile's context length in tokens (longer prompts get vLLM's HTTP 400)")
     s.add_argument("--reasoning-field", choices=["reasoning", "reasoning_content"], default="reasoning",
                    help="response field for chain of thought (reasoning_content mimics older vLLM)")
     s.add_argument("--seed", type=int, default=0, help="seed for output lengths and faults")
@@ -131,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
                        description="One run, one machine: embedded broker, simulated replicas (same profile, time "
-                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough.")
+                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade.")
     b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
     b.add_argument("--time-scale", type=_positive_float, default=10.0, help="simulated GPU speed-up (default 10)")
     b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
@@ -184,6 +197,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_escalate(args: argparse.Namespace) -> int:
+    from streams.app import run
+    from streams.config import load_settings
+    from streams.interventions.escalate import run_escalation
+
+    settings = load_settings(args.config)
+    run(run_escalation(settings, until_idle=args.until_idle))
+    return 0
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
     from streams.devtools.sim.answers import AnswerKey
     from streams.devtools.sim.profiles import PROFILES
@@ -192,9 +215,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
     profile = PROFILES[args.profile]
+    from dataclasses import replace
     if args.max_num_seqs:
-        from dataclasses import replace
         profile = replace(profile, max_num_seqs=args.max_num_seqs)
+    if args.max_model_len:
+        profile = replace(profile, max_model_len=args.max_model_len)
     config = SimConfig(
         profile=profile,
         model=args.model or profile.model,
@@ -323,12 +348,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   f"by the prefilter ({c['events_without_gpu']} events never reached a GPU, {c['audited']} audited); "
                   f"{c['violations_caught']} of {c['violations_expected']} expected violations caught",
                   highlight=False)
+    decided = ", ".join(f"{n} {action}" for action, n in summary["decisions"].items())
+    con.print(f"decisions: {decided}", highlight=False)
+    esc = summary["escalations"]
+    for actor, policy in esc["emitted"]:
+        count = sum(1 for (e, p), lab in result.labels.items() if p == policy and lab["violation"]
+                    and result.actors.get(e) == actor)
+        con.print(f"escalation: [bold]{escape(actor)}[/] for {policy} ({count} violations in the window)",
+                  highlight=False)
+    if not result.escalated_as_expected and result.complete:
+        con.print(f"[bold red]escalations differ from the labels' counts[/]: expected {esc['expected']}, "
+                  f"emitted {esc['emitted']} in {esc['records']} records", highlight=False)
     missing = [k for k in result.expected if k not in result.labels]
     if missing:
         con.print(f"[bold red]{len(missing)} expected labels never arrived[/], e.g. {escape(str(missing[:5]))}")
+    undecided = sorted({e for e, _ in result.expected} - set(result.decisions))
+    if undecided:
+        con.print(f"[bold red]{len(undecided)} events have no decision[/], e.g. {escape(str(undecided[:5]))}")
     if args.json:
         _emit_json(summary)
-    return 0 if result.complete else 1
+    return 0 if result.complete and result.escalated_as_expected else 1
 
 
 def _render_labels(con: Console, result: Any, rows: int = 14) -> None:

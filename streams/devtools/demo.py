@@ -41,6 +41,14 @@ DEMO_ROUTES: list[dict[str, Any]] = [
     {"kind": "message", "policies": ["spam", "game-cheating"]},
 ]
 CONTENT_TOPIC = "safeguard.content"
+DEMO_ACTIONS: dict[str, Any] = {
+    "topic": "safeguard.decisions", "default": "allow", "on_error": "review",
+    "rules": [{"policy": "fake-reviews", "violation": True, "action": "hide"},
+              {"violation": True, "confidence": ["high"], "action": "remove"},
+              {"violation": True, "action": "review"}],
+}
+DEMO_ESCALATION: dict[str, Any] = {"actor_field": "author_id", "threshold": 3, "window_s": 86_400,
+                                   "topic": "safeguard.escalations"}
 
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples.jsonl"
@@ -74,10 +82,34 @@ class DemoResult:
     elapsed_s: float = 0.0
     aborted: bool = False
     cascade: dict[str, Any] | None = None  # the prefilters trained for --cascade: their training figures
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by event id
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+    actors: dict[str, str] = field(default_factory=dict)  # event id -> its author_id
 
     @property
     def complete(self) -> bool:
-        return all(k in self.labels for k in self.expected)
+        return all(k in self.labels for k in self.expected) and all(
+            event_id in self.decisions for event_id, _ in self.expected)
+
+    def expected_escalations(self, threshold: int) -> list[tuple[str, str]]:
+        """(actor, policy) pairs with ``threshold`` or more violating labels (one window: the demo
+        lasts seconds), from the labels themselves."""
+        counts: dict[tuple[str, str], int] = {}
+        for (event_id, policy_id), lab in self.labels.items():
+            actor = self.actors.get(event_id)
+            if lab["violation"] and actor:
+                counts[(actor, policy_id)] = counts.get((actor, policy_id), 0) + 1
+        return sorted(k for k, v in counts.items() if v >= threshold)
+
+    def escalations_summary(self) -> dict[str, Any]:
+        emitted = sorted({(e["actor"], e["policy_id"]) for e in self.escalations})
+        return {"expected": [list(k) for k in self.expected_escalations(DEMO_ESCALATION["threshold"])],
+                "emitted": [list(k) for k in emitted], "records": len(self.escalations)}
+
+    @property
+    def escalated_as_expected(self) -> bool:
+        summary = self.escalations_summary()
+        return summary["expected"] == summary["emitted"] and summary["records"] == len(summary["emitted"])
 
     def summary(self) -> dict[str, Any]:
         violations = sum(1 for lab in self.labels.values() if lab["violation"])
@@ -91,6 +123,9 @@ class DemoResult:
             "agreement": round(
                 sum(1 for k, v in self.expected.items() if k in self.labels and self.labels[k]["violation"] == bool(v))
                 / max(1, len(self.expected)), 4),
+            "decisions": {action: sum(1 for d in self.decisions.values() if d["action"] == action)
+                          for action in sorted({d["action"] for d in self.decisions.values()})},
+            "escalations": self.escalations_summary(),
         } | ({"cascade": self.cascade_summary()} if self.cascade is not None else {})
 
     def cascade_summary(self) -> dict[str, Any]:
@@ -131,7 +166,9 @@ def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n:
 def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: float, started: float) -> None:
     """Read labels and dead letters until every expected label arrived or the deadline passed."""
     # Assigned directly, no consumer group: no join delay in the measured time.
-    consumer = reader_from_beginning(bootstrap, [settings.kafka.labels_topic, settings.kafka.dead_letter_topic])
+    decisions = settings.actions.topic
+    consumer = reader_from_beginning(bootstrap, [settings.kafka.labels_topic, settings.kafka.dead_letter_topic,
+                                                 *([decisions] if decisions else [])])
     try:
         while time.monotonic() < deadline and not result.complete and not result.aborted:
             for msg in consumer.consume(500, 0.2):
@@ -140,6 +177,8 @@ def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: fl
                 doc = orjson.loads(msg.value() or b"{}")
                 if msg.topic() == settings.kafka.labels_topic:
                     result.labels[(doc["event_id"], doc["policy_id"])] = doc
+                elif msg.topic() == decisions:
+                    result.decisions[doc["event_id"]] = doc
                 else:
                     result.dead_letters.append(doc)
             result.elapsed_s = time.monotonic() - started
@@ -198,10 +237,13 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                 "replicas": {"urls": sims.urls},
                 "policies": {"dir": str(policies_dir), "routes": DEMO_ROUTES},
                 "metrics": {"port": 0},
+                "actions": DEMO_ACTIONS,
+                "escalation": DEMO_ESCALATION,
                 **({"prefilter": {"dir": str(prefilter_dir)}} if cascade else {}),
             })
             create_topics(broker.bootstrap, {CONTENT_TOPIC: 3, settings.kafka.labels_topic: 3,
-                                             settings.kafka.dead_letter_topic: 1})
+                                             settings.kafka.dead_letter_topic: 1, DEMO_ACTIONS["topic"]: 3,
+                                             DEMO_ESCALATION["topic"]: 1})
             holder: list[Pipeline] = []
             consumer_task = asyncio.create_task(run_consumer(settings, on_pipeline=holder.append))
             await _wait_assigned(holder, consumer_task)
@@ -217,7 +259,9 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                     expected[(ev["event_id"], pol.id)] = base["expect"][pol.id]["label"]
             result = DemoResult(events=len(produced), expected=expected,
                                 texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
-                                       for ev in produced}, cascade=trained)
+                                       for ev in produced}, cascade=trained,
+                                actors={ev["event_id"]: (ev.get("metadata") or {}).get("author_id", "")
+                                        for ev in produced})
             deadline = time.monotonic() + (timeout_s or 120 + events / 5)
             reader = loop.run_in_executor(None, collect, broker.bootstrap, settings, result, deadline, started)
             done, _ = await asyncio.wait({consumer_task, asyncio.ensure_future(reader)},
@@ -231,4 +275,25 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                 p.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer_task
+            if result.complete:
+                await escalate(broker.bootstrap, settings, result)
             return result
+
+
+async def escalate(bootstrap: str, settings: Settings, result: DemoResult) -> None:
+    """Run the escalation service over the labels until it is idle, then read its escalations."""
+    from streams.interventions.escalate import run_escalation
+
+    for name in ("faust", "aiokafka", "mode"):  # their start-up and shut-down chatter, at info
+        logging.getLogger(name).setLevel(logging.WARNING)
+    await run_escalation(settings, until_idle=1.0)
+    reader = reader_from_beginning(bootstrap, [settings.escalation.topic])
+    try:
+        quiet_until = time.monotonic() + 1.0
+        while time.monotonic() < quiet_until:
+            msgs = [m for m in reader.consume(500, 0.2) if m.error() is None]
+            if msgs:
+                result.escalations += [orjson.loads(m.value() or b"{}") for m in msgs]
+                quiet_until = time.monotonic() + 1.0
+    finally:
+        reader.close()

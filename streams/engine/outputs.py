@@ -1,8 +1,10 @@
 """Outputs: the records an event produces once everything about it is decided.
 
 One label per decided policy (on ``kafka.labels_topic``, or ``<labels_topic>.shadow`` for shadow
-policies), a reasoning record per label when ``output.reasoning`` is ``separate``, and a dead
-letter per failure: the event itself (poison input) or one policy's evaluation of it. Each record
+policies), a reasoning record per label when ``output.reasoning`` is ``separate``, a dead
+letter per failure: the event itself (poison input) or one policy's evaluation of it, and with
+``actions.topic`` one decision (:mod:`streams.interventions.actions`), last, so that it is
+acknowledged under the same delivery guarantee as the labels it summarises. Each record
 carries the metric it counts once the broker acknowledges it.
 """
 
@@ -12,14 +14,24 @@ import logging
 import time
 from typing import Any
 
-from streams.config import KafkaSettings, OutputSettings
+from streams.config import ActionSettings, KafkaSettings, OutputSettings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
+from streams.interventions.actions import decide
 from streams.ops.logutil import RateLimitedLog
 from streams.ops.metrics import Children, Metrics
 from streams.wire.codec import Encoder
-from streams.wire.events import SCHEMA_VERSION, ReasoningRecord, Source, dead_letter_for, label_id, utc_now
+from streams.wire.events import (
+    SCHEMA_VERSION,
+    Reason,
+    ReasoningRecord,
+    Source,
+    dead_letter_for,
+    decision_id,
+    label_id,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +74,7 @@ class Outputs:
     name and default effort for the labels)."""
 
     def __init__(self, kafka: KafkaSettings, output: OutputSettings, encoder: Encoder, metrics: Metrics, *,
-                 model: str, default_effort: str) -> None:
+                 model: str, default_effort: str, actions: ActionSettings | None = None) -> None:
         self._labels, self._shadow = kafka.labels_topic, kafka.shadow_labels_topic
         self._dlq, self._reasoning = kafka.dead_letter_topic, kafka.reasoning_topic
         self._inline = output.reasoning == "inline"
@@ -74,20 +86,52 @@ class Outputs:
         self._dead_count = Children(metrics.dead_letters)
         self._audit_misses = Children(metrics.prefilter_audit_misses)
         self._dlq_log = RateLimitedLog(log, 1.0)
+        self._actions = actions if actions is not None and actions.topic else None
+        self._decision_count = Children(metrics.decisions)
 
     def build(self, work: Work) -> None:
-        """Append the event's records to ``work.records``. Raises what encoding raises."""
+        """Append the event's records to ``work.records``: its labels and dead letters, then (with
+        ``actions.topic``) its decision. Raises what encoding raises."""
+        reasons: list[dict[str, Any]] | None = [] if self._actions is not None else None
         if work.failure is not None:
             self.dead_letter(work, work.failure)
+            if reasons is not None and work.event is not None:  # no policy, unknown policy: nothing decided
+                self._decision(work, reasons, failed=True)
             return
         now = time.monotonic()
+        failed = False
         for outcome in work.outcomes:
+            policy = outcome.policy
             if outcome.failure is not None:
-                self.dead_letter(work, outcome.failure, policy_id=outcome.policy.id, attempts=outcome.attempts)
+                self.dead_letter(work, outcome.failure, policy_id=policy.id, attempts=outcome.attempts)
+                if reasons is not None and not policy.meta.shadow:
+                    failed = True
+                    reasons.append({"policy_id": policy.id, "policy_version": policy.version, "violation": None,
+                                    "category": None, "confidence": None, "label_id": None,
+                                    "decided_by": "dead_letter"})
             else:
-                self._label(work, outcome, now)
+                doc = self._label(work, outcome, now)
+                if reasons is not None and not policy.meta.shadow:
+                    reasons.append({"policy_id": doc["policy_id"], "policy_version": doc["policy_version"],
+                                    "violation": doc["violation"], "category": doc["category"],
+                                    "confidence": doc["confidence"], "label_id": doc["label_id"],
+                                    "decided_by": doc["decided_by"]})
+        if reasons is not None:
+            self._decision(work, reasons, failed=failed)
 
-    def _label(self, work: Work, outcome: Outcome, now: float) -> None:
+    def _decision(self, work: Work, reasons: list[dict[str, Any]], *, failed: bool) -> None:
+        assert self._actions is not None and self._actions.topic is not None and work.event is not None
+        action, rule = decide(self._actions, [Reason.model_construct(**r) for r in reasons], failed=failed)
+        event = work.event
+        doc = {"schema_version": SCHEMA_VERSION,
+               "decision_id": decision_id(event.event_id, {r["policy_id"]: r["policy_version"] for r in reasons}),
+               "event_id": event.event_id, "action": action, "rule": rule, "reasons": reasons,
+               "source": {"topic": work.tp[0], "partition": work.tp[1], "offset": work.offset},
+               "metadata": event.metadata or {}, "decided_at": utc_now()}
+        topic = self._actions.topic
+        work.records.append(OutRecord(topic, self._encode(doc, "decision", topic), self._decision_count(action).inc))
+
+    def _label(self, work: Work, outcome: Outcome, now: float) -> dict[str, Any]:
         policy = outcome.policy
         doc = label_document(work, outcome, model=self._model, effort=policy.effort(self._effort),
                              inline_reasoning=self._inline, now=now)
@@ -100,6 +144,7 @@ class Outputs:
             record = ReasoningRecord(label_id=doc["label_id"], event_id=doc["event_id"], policy_id=policy.id,
                                      reasoning=outcome.reasoning)
             work.records.append(OutRecord(self._reasoning, self._encode(record, "reasoning", self._reasoning)))
+        return doc
 
     def dead_letter(self, work: Work, exc: PoisonError, *, policy_id: str | None = None, attempts: int = 1) -> None:
         """Append a dead letter for the event (or for one policy's evaluation of it)."""

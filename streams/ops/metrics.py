@@ -35,6 +35,7 @@ class Metrics:
     prefilter_decisions: Counter
     prefilter_audit_misses: Counter
     prefilter_info: Gauge
+    decisions: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -103,6 +104,10 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         prefilter_info=Gauge(
             "safeguard_prefilter_info", "Loaded prefilters and the policy version each was trained for (value 1).",
             ["policy", "version"], registry=reg,
+        ),
+        decisions=Counter(
+            "safeguard_decisions", "Decision events acknowledged by the broker, by action.", ["action"],
+            registry=reg,
         ),
     )
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from streams.config import InputSettings, OutputSettings, SchemaRegistrySettings
+from streams.config import InputSettings, OutputSettings, SchemaRegistrySettings, Settings
 from streams.errors import ConfigError, ErrorType, FatalError, PoisonError, RetryableError
 from streams.wire.events import ContentEvent, decode_content
 
@@ -163,3 +164,19 @@ class Encoder:
             raise
         assert out is not None
         return bytes(out)
+
+
+def label_reader(settings: Settings, topic: str) -> Callable[[bytes], dict[str, Any]]:
+    """A decoder of the label events the consumer writes on ``topic``, in ``output.format`` (Avro
+    through ``schema_registry.url``): for the services that read labels back (escalation, training
+    from the label history)."""
+    if settings.output.format != "avro":
+        return orjson.loads
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    if not settings.schema_registry.url:
+        raise ConfigError("output.format avro needs schema_registry.url to read the labels")
+    deserialize = AvroDeserializer(registry_client(settings.schema_registry.url), schema_str("label"))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return lambda value: deserialize(value, ctx)

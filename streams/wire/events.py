@@ -149,7 +149,69 @@ class DeadLetter(BaseModel):
     failed_at: str = Field(default_factory=utc_now)
 
 
+class Reason(BaseModel):
+    """One policy's part in a decision: its label, or (``decided_by: dead_letter``) its failure."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy_id: str
+    policy_version: str
+    violation: bool | None  # null: the policy was dead-lettered for this event
+    category: str | None = None
+    confidence: Confidence | None = None
+    label_id: str | None = None
+    decided_by: Literal["model", "cache", "prefilter", "dead_letter"]
+
+
+class DecisionEvent(BaseModel):
+    """One per content event once every label of it is known: the action its rules give."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    decision_id: str
+    event_id: str
+    action: str
+    rule: int | None = None  # 1-based index of the rule in actions.rules that gave the action; null: default/on_error
+    reasons: list[Reason]
+    source: Source
+    metadata: dict[str, str] = Field(default_factory=dict)
+    decided_at: str = Field(default_factory=utc_now)
+
+
+class EscalationEvent(BaseModel):
+    """One per (actor, policy, window) whose violation count reached ``escalation.threshold``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    escalation_id: str
+    actor: str
+    policy_id: str
+    count: int
+    threshold: int
+    window_start: str
+    window_end: str
+    event_ids: list[str]  # the first 50 counted
+    escalated_at: str = Field(default_factory=utc_now)
+
+
 _NAMESPACE_BYTES = LABEL_NAMESPACE.bytes
+DECISION_NAMESPACE = uuid.UUID("0b9a6f3e-5d0c-4c55-8f0e-2f6a9d1e7c44")
+ESCALATION_NAMESPACE = uuid.UUID("4e2d8c1a-7b3f-4a9e-b6d5-91c0f8e2a3b7")
+
+
+def decision_id(event_id: str, versions: dict[str, str]) -> str:
+    """Deterministic from the event and the versions of the policies that decided it:
+    ``uuid5(DECISION_NAMESPACE, "<event_id>\x1f<policy_id>=<version>\x1f...")``, policies sorted."""
+    parts = [event_id] + [f"{p}={v}" for p, v in sorted(versions.items())]
+    return str(uuid.uuid5(DECISION_NAMESPACE, "\x1f".join(parts)))
+
+
+def escalation_id(actor: str, policy_id: str, window_start: int) -> str:
+    """Deterministic from (actor, policy, window start in epoch seconds): a replay or a restart that
+    escalates again writes the same id."""
+    return str(uuid.uuid5(ESCALATION_NAMESPACE, f"{actor}\x1f{policy_id}\x1f{window_start}"))
 
 
 def label_id(event_id: str, policy_id: str, policy_version: str) -> str:

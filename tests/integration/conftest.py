@@ -97,12 +97,12 @@ def sims() -> Iterator[Callable[..., SimProcesses]]:
 
 
 @pytest.fixture
-def consumers(tmp_path: Path) -> Iterator[Callable[[Path], ConsumerProcess]]:
+def consumers(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
     """Factory: ``safeguard run`` subprocesses, killed at teardown whatever happened."""
     started: list[ConsumerProcess] = []
 
-    def start(config: Path) -> ConsumerProcess:
-        c = ConsumerProcess(config, tmp_path / f"consumer-{len(started)}.log").start()
+    def start(config: Path, command: str = "run", *args: str) -> ConsumerProcess:
+        c = ConsumerProcess(config, tmp_path / f"{command}-{len(started)}.log", command, *args).start()
         started.append(c)
         return c
 

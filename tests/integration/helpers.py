@@ -60,18 +60,27 @@ def safeguard(*args: str, timeout: float = 180, **kwargs: Any) -> subprocess.Com
 
 
 class ConsumerProcess:
-    """``safeguard run`` as a subprocess that tests can SIGKILL and restart."""
+    """``safeguard run`` (or another long-running command, e.g. ``escalate``) as a subprocess that
+    tests can SIGKILL and restart."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, command: str = "run", *args: str) -> None:
         self.config = config
         self.log_path = log_path
+        self.command = [command, *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ConsumerProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--config", str(self.config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams", *self.command, "--config", str(self.config)],
                                      stdout=log, stderr=log)
         return self
+
+    def wait(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         assert self.proc is not None

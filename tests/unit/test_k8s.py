@@ -73,6 +73,21 @@ def test_consumer_config_loads_with_our_settings_model(tmp_path: Path) -> None:
     assert scaled["spec"]["maxReplicaCount"] <= 12  # the input topic's partitions
 
 
+def test_the_escalation_deployment_runs_escalate_on_the_consumer_config(tmp_path: Path) -> None:
+    from streams.interventions.actions import check_rules
+
+    path = tmp_path / "safeguard.yaml"
+    path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
+    settings = load_settings(path)
+    assert settings.escalation.actor_field and settings.actions.topic
+    check_rules(settings.actions, [p.stem for p in (ROOT / "policies").glob("*.md")])  # rules name real policies
+    pod = by_kind("Deployment", "safeguard-escalate")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["safeguard", "escalate"] and "/etc/safeguard/safeguard.yaml" in container["args"]
+    assert container["ports"][0]["containerPort"] == settings.metrics.port
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+
+
 def test_policies_configmap_is_current() -> None:
     expected = policies_configmap(ROOT / "policies", "safeguard-policies").split("\n", 1)[1]
     current = (BASE / "policies.yaml").read_text().split("\n", 1)[1]
@@ -118,12 +133,14 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
 
     from prometheus_client import CollectorRegistry
 
+    from streams.interventions.escalate import EscalationMetrics
     from streams.ops.metrics import build_metrics, register_cache
 
     metrics = build_metrics(CollectorRegistry())
     register_cache(metrics, lambda: (0, 0, 0, 0))
     exported: set[str] = set()
-    for family in metrics.registry.collect():
+    families = list(metrics.registry.collect()) + list(EscalationMetrics(CollectorRegistry()).registry.collect())
+    for family in families:
         suffix = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
         exported |= {family.name + s for s in suffix}
     dashboard = json.loads((ROOT / "k8s/grafana/safeguard-dashboard.json").read_text())

@@ -241,6 +241,11 @@ class SimServer:
         final_tokens = estimate_tokens(final)
         policy_tokens = estimate_tokens(policy)
         prompt_tokens = HARMONY_OVERHEAD_TOKENS + policy_tokens + estimate_tokens(user)
+        limit = self.config.profile.max_model_len
+        if prompt_tokens >= limit:  # vLLM refuses a prompt that leaves no room to generate
+            return _error(400, "BadRequestError", f"This model's maximum context length is {limit} tokens. However, "
+                          f"your request has {prompt_tokens} input tokens. Please reduce the length of the input "
+                          "messages.")
         output_tokens = reasoning_tokens if truncated else reasoning_tokens + final_tokens
         req = SimRequest(
             prompt_tokens=prompt_tokens,

@@ -20,6 +20,8 @@ from streams.policy.model import parse_policy
 from streams.wire.events import (
     ContentEvent,
     DeadLetter,
+    DecisionEvent,
+    EscalationEvent,
     LabelEvent,
     ReasoningRecord,
     Source,
@@ -35,7 +37,7 @@ def parsed() -> dict[str, dict]:
     named: dict = {}
     fastavro.parse_schema(json.loads((SCHEMAS / "source.avsc").read_text()), named_schemas=named)
     out = {}
-    for name in ("content", "label", "reasoning", "dead_letter"):
+    for name in ("content", "label", "reasoning", "dead_letter", "decision", "escalation"):
         out[name] = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()), named_schemas=named)
     return out
 
@@ -48,7 +50,8 @@ def roundtrip(schema: dict, record: dict) -> dict:
 
 
 @pytest.mark.parametrize("name,model", [("content", ContentEvent), ("label", LabelEvent),
-                                        ("reasoning", ReasoningRecord), ("dead_letter", DeadLetter)])
+                                        ("reasoning", ReasoningRecord), ("dead_letter", DeadLetter),
+                                        ("decision", DecisionEvent), ("escalation", EscalationEvent)])
 def test_fields_match_models(name: str, model: type) -> None:
     doc = json.loads((SCHEMAS / f"{name}.avsc").read_text())
     assert [f["name"] for f in doc["fields"]] == list(model.model_fields)
@@ -88,3 +91,31 @@ def test_label_doc_is_what_the_model_dumps(metadata: dict | None, confidence: st
     assert json.loads(model.model_dump_json()) == json.loads(orjson.dumps(doc))
     assert roundtrip(parsed()["label"], doc) == doc
     assert doc["label_id"] == label_id("e", "spam", policy.version)
+
+
+def test_the_decision_the_output_stage_builds_is_valid_and_round_trips() -> None:
+    from streams.config import ActionSettings, KafkaSettings, OutputSettings, SchemaRegistrySettings
+    from streams.engine.outputs import Outputs
+    from streams.errors import PoisonError
+    from streams.ops.metrics import build_metrics
+    from streams.wire.codec import Encoder
+
+    actions = ActionSettings.model_validate({"topic": "decisions", "rules": [{"violation": True, "action": "hide"}]})
+    outputs = Outputs(KafkaSettings(), OutputSettings(), Encoder(OutputSettings(), SchemaRegistrySettings()),
+                      build_metrics(), model="m", default_effort="low", actions=actions)
+    event = ContentEvent(event_id="e", text="hello", metadata={"author_id": "a1"})
+    work = Work(("t", 0), 5, b"k", None, consumed_at=time.monotonic(), event=event)
+    spam, fake = parse_policy("---\nid: spam\n---\nbody\n"), parse_policy("---\nid: fake\n---\nbody\n")
+    work.outcomes = [Outcome(spam, Verdict(violation=True, category="SP1", confidence="high")),
+                     Outcome(fake, None, failure=PoisonError(ErrorType.UNPARSEABLE_OUTPUT, "no"))]
+    outputs.build(work)
+    assert [r.topic for r in work.records][-1] == "decisions"
+    doc = orjson.loads(work.records[-1].value)
+    assert doc["action"] == "hide" and doc["rule"] == 1
+    assert [r["decided_by"] for r in doc["reasons"]] == ["model", "dead_letter"]
+    assert DecisionEvent.model_validate(doc).model_dump(mode="json") == doc
+    assert roundtrip(parsed()["decision"], doc) == doc
+    escalation = EscalationEvent(escalation_id="x", actor="a1", policy_id="spam", count=3, threshold=3,
+                                 window_start="2026-12-01T00:00:00.000Z", window_end="2026-12-02T00:00:00.000Z",
+                                 event_ids=["e1", "e2", "e3"]).model_dump(mode="json")
+    assert roundtrip(parsed()["escalation"], escalation) == escalation

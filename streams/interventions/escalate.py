@@ -1,0 +1,340 @@
+"""``safeguard escalate``: repeat offenders, counted per actor in faust-streaming tables.
+
+Two agents in one faust app (id ``<kafka.group_id>-escalation``):
+
+1. ``route`` reads ``kafka.labels_topic`` and forwards each violating label of an escalated policy
+   whose content event named an actor (``metadata[escalation.actor_field]``) as a small ticket to
+   the internal topic ``<app id>-by-actor``, keyed by the actor: the repartition that puts every
+   label of one actor on one partition, whatever key the labels had.
+2. ``tally`` reads that topic and counts distinct violating labels per (actor, policy) in a
+   tumbling windowed table (``escalation.window_s``, by the label's ``labeled_at``) whose changelog
+   topic faust restores before the agent sees a ticket. When a tally reaches
+   ``escalation.threshold`` it produces one escalation on ``escalation.topic`` (key: the actor),
+   waits for the broker's acknowledgement, and only then marks the tally escalated.
+
+Exactly one escalation per (actor, policy, window), under faust's at-least-once processing:
+
+- a label read twice (a restart, a rebalance, a duplicate label) counts once: a tally holds the
+  label ids it counted;
+- every write a label causes is on the broker before faust may consider the label processed: the
+  forwarded ticket is awaited until acknowledged, and so is the tally's changelog record (a
+  producer flush after each write). faust's own commit flushes its producer first too, but its
+  buffer's flush gives up after 0.1 s without progress and a failed send is only logged, so we
+  do not rely on it. What was not committed is read again, and counts once;
+- the escalation is acknowledged before its tally says "escalated". A crash between the two reads
+  the label again and escalates again under the same deterministic ``escalation_id`` (the only
+  possible duplicate, and one a reader dedupes by id); a crash before the escalation was
+  acknowledged leaves the tally unescalated, so it is never lost.
+
+Waiting per record costs a broker round trip per violating label with an actor (about a thousand
+per second per partition on a LAN), never per label. It also means every changelog batch holds one
+record, which keeps recovery exact on brokers that report a partition's end offset as the start
+of its last batch plus one (Tansu 0.6, the embedded test broker: docs/interventions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streams.config import Settings
+from streams.errors import ConfigError, FatalError
+from streams.interventions.tally import count, escalated, event_time, rfc3339, window_start
+from streams.kafka.admin import require_topics
+from streams.ops.health import health_app, start_health_server
+from streams.wire.codec import Encoder, label_reader
+from streams.wire.events import escalation_id, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def _patch_faust_commit_progress() -> None:
+    """Work around a faust-streaming 0.15 defect (found with the probe described in
+    docs/interventions.md). After a rebalance or a restart the fetcher can hand a stream some
+    messages twice, and the consumer's list of acknowledged offsets then holds duplicates, and
+    offsets below the committed one. Its commit logic takes the first run of consecutive offsets
+    from that list, so each commit moves on by one or two offsets: the group's committed offsets
+    fall behind for good, and every later restart reads far more again. Before the offset to commit
+    is computed, the duplicates and the already-committed offsets are dropped from the list.
+    Nothing else changes: an offset is still committed only once it and all before it are
+    acknowledged."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    original = FaustConsumer._new_offset
+    if getattr(original, "safeguard_patched", False):
+        return
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        if acked:
+            committed = self._committed_offset[tp]
+            kept = sorted({o for o in acked if committed is None or o >= committed})
+            if len(kept) != len(acked):
+                acked[:] = kept
+        return original(self, tp)
+
+    _new_offset.safeguard_patched = True  # type: ignore[attr-defined]
+    FaustConsumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+_patch_faust_commit_progress()
+
+
+class Ticket(faust.Record, serializer="json"):
+    """One violating label, as the tally needs it (the repartition topic's value)."""
+
+    actor: str
+    policy_id: str
+    label_id: str
+    event_id: str
+    ts: float  # the label's labeled_at, seconds since the epoch: the window's clock
+
+
+class EscalationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.labels = Counter("safeguard_escalation_labels", "Labels the escalation service read, by outcome: "
+                              "counted, duplicate (already counted), ignored (not a violation, no actor, another "
+                              "policy), invalid (not a label).", ["outcome"], registry=registry)
+        self.escalations = Counter("safeguard_escalations", "Escalations acknowledged by the broker.", ["policy"],
+                                   registry=registry)
+        self.last_label = Gauge("safeguard_escalation_last_label_timestamp_seconds",
+                                "Unix time of the last label the service read (stalls show here).",
+                                registry=registry)
+
+
+def _layout(settings: Settings, topic: str) -> tuple[int, int]:
+    """(partitions, replication factor) of the labels topic: the internal topics (repartition,
+    changelog) get the same, so they are as parallel and as durable as the labels."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka.config import admin_config
+
+    meta = AdminClient(admin_config(settings.kafka)).list_topics(topic, timeout=10)
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise FatalError(f"labels topic {topic!r} cannot be read: {found.error if found else 'it does not exist'}")
+    return len(found.partitions), max(1, len(next(iter(found.partitions.values())).replicas))
+
+
+def _broker_settings(settings: Settings) -> dict[str, Any]:
+    """faust's broker settings from ``kafka`` (bootstrap, security, the session timeout)."""
+    k = settings.kafka
+    conf: dict[str, Any] = {"broker": ",".join(f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(","))}
+    session_ms = k.librdkafka.get("session.timeout.ms")
+    if session_ms is not None:
+        session_s = float(session_ms) / 1000
+        conf.update(broker_session_timeout=session_s, broker_heartbeat_interval=max(0.5, session_s / 6),
+                    broker_rebalance_timeout=max(session_s, 6.0))
+    sec = k.security
+    if sec.protocol != "PLAINTEXT":
+        import ssl
+
+        context = None
+        if sec.protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=sec.ssl_ca_location)
+            if sec.ssl_certificate_location:
+                key_password = sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None
+                context.load_cert_chain(sec.ssl_certificate_location, sec.ssl_key_location, key_password)
+        if sec.protocol.startswith("SASL"):
+            if sec.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                raise ConfigError(f"safeguard escalate: SASL mechanism {sec.sasl_mechanism} is not supported "
+                                  "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+            password = sec.sasl_password.get_secret_value() if sec.sasl_password else None
+            conf["broker_credentials"] = faust.SASLCredentials(
+                username=sec.sasl_username, password=password, mechanism=sec.sasl_mechanism, ssl_context=context)
+        else:
+            conf["broker_credentials"] = faust.SSLCredentials(context)
+    return conf
+
+
+class EscalationApp:
+    """The faust app and its two agents, built from the settings (see the module doc)."""
+
+    def __init__(self, settings: Settings, metrics: EscalationMetrics, *, datadir: str) -> None:
+        e, k = settings.escalation, settings.kafka
+        if not e.actor_field:
+            raise ConfigError("escalation.actor_field is not set: name the metadata key that identifies the actor "
+                              "(author_id, seller_id, ...)")
+        self.settings, self.metrics = settings, metrics
+        self.partitions, replication = _layout(settings, k.labels_topic)
+        self.app_id = f"{k.group_id}-escalation"
+        self.app = faust.App(
+            self.app_id, store="memory://", web_enabled=False, topic_partitions=self.partitions,
+            topic_replication_factor=replication, consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once", datadir=datadir, table_standby_replicas=0,
+            stream_wait_empty=True, **_broker_settings(settings))
+        self.labels = self.app.topic(k.labels_topic, key_serializer="raw", value_serializer="raw")
+        self.by_actor = self.app.topic(f"{self.app_id}-by-actor", key_serializer="raw", value_type=Ticket,
+                                       partitions=self.partitions, internal=True)
+        self.out_topic = e.topic
+        self.out = self.app.topic(e.topic, key_serializer="raw", value_serializer="raw")
+        self.tallies = self.app.Table("tallies", default=dict, partitions=self.partitions).tumbling(
+            e.window_s, expires=2 * e.window_s).relative_to_field(Ticket.ts)  # type: ignore[arg-type]
+        self._decode = label_reader(settings, k.labels_topic)
+        self._encode = Encoder(settings.output, settings.schema_registry).encode
+        self._policies = set(e.policies)
+        self.last_label = 0.0  # time.monotonic() of the last label read; 0: none yet
+        self.app.agent(self.labels, name="route")(self._route)
+        self.app.agent(self.by_actor, name="tally")(self._tally)
+
+    def ticket(self, value: bytes | None) -> Ticket | None:
+        """The ticket for one label record, or None (counted in the metrics by outcome)."""
+        outcome = self.metrics.labels.labels
+        try:
+            doc = self._decode(value) if value is not None else None
+        except Exception:  # noqa: BLE001 - a record that is not a label is skipped, not fatal
+            doc = None
+        if not isinstance(doc, dict) or "label_id" not in doc:
+            outcome("invalid").inc()
+            return None
+        actor = (doc.get("metadata") or {}).get(self.settings.escalation.actor_field)
+        if not doc.get("violation") or not actor or (self._policies and doc.get("policy_id") not in self._policies):
+            outcome("ignored").inc()
+            return None
+        try:
+            ts = event_time(doc["labeled_at"])
+        except (KeyError, TypeError, ValueError):
+            outcome("invalid").inc()
+            return None
+        return Ticket(actor=str(actor), policy_id=doc["policy_id"], label_id=doc["label_id"],
+                      event_id=doc["event_id"], ts=ts)
+
+    async def _route(self, stream: Any) -> None:
+        async for value in stream:
+            self.last_label = time.monotonic()
+            self.metrics.last_label.set(time.time())
+            ticket = self.ticket(value)
+            if ticket is not None:
+                sent = await self.by_actor.send(key=ticket.actor.encode(), value=ticket)
+                await sent  # on the broker before this label counts as processed (see the module doc)
+
+    async def _tally(self, stream: Any) -> None:
+        e = self.settings.escalation
+        async for ticket in stream:
+            key = f"{ticket.actor}\x1f{ticket.policy_id}"
+            counted = count(self.tallies[key].value(), label_id=ticket.label_id, event_id=ticket.event_id,
+                            threshold=e.threshold)
+            if not counted.changed:
+                self.metrics.labels.labels("duplicate").inc()
+                continue
+            self.metrics.labels.labels("counted").inc()
+            if counted.reached:
+                await self._escalate(ticket, counted.state)
+                self.tallies[key] = escalated(counted.state)
+            else:
+                self.tallies[key] = counted.state
+            await self.app.producer.flush()  # the changelog write on the broker before the ticket is done
+
+    async def _escalate(self, ticket: Ticket, state: dict[str, Any]) -> None:
+        e = self.settings.escalation
+        start = window_start(ticket.ts, e.window_s)
+        doc = {"schema_version": 1, "escalation_id": escalation_id(ticket.actor, ticket.policy_id, start),
+               "actor": ticket.actor, "policy_id": ticket.policy_id, "count": len(state["ids"]),
+               "threshold": e.threshold, "window_start": rfc3339(start), "window_end": rfc3339(start + e.window_s),
+               "event_ids": state["events"], "escalated_at": utc_now()}
+        value = self._encode(doc, "escalation", self.out_topic)
+        sent = await self.out.send(key=ticket.actor.encode(), value=value)
+        await sent  # acknowledged by the broker before the tally is marked escalated
+        self.metrics.escalations.labels(ticket.policy_id).inc()
+        log.info("escalation actor=%s policy=%s window_start=%s count=%d id=%s", ticket.actor, ticket.policy_id,
+                 doc["window_start"], doc["count"], doc["escalation_id"])
+
+    @property
+    def ready(self) -> bool:
+        """Recovered (the tables restored from their changelogs) and consuming."""
+        recovery = getattr(self.app.tables, "recovery", None)
+        return bool(recovery is not None and recovery.completed.is_set() and self.app.consumer is not None)
+
+
+class Progress:
+    """Whether the app's group has committed everything there is to read on its input topics (the
+    labels and the repartition topic), from the broker's side: committed offsets of the app's group
+    against the partitions' high watermarks. ``--until-idle`` waits for it, so that a restart that
+    has not fetched anything yet (a group join takes seconds) does not count as idle."""
+
+    def __init__(self, settings: Settings, group: str, topics: list[str]) -> None:
+        from confluent_kafka import Consumer
+
+        from streams.kafka.config import reader_config
+
+        self._consumer = Consumer(reader_config(settings.kafka, group))
+        self._topics = topics
+
+    def caught_up(self) -> bool:
+        from confluent_kafka import TopicPartition
+
+        for topic in self._topics:
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return False
+            parts = [TopicPartition(topic, p) for p in meta.partitions]
+            for tp in self._consumer.committed(parts, timeout=10):
+                high = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+                if high > 0 and tp.offset < high:
+                    return False
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+async def run_escalation(settings: Settings, *, until_idle: float | None = None,
+                         registry: CollectorRegistry | None = None,
+                         on_app: Callable[[EscalationApp], None] | None = None) -> None:
+    """Run the escalation service until SIGTERM/SIGINT, or until no label arrived for
+    ``until_idle`` seconds after recovery (then everything read is committed)."""
+    e, k = settings.escalation, settings.kafka
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: require_topics(k, [k.labels_topic, e.topic]))
+    metrics = EscalationMetrics(registry or CollectorRegistry())
+    stop = asyncio.Event()
+    with tempfile.TemporaryDirectory(prefix="safeguard-escalate-") as datadir:
+        service = EscalationApp(settings, metrics, datadir=datadir)
+        if on_app is not None:
+            on_app(service)
+        http = None
+        if settings.metrics.port:
+            http = await start_health_server(health_app(metrics.registry, lambda: service.ready),
+                                             settings.metrics.port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("escalation service starting app=%s labels_topic=%s partitions=%d actor_field=%s threshold=%d "
+                 "window_s=%d topic=%s", service.app_id, k.labels_topic, service.partitions, e.actor_field,
+                 e.threshold, e.window_s, e.topic)
+        app = service.app
+        progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()])
+        try:
+            await app.start()
+            recovered_at: float | None = None
+            while not stop.is_set():
+                if app.should_stop or app.crashed:
+                    raise FatalError(f"the escalation app stopped: {app.crash_reason or 'see the log'}")
+                if recovered_at is None and service.ready:
+                    recovered_at = time.monotonic()
+                    log.info("escalation service ready (tables recovered)")
+                if until_idle is not None and recovered_at is not None:
+                    since = time.monotonic() - max(recovered_at, service.last_label)
+                    if since >= until_idle and await loop.run_in_executor(None, progress.caught_up):
+                        log.info("idle for %.1fs with everything read committed: exiting", until_idle)
+                        break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            await app.stop()  # waits for the streams to drain, then commits (faust's on_stop)
+            progress.close()
+            if http is not None:
+                await http.cleanup()
