@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 DEMO := $(VENV)/.installed-demo
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test unit integration lint bench wheel-check clean k8s
+.PHONY: demo test unit integration lint bench wheel-check clean k8s tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,14 +25,18 @@ $(DEV): pyproject.toml | $(BIN)/python
 demo: $(DEMO)
 	$(BIN)/safeguard demo
 
+# promtool and the Prometheus server for the alert tests: installed as root, else how to get them.
+tools:
+	bash .ci/ensure-tools
+
 # Integration tests mostly wait on brokers, replicas and timers: three workers on two cores.
-test: $(DEV)
+test: $(DEV) tools
 	$(BIN)/python -m pytest -q -n 3 --dist load tests
 
-unit: $(DEV)
+unit: $(DEV) tools
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(DEV)
+integration: $(DEV) tools
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(DEV)

@@ -152,10 +152,13 @@ def register_output_schemas(settings: Settings, encoder: Encoder, *, shadow: boo
 def pool_observer(metrics: Metrics) -> Callable[[str, str, float, int], None]:
     requests, latency_of = Children(metrics.inference_requests), Children(metrics.inference_latency)
 
+    work = metrics.work_rate
+
     def observe(replica: str, outcome: str, latency: float, inflight: int) -> None:
         requests(replica, outcome).inc()
         if outcome == "ok":
             latency_of(replica).observe(latency)
+            work.add_model_seconds(latency)
     return observe
 
 
@@ -232,6 +235,7 @@ async def run_consumer(
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
                 metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
             pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
+            metrics.ready.set_function(lambda: float(pipeline.ready))
             if on_pipeline is not None:
                 on_pipeline(pipeline)
             await _serve(settings, pipeline, metrics, until_idle)

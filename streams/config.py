@@ -67,6 +67,10 @@ class KafkaSettings(_Section):
     reasoning_topic: str = "safeguard.reasoning"
     policies_topic: str | None = None
     transactional_id: str | None = None  # exactly_once: stable per instance; default "<group_id>-<hostname>"
+    # Static group membership (librdkafka group.instance.id): a member that comes back under the same id
+    # within session.timeout.ms gets its partitions back without a rebalance. Stable per pod (the
+    # StatefulSet pod name in k8s/base); null: dynamic membership.
+    group_instance_id: str | None = Field(None, min_length=1, max_length=249)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     # Raw librdkafka overrides (may hold secrets such as sasl.password): kept out of repr and dumps.

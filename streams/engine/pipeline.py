@@ -110,8 +110,10 @@ class Pipeline:
         return self._assigned_at is not None and self._pool.healthy_count > 0 and not self._waiting
 
     def _settled(self, work: Work) -> None:
-        """The ledger's settle hook: the event's end-to-end latency."""
+        """The ledger's settle hook: the event's end-to-end latency, and one more event for the cost
+        per event of the pending-work gauge."""
         self._metrics.event_latency.observe(time.monotonic() - work.consumed_at)
+        self._metrics.work_rate.add_events()
 
     async def run(self, until_idle: float | None = None) -> None:
         """Consume until stopped or idle; drains, commits and closes. Raises FatalError on fatal errors."""
@@ -301,6 +303,9 @@ class Pipeline:
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(topic, str(partition))
+        for topic in {t for t, _ in keys} - {t for t, _ in self.assigned}:
+            with contextlib.suppress(KeyError):
+                self._metrics.pending_work.remove(topic)
 
     def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
@@ -327,10 +332,17 @@ class Pipeline:
             self._ledger.drop(keys)
 
     def _stats(self, raw: str) -> None:
-        """librdkafka statistics (consumer thread): per-partition lag for the lag gauge (KEDA, alerts)."""
+        """librdkafka statistics (consumer thread): per-partition lag for the lag gauge, and per topic
+        the pending work (lag x recent model seconds per event) for autoscaling on work."""
+        per_topic: dict[str, int] = {}
         for topic, part, lag in lags_from_stats(raw):
             if (topic, part) in self.assigned:
                 self._metrics.consumer_lag.labels(topic, str(part)).set(lag)
+                per_topic[topic] = per_topic.get(topic, 0) + lag
+        cost = self._metrics.work_rate.per_event()
+        if cost is not None:
+            for topic, lag in per_topic.items():
+                self._metrics.pending_work.labels(topic).set(round(lag * cost, 3))
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.fatal():

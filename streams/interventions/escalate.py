@@ -110,6 +110,8 @@ class EscalationMetrics:
         self.last_label = Gauge("safeguard_escalation_last_label_timestamp_seconds",
                                 "Unix time of the last label the service read (stalls show here).",
                                 registry=registry)
+        self.ready = Gauge("safeguard_ready", "1 while /readyz answers ready (tables restored, consuming), else 0.",
+                           registry=registry)
 
 
 def _layout(settings: Settings, topic: str) -> tuple[int, int]:
@@ -302,6 +304,7 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
         service = EscalationApp(settings, metrics, datadir=datadir)
         if on_app is not None:
             on_app(service)
+        metrics.ready.set_function(lambda: float(service.ready))
         http = None
         if settings.metrics.port:
             http = await start_health_server(health_app(metrics.registry, lambda: service.ready),

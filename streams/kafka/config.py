@@ -26,6 +26,8 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "max.poll.interval.ms": 300_000,
         "statistics.interval.ms": 5_000,  # consumer lag for safeguard_consumer_lag
     }
+    if kafka.group_instance_id:
+        conf["group.instance.id"] = kafka.group_instance_id
     return conf | _overrides(kafka, producer=False)
 
 

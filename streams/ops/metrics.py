@@ -6,6 +6,8 @@ any content.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,9 @@ class Metrics:
     prefilter_audit_misses: Counter
     prefilter_info: Gauge
     decisions: Counter
+    pending_work: Gauge
+    ready: Gauge
+    work_rate: WorkRate
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -109,7 +114,50 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "safeguard_decisions", "Decision events acknowledged by the broker, by action.", ["action"],
             registry=reg,
         ),
+        pending_work=Gauge(
+            "safeguard_pending_work_seconds",
+            "Consumer lag times the recent model seconds per settled event (replica latency summed over an "
+            "event's requests; 0 for events the cache or the prefilter decided), for the partitions this member "
+            "owns: the backlog in model time, for autoscaling on work rather than on messages.",
+            ["topic"], registry=reg,
+        ),
+        ready=Gauge("safeguard_ready", "1 while /readyz answers ready (partitions assigned, a healthy replica, "
+                    "no outage holding events), else 0.", registry=reg),
+        work_rate=WorkRate(),
     )
+
+
+class WorkRate:
+    """Model seconds per settled event over the last ``window_s`` (in ``buckets`` slices): what one
+    event of the recent traffic costs the replicas. Fed from the event loop (request latencies,
+    settled events), read from the consumer's statistics callback."""
+
+    def __init__(self, window_s: float = 60.0, buckets: int = 12, clock: Callable[[], float] = time.monotonic) -> None:
+        self._width = window_s / buckets
+        self._clock = clock
+        self._slices: deque[list[float]] = deque(maxlen=buckets)  # [slice start, model seconds, events]
+        self.last: float | None = None  # the last known value, kept through quiet periods
+
+    def _slice(self) -> list[float]:
+        now = self._clock()
+        if not self._slices or now - self._slices[-1][0] >= self._width:
+            self._slices.append([now, 0.0, 0.0])
+        return self._slices[-1]
+
+    def add_model_seconds(self, seconds: float) -> None:
+        self._slice()[1] += seconds
+
+    def add_events(self, n: int = 1) -> None:
+        self._slice()[2] += n
+
+    def per_event(self) -> float | None:
+        """Seconds per event over the window; the last known value when no event settled in it."""
+        horizon = self._clock() - self._width * (self._slices.maxlen or 1)
+        seconds = sum(s[1] for s in self._slices if s[0] >= horizon)
+        events = sum(s[2] for s in self._slices if s[0] >= horizon)
+        if events:
+            self.last = seconds / events
+        return self.last
 
 
 def lags_from_stats(raw: str) -> Iterator[tuple[str, int, int]]:

@@ -112,3 +112,13 @@ def test_a_variable_that_is_not_the_json_a_list_needs_is_a_configuration_error(m
     monkeypatch.setenv("SAFEGUARD_KAFKA__INPUT_TOPICS", "a,b")
     with pytest.raises(ConfigError, match="invalid environment variable"):
         load_settings(None)
+
+
+def test_static_membership_from_the_environment(monkeypatch) -> None:
+    """k8s/base sets SAFEGUARD_KAFKA__GROUP_INSTANCE_ID from the StatefulSet pod name."""
+    from streams.kafka.config import consumer_config
+
+    assert "group.instance.id" not in consumer_config(load_settings(None).kafka)
+    monkeypatch.setenv("SAFEGUARD_KAFKA__GROUP_INSTANCE_ID", "safeguard-consumer-3")
+    conf = consumer_config(load_settings(None).kafka)
+    assert conf["group.instance.id"] == "safeguard-consumer-3" and conf["group.id"] == "safeguard"

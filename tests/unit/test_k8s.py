@@ -18,6 +18,7 @@ CRD_REQUIRED = {  # schemas of CRDs are not bundled offline: check the fields th
     ("keda.sh/v1alpha1", "ScaledObject"): ["spec.scaleTargetRef.name", "spec.triggers"],
     ("keda.sh/v1alpha1", "TriggerAuthentication"): ["spec.secretTargetRef"],
     ("monitoring.coreos.com/v1", "PodMonitor"): ["spec.selector", "spec.podMetricsEndpoints"],
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
 }
 
 
@@ -59,7 +60,7 @@ def test_consumer_config_loads_with_our_settings_model(tmp_path: Path) -> None:
     path = tmp_path / "safeguard.yaml"
     path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
     settings = load_settings(path)
-    deployment = by_kind("Deployment", "safeguard-consumer")["spec"]["template"]["spec"]
+    deployment = by_kind("StatefulSet", "safeguard-consumer")["spec"]["template"]["spec"]
     assert deployment["terminationGracePeriodSeconds"] > settings.batching.drain_timeout_s
     container = deployment["containers"][0]
     assert container["ports"][0]["containerPort"] == settings.metrics.port
@@ -71,6 +72,11 @@ def test_consumer_config_loads_with_our_settings_model(tmp_path: Path) -> None:
     assert trigger["consumerGroup"] == settings.kafka.group_id
     assert trigger["topic"] in settings.kafka.input_topics
     assert scaled["spec"]["maxReplicaCount"] <= 12  # the input topic's partitions
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    work = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")["metadata"]["query"]
+    assert "safeguard_pending_work_seconds" in work and f'topic="{settings.kafka.input_topics[0]}"' in work
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SAFEGUARD_KAFKA__GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
 def test_the_escalation_deployment_runs_escalate_on_the_consumer_config(tmp_path: Path) -> None:
