@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 DEMO := $(VENV)/.installed-demo
 DEV := $(VENV)/.installed-dev
+VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
+IMAGE ?= ghcr.io/example/safeguard-streams:$(VERSION)
 
-.PHONY: demo test unit integration lint bench wheel-check clean k8s tools
+.PHONY: demo test unit integration lint bench wheel-check clean k8s tools image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,11 @@ wheel-check: $(DEV)
 # Regenerate the policies ConfigMap from policies/ (a test fails when it is stale).
 k8s: $(DEV)
 	$(BIN)/safeguard --log-level warning policies configmap policies > k8s/base/policies.yaml
+
+# The container image the k8s manifests run, built with buildah from a debootstrapped base (root, Debian),
+# then checked: the demo inside it as uid 10001 on a read-only root. docs/image.md.
+image:
+	IMAGE='$(IMAGE)' bash .ci/build-image
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -146,14 +146,21 @@ def _parser() -> argparse.ArgumentParser:
                        description="One run, one machine: embedded broker, simulated replicas (same profile, time "
                        "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade.")
     b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
-    b.add_argument("--time-scale", type=_positive_float, default=10.0, help="simulated GPU speed-up (default 10)")
+    b.add_argument("--time-scale", type=_positive_float,
+                   help="simulated GPU speed-up (default 10; 4 with --scale, so this machine's CPUs are not the limit)")
     b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
     b.add_argument("--replicas", type=_positive_int, default=1, help="simulated replicas (default 1)")
+    b.add_argument("--scale", action="store_true",
+                   help="scale-out instead: N consumer processes in one group x M replicas for several (N, M), "
+                   "with the capacity model's prediction beside each run (docs/scale.md)")
+    b.add_argument("--runs", type=_scale_runs, metavar="NxM[xP],...",
+                   help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
     b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     b.set_defaults(func=_cmd_bench)
 
-    from streams.cli import evaluation, policies, prefilter
+    from streams.cli import capacity, evaluation, policies, prefilter
 
+    capacity.add_command(sub, _emit_json)
     evaluation.add_command(sub, _emit_json)
     policies.add_commands(sub)
     prefilter.add_commands(sub, _emit_json)
@@ -172,6 +179,20 @@ def _positive_float(v: str) -> float:
     if x <= 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return x
+
+
+def _scale_runs(v: str) -> list[tuple[int, int, int]]:
+    runs = []
+    for part in v.split(","):
+        nums = part.strip().lower().split("x")
+        try:
+            n, m, p = (int(x) for x in (nums + ["12"])[:3]) if len(nums) in (2, 3) else (0, 0, 0)
+        except ValueError:
+            n = m = p = 0
+        if min(n, m, p) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r} is not CONSUMERSxREPLICAS[xPARTITIONS] (e.g. 2x2 or 4x4x2)")
+        runs.append((n, m, p))
+    return runs
 
 
 def _rate(v: str) -> float:
@@ -209,8 +230,8 @@ def _cmd_escalate(args: argparse.Namespace) -> int:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     from streams.devtools.sim.answers import AnswerKey
-    from streams.devtools.sim.profiles import PROFILES
     from streams.devtools.sim.server import Faults, SimConfig, serve
+    from streams.ops.profiles import PROFILES
 
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
@@ -304,13 +325,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streams.devtools.bench.runner import run_bench
-    from streams.devtools.sim.profiles import PROFILES
+    from streams.ops.profiles import PROFILES
 
     if args.profile not in PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
     err = Console(stderr=True)
-    result = run_bench(quick=args.quick, time_scale=args.time_scale, profile=args.profile, replicas=args.replicas,
-                       progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.runs and not args.scale:
+        raise ConfigError("--runs goes with --scale")
+    if args.scale:
+        return _bench_scale(args, err)
+    result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
+                       replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
     if args.json:
         _emit_json(result)
         return 0
@@ -324,6 +349,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                                             "cpu_us_per_event")))
     con.print(table)
     con.print(result["ratios"], highlight=False)
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace, err: Console) -> int:
+    from streams.devtools.bench.scale import run_scale
+
+    result = run_scale(quick=args.quick, time_scale=args.time_scale or 4.0, profile=args.profile, runs=args.runs,
+                       progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.json:
+        _emit_json(result)
+        return 0
+    table = Table(title=f"safeguard bench --scale (time scale {result['time_scale']:g}, one replica "
+                  f"{result['replica_events_per_s']:g} events/s)")
+    for col in ("consumers", "replicas", "partitions", "events", "events/s", "x 1x1", "utilisation", "p99 s",
+                "predicted", "error"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(*(str(r.get(k, "")) for k in ("consumers", "replicas", "partitions", "events", "events_per_s",
+                                                    "vs_1x1", "utilisation", "p99_s", "predicted_events_per_s")),
+                      f"{r['prediction_error']:+.1%}")
+    Console().print(table)
     return 0
 
 

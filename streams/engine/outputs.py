@@ -88,6 +88,9 @@ class Outputs:
         self._dlq_log = RateLimitedLog(log, 1.0)
         self._actions = actions if actions is not None and actions.topic else None
         self._decision_count = Children(metrics.decisions)
+        if self._actions is not None:  # every action at 0 from the start: rate() == 0 alerts need a series
+            for action in {self._actions.default, self._actions.on_error, *(r.action for r in self._actions.rules)}:
+                self._decision_count(action)
 
     def build(self, work: Work) -> None:
         """Append the event's records to ``work.records``: its labels and dead letters, then (with

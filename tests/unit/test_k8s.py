@@ -89,7 +89,7 @@ def test_the_escalation_deployment_runs_escalate_on_the_consumer_config(tmp_path
     check_rules(settings.actions, [p.stem for p in (ROOT / "policies").glob("*.md")])  # rules name real policies
     pod = by_kind("Deployment", "safeguard-escalate")["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"][:2] == ["safeguard", "escalate"] and "/etc/safeguard/safeguard.yaml" in container["args"]
+    assert container["args"][:1] == ["escalate"] and "/etc/safeguard/safeguard.yaml" in container["args"]
     assert container["ports"][0]["containerPort"] == settings.metrics.port
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
 

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from streams.inference.prompt import build_request
+from streams.ops.capacity import STEADY_SHARE
 from streams.policy.model import Policy, load_policy
 
 
@@ -53,7 +54,17 @@ def summary(n: int, elapsed: float, latencies: list[float], done_at: list[float]
     lat, e2e = sorted(latencies), sorted(done_at)
     return {"events": n, "elapsed_s": round(elapsed, 3), "events_per_s": round(n / elapsed, 2),
             "p50_s": round(percentile(lat, 0.50), 3), "p99_s": round(percentile(lat, 0.99), 3),
-            "e2e_p50_s": round(percentile(e2e, 0.50), 3), "e2e_p99_s": round(percentile(e2e, 0.99), 3)}
+            "e2e_p50_s": round(percentile(e2e, 0.50), 3), "e2e_p99_s": round(percentile(e2e, 0.99), 3),
+            "steady_events_per_s": round(steady_rate(done_at), 2)}
+
+
+def steady_rate(done: list[float]) -> float:
+    """Completions per second over the middle ``STEADY_SHARE`` of the sorted completion times."""
+    done = sorted(done)
+    edge = (1 - STEADY_SHARE) / 2
+    lo, hi = int(len(done) * edge), int(len(done) * (1 - edge)) - 1
+    span = done[hi] - done[lo]
+    return (hi - lo) / span if span > 0 else 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -43,10 +43,10 @@ from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate
 from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
-from streams.devtools.sim.profiles import PROFILES
 from streams.errors import FatalError
 from streams.inference.replicas.client import root_url, sum_samples
 from streams.kafka.logs import LIBRDKAFKA_LOG
+from streams.ops.profiles import PROFILES
 
 
 def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-safeguard-20b@h100",

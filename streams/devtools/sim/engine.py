@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.devtools.sim.profiles import Profile
+from streams.ops.profiles import Profile
 
 BLOCK = 16
 _EPS = 1e-9

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from streams.devtools.sim.answers import Answer, AnswerKey, policy_examples
 from streams.devtools.sim.engine import BatchEngine, SimRequest
-from streams.devtools.sim.profiles import Profile
+from streams.ops.profiles import Profile
 
 log = logging.getLogger(__name__)
 

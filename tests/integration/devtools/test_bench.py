@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams.devtools.bench import workload
 from streams.devtools.bench.runner import _Bench
-from streams.devtools.sim.profiles import DEFAULT_PROFILE, PROFILES
 from streams.errors import FatalError
+from streams.ops.profiles import DEFAULT_PROFILE, PROFILES
 
 PROFILE = PROFILES[DEFAULT_PROFILE]
 

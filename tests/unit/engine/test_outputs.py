@@ -93,3 +93,18 @@ def test_one_policy_failing_dead_letters_that_policy_and_labels_the_others() -> 
     [(t1, _label), (t2, letter)] = decoded(w)
     assert (t1, t2) == ("labels", "dlq")
     assert (letter["policy_id"], letter["attempts"], letter["event_id"]) == ("spam-v2", 5, "e")
+
+
+def test_every_configured_action_is_exported_at_zero_before_any_decision() -> None:
+    """The DecisionsStalled alert compares rate(safeguard_decisions_total) with 0: without a series
+    per action from the start, a consumer that never decides would never fire it."""
+    from streams.config import ActionRule, ActionSettings
+
+    metrics = build_metrics()
+    actions = ActionSettings(topic="decisions", default="allow", on_error="review",
+                             rules=[ActionRule(policy="spam", violation=True, action="remove")])
+    Outputs(KAFKA, OutputSettings(), Encoder(OutputSettings(), SchemaRegistrySettings()), metrics, model="m",
+            default_effort="low", actions=actions)
+    exported = {s.labels["action"]: s.value for m in metrics.registry.collect() if m.name == "safeguard_decisions"
+                for s in m.samples if s.name == "safeguard_decisions_total"}
+    assert exported == {"allow": 0.0, "review": 0.0, "remove": 0.0}

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from streams.devtools.sim.engine import BLOCK, BatchEngine, SimRequest
-from streams.devtools.sim.profiles import PROFILES
+from streams.ops.profiles import PROFILES
 
 P20 = PROFILES["gpt-oss-safeguard-20b@h100"]
 

@@ -14,8 +14,8 @@ import random
 from dataclasses import replace
 
 from streams.devtools.sim.engine import BatchEngine, SimRequest
-from streams.devtools.sim.profiles import PROFILES, Profile
 from streams.inference.replicas.adaptive import AimdLimit
+from streams.ops.profiles import PROFILES, Profile
 
 P20 = PROFILES["gpt-oss-safeguard-20b@h100"]
 
