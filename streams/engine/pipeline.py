@@ -25,6 +25,7 @@ memory, the local queue or an outage says so; the loop keeps calling ``consume``
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -287,13 +288,13 @@ class Pipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        self._on_loop(self._revoke(keys))
+        self._on_loop(self._revoke(keys), f"revoke of {_fmt(partitions)}")
         self._unassigned(keys)
         log.info("revoked partitions=%s", _fmt(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        self._on_loop(self._lose(keys))
+        self._on_loop(self._lose(keys), f"loss of {_fmt(partitions)}")
         self._unassigned(keys)
         log.warning("lost partitions=%s (not committed)", _fmt(partitions))
 
@@ -307,12 +308,22 @@ class Pipeline:
             with contextlib.suppress(KeyError):
                 self._metrics.pending_work.remove(topic)
 
-    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+    # How long a rebalance callback waits for the loop to finish its part. Past it the rebalance goes on
+    # (the loop's part still completes later): a callback that raised would stop the consumer.
+    callback_bound_s = 60.0
+
+    def _on_loop(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         assert self._loop is not None
         if not self._loop.is_running():
             coro.close()
             return
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            future.result(timeout=self.callback_bound_s)
+        except concurrent.futures.TimeoutError:
+            log.error("%s did not finish within %g s (the loop was blocked: a commit or flush waiting on the "
+                      "broker); the rebalance goes on without it, and the next owner labels any event it did not "
+                      "see committed again", what, self.callback_bound_s)
 
     async def _revoke(self, keys: list[TopicPartitionKey]) -> None:
         assert self._consumer is not None

@@ -15,8 +15,9 @@ pipeline's event-loop thread and share one :class:`Ledger`.
      settles, so nothing at or after it is committed.
   3. Settled events advance their partition's contiguous low watermark (:class:`Ledger`): one slow
      event holds the watermark, never lets it skip.
-  4. Watermarks are committed every ``batching.commit_interval_s``, on revoke (synchronously, for
-     the revoked partitions) and on shutdown.
+  4. Watermarks are committed every ``batching.commit_interval_s``, on revoke (for the revoked
+     partitions, after a bounded flush; sent without waiting, as the rebalance waits on the
+     callback) and on shutdown (synchronously).
   A crash re-delivers everything after the last commit: duplicates (same ``label_id``), never a gap.
 
 **Exactly-once** (:class:`ExactlyOnce`, ``delivery: exactly_once``):

@@ -113,7 +113,12 @@ class AtLeastOnce(Delivery):
 
     def revoke(self, keys: list[TopicPartitionKey], consumer: Consumer) -> None:
         self._producer.flush(self.flush_timeout_s)  # acknowledgements of the revoked partitions' records settle them
-        self._commit(consumer, self.ledger.take_commits(keys), asynchronous=False)
+        # Asynchronous: the rebalance waits for this callback, and a synchronous commit issued inside
+        # it was seen to wait on the rebalance in turn (a loaded CI box, the embedded broker) until the
+        # callback's own bound broke the deadlock. Sent now, it reaches the coordinator ahead of this
+        # member's next JoinGroup on the same connection, so the next owner normally starts after it;
+        # if it is lost, the next owner labels those events again (duplicates, never a gap).
+        self._commit(consumer, self.ledger.take_commits(keys), asynchronous=True)
         self.ledger.drop(keys)
 
     def close(self, consumer: Consumer, deadline: float, *, commit: bool) -> None:

@@ -233,3 +233,26 @@ async def test_the_lag_of_a_partition_that_left_is_not_reported_any_more() -> No
     await run(s, [FakeMessage("in", 0, 0, event("e0", "hi"))], delivery, FakePool(answer), [("in", 0)],
               metrics=metrics)
     assert metrics.registry.get_sample_value("safeguard_consumer_lag", {"topic": "in", "partition": "0"}) is None
+
+
+async def test_a_revoke_the_loop_cannot_finish_in_time_is_logged_and_the_rebalance_goes_on(caplog: Any) -> None:
+    """A rebalance callback waits for the loop's part of a revoke at most ``callback_bound_s``: a loop
+    held up longer (a commit waiting on the very rebalance that waits on the callback) is a logged
+    error, and the consumer carries on instead of dying of the timeout raised inside consume()."""
+    import time
+
+    class StuckRevoke(AtLeastOnce):
+        def revoke(self, keys: Any, consumer: Any) -> None:
+            time.sleep(0.5)  # the loop blocked, as by a synchronous call into the broker
+            super().revoke(keys, consumer)
+
+    def bound(pipeline: Any) -> None:
+        pipeline.callback_bound_s = 0.1
+
+    s = settings()
+    client = FakeClient()
+    delivery = StuckRevoke(Ledger(), output_producer(client), commit_interval_s=0.0)
+    await run(s, [FakeMessage("in", 0, 0, event("e0", "hi"))], delivery, FakePool(answer), [("in", 0)],
+              started=bound)
+    assert "revoke of in[0] did not finish within 0.1 s" in caplog.text
+    assert [lab["event_id"] for lab in outputs(client, s.kafka.labels_topic)] == ["e0"]
