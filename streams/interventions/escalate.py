@@ -17,10 +17,10 @@ Exactly one escalation per (actor, policy, window), under faust's at-least-once 
 - a label read twice (a restart, a rebalance, a duplicate label) counts once: a tally holds the
   label ids it counted;
 - every write a label causes is on the broker before faust may consider the label processed: the
-  forwarded ticket is awaited until acknowledged, and so is the tally's changelog record (a
-  producer flush after each write). faust's own commit flushes its producer first too, but its
-  buffer's flush gives up after 0.1 s without progress and a failed send is only logged, so we
-  do not rely on it. What was not committed is read again, and counts once;
+  forwarded ticket is awaited until acknowledged, and so is the tally's changelog record (its
+  send's future, captured from the table, awaited after each write). faust's own flushes are not
+  enough: its buffer's flush gives up after 0.1 s without progress, and a failed send is only
+  logged. What was not committed is read again, and counts once;
 - the escalation is acknowledged before its tally says "escalated". A crash between the two reads
   the label again and escalates again under the same deterministic ``escalation_id`` (the only
   possible duplicate, and one a reader dedupes by id); a crash before the escalation was
@@ -182,6 +182,18 @@ class EscalationApp:
         self.out = self.app.topic(e.topic, key_serializer="raw", value_serializer="raw")
         self.tallies = self.app.Table("tallies", default=dict, partitions=self.partitions).tumbling(
             e.window_s, expires=2 * e.window_s).relative_to_field(Ticket.ts)  # type: ignore[arg-type]
+        # Every changelog record the table sends, so that a ticket is done only once they are
+        # acknowledged (see _changelog_acked).
+        self._changelog_sent: list[Any] = []
+        table = self.tallies.table
+        send_changelog = table.send_changelog
+
+        def sent_changelog(*args: Any, **kwargs: Any) -> Any:
+            fut = send_changelog(*args, **kwargs)
+            self._changelog_sent.append(fut)
+            return fut
+
+        table.send_changelog = sent_changelog  # type: ignore[method-assign]
         self._decode = label_reader(settings, k.labels_topic)
         self._encode = Encoder(settings.output, settings.schema_registry).encode
         self._policies = set(e.policies)
@@ -235,7 +247,18 @@ class EscalationApp:
                 self.tallies[key] = escalated(counted.state)
             else:
                 self.tallies[key] = counted.state
-            await self.app.producer.flush()  # the changelog write on the broker before the ticket is done
+            await self._changelog_acked()  # the changelog write on the broker before the ticket is done
+
+    async def _changelog_acked(self) -> None:
+        """Wait until the broker has acknowledged the changelog records this ticket wrote. faust's
+        ``producer.flush()`` is not enough: its buffer stops waiting after 0.1 s without a message
+        sent, and a record its sender task already holds is in neither the buffer nor the client yet,
+        so under load the flush returned with the write still unsent; a SIGKILL then lost a tally
+        whose ticket was already committed (a CI run missed at least 39 of 300 escalations)."""
+        sent, self._changelog_sent = self._changelog_sent, []
+        await self.app.producer.flush()  # hand what is buffered to the client now rather than later
+        for fut in sent:
+            await fut  # resolved by the client's delivery report: on the broker
 
     async def _escalate(self, ticket: Ticket, state: dict[str, Any]) -> None:
         e = self.settings.escalation

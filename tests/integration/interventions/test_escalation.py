@@ -133,3 +133,35 @@ def test_sigkill_mid_window_then_restart_loses_no_escalation(kafka_bootstrap, to
     assert all(len(v) == 1 for v in ids.values())  # a duplicate only ever repeats its id
     print(f"\nescalation SIGKILL: {len(before)} escalations before the kill, {len(found)} records after the "
           f"restart for {len(ids)} (actor, policy, window) keys, {len(found) - len(ids)} duplicates (same id)")
+
+
+async def test_a_ticket_is_done_only_once_its_changelog_record_is_acknowledged(kafka_bootstrap, topics,
+                                                                               tmp_path) -> None:
+    """faust's producer.flush() can return with a table write still unsent (its buffer stops waiting
+    after 0.1 s, and the record its sender task holds is in no queue): the tally agent waits for the
+    changelog record's own future instead. Here the flush is a no-op and the record's delivery is
+    held back: the wait must last until the record is acknowledged."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.interventions.escalate import EscalationApp, EscalationMetrics
+
+    names = escalation_topics(kafka_bootstrap, topics)
+    settings = load_settings(escalation_config(tmp_path, kafka_bootstrap, names, ["http://127.0.0.1:9/v1"]))
+    service = EscalationApp(settings, EscalationMetrics(CollectorRegistry()), datadir=str(tmp_path))
+    delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    table = service.tallies.table
+    table.changelog_topic.send_soon = lambda **kwargs: delivered  # the record, not yet acknowledged
+
+    async def flush_that_gives_up() -> None:
+        return None
+
+    service.app.producer.flush = flush_that_gives_up  # type: ignore[method-assign]
+    table.send_changelog(0, b"actor\x1fspam", {"ids": ["l1"]})  # what a table write does
+    done = asyncio.create_task(service._changelog_acked())
+    await asyncio.sleep(0.3)
+    assert not done.done(), "the ticket was done before its changelog record was acknowledged"
+    delivered.set_result(None)
+    await asyncio.wait_for(done, 5)
+    assert service._changelog_sent == []
