@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams import __version__
+from streams.cli.args import positive_float, positive_int, rate
 from streams.cli.replicas import add_replica_options, replica_settings
 from streams.errors import ConfigError, FatalError, PoisonError, RetryableError
 
@@ -68,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Start an embedded Kafka-compatible broker and K simulated replicas, "
                        "produce N sample events, label them all, print the labels and a summary, tear down. "
                        "No GPU, no Docker. Exit 0 only if every event got a label for every routed policy.")
-    d.add_argument("--events", type=_positive_int, default=300, help="events to produce (default 300)")
-    d.add_argument("--replicas", type=_positive_int, default=2, help="simulated replicas (default 2)")
-    d.add_argument("--time-scale", type=_positive_float, default=20.0,
+    d.add_argument("--events", type=positive_int, default=300, help="events to produce (default 300)")
+    d.add_argument("--replicas", type=positive_int, default=2, help="simulated replicas (default 2)")
+    d.add_argument("--time-scale", type=positive_float, default=20.0,
                    help="simulated GPU time runs this many times faster than real time (default 20)")
     d.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
     d.add_argument("--cascade", action="store_true",
@@ -84,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                        "Config from --config (YAML) overridden by SAFEGUARD_<SECTION>__<KEY> variables. "
                        "SIGTERM drains in-flight work, commits and exits 0.")
     r.add_argument("--config", type=Path, help="YAML config file (docs/configuration.md)")
-    r.add_argument("--until-idle", type=_positive_float, metavar="SECONDS",
+    r.add_argument("--until-idle", type=positive_float, metavar="SECONDS",
                    help="exit 0 once no input arrived for SECONDS (after assignment) and all is committed")
     r.set_defaults(func=_cmd_run)
 
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                        "escalation.threshold on escalation.topic. Counts survive restarts and rebalances; run it "
                        "as its own Deployment (docs/interventions.md). SIGTERM commits and exits 0.")
     x.add_argument("--config", type=Path, help="YAML config file (the consumer's: kafka, output, escalation)")
-    x.add_argument("--until-idle", type=_positive_float, metavar="SECONDS",
+    x.add_argument("--until-idle", type=positive_float, metavar="SECONDS",
                    help="exit 0 once no label arrived for SECONDS (after recovery) and all is committed")
     x.set_defaults(func=_cmd_escalate)
 
@@ -108,10 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="gpt-oss-safeguard-20b@h100",
                    help="gpt-oss-safeguard-20b@h100 (default) or gpt-oss-safeguard-120b@h100")
     s.add_argument("--model", help="served model name (default: the profile's model)")
-    s.add_argument("--time-scale", type=_positive_float, default=1.0, help="run X times faster than the GPU")
+    s.add_argument("--time-scale", type=positive_float, default=1.0, help="run X times faster than the GPU")
     s.add_argument("--answer-key", type=Path, help='JSONL {"text", "label": 0|1, "category", "policy"?}')
-    s.add_argument("--max-num-seqs", type=_positive_int, help="override the profile's running-sequence cap")
-    s.add_argument("--max-model-len", type=_positive_int,
+    s.add_argument("--max-num-seqs", type=positive_int, help="override the profile's running-sequence cap")
+    s.add_argument("--max-model-len", type=positive_int,
                    help="override the profile's context length in tokens (longer prompts get vLLM's HTTP 400)")
     s.add_argument("--reasoning-field", choices=["reasoning", "reasoning_content"], default="reasoning",
                    help="response field for chain of thought (reasoning_content mimics older vLLM)")
@@ -119,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, what in (("error-rate", "HTTP 500 answers"), ("timeout-rate", "requests that never answer"),
                        ("malformed-rate", "final answers that are not a verdict"),
                        ("truncate-rate", "answers cut off during reasoning (finish_reason=length)")):
-        s.add_argument(f"--{name}", type=_rate, default=0.0, help=f"fraction of {what} (0..1)")
+        s.add_argument(f"--{name}", type=rate, default=0.0, help=f"fraction of {what} (0..1)")
     s.set_defaults(func=_cmd_sim)
 
     c = sub.add_parser("classify", help="one content item against one policy",
@@ -142,64 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--exec", dest="run", action="store_true", help="run it instead of printing it")
     sv.set_defaults(func=_cmd_serve)
 
-    b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
-                       description="One run, one machine: embedded broker, simulated replicas (same profile, time "
-                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade.")
-    b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
-    b.add_argument("--time-scale", type=_positive_float,
-                   help="simulated GPU speed-up (default 10; 4 with --scale, so this machine's CPUs are not the limit)")
-    b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
-    b.add_argument("--replicas", type=_positive_int, default=1, help="simulated replicas (default 1)")
-    b.add_argument("--scale", action="store_true",
-                   help="scale-out instead: N consumer processes in one group x M replicas for several (N, M), "
-                   "with the capacity model's prediction beside each run (docs/scale.md)")
-    b.add_argument("--runs", type=_scale_runs, metavar="NxM[xP],...",
-                   help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
-    b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    b.set_defaults(func=_cmd_bench)
+    from streams.cli import bench, capacity, evaluation, policies, prefilter
 
-    from streams.cli import capacity, evaluation, policies, prefilter
-
+    bench.add_command(sub, _emit_json)
     capacity.add_command(sub, _emit_json)
     evaluation.add_command(sub, _emit_json)
     policies.add_commands(sub)
     prefilter.add_commands(sub, _emit_json)
     return p
-
-
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return n
-
-
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if x <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
-
-
-def _scale_runs(v: str) -> list[tuple[int, int, int]]:
-    runs = []
-    for part in v.split(","):
-        nums = part.strip().lower().split("x")
-        try:
-            n, m, p = (int(x) for x in (nums + ["12"])[:3]) if len(nums) in (2, 3) else (0, 0, 0)
-        except ValueError:
-            n = m = p = 0
-        if min(n, m, p) < 1:
-            raise argparse.ArgumentTypeError(f"{part!r} is not CONSUMERSxREPLICAS[xPARTITIONS] (e.g. 2x2 or 4x4x2)")
-        runs.append((n, m, p))
-    return runs
-
-
-def _rate(v: str) -> float:
-    x = float(v)
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return x
 
 
 def _emit_json(doc: dict[str, Any]) -> None:
@@ -321,56 +272,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise FatalError("vllm is not installed here; pip install 'safeguard-streams[vllm]' on a GPU machine")
     os.execv(binary, cmd)  # noqa: S606 - replacing this process with vllm is the point
     return 0  # pragma: no cover
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from streams.devtools.bench.runner import run_bench
-    from streams.ops.profiles import PROFILES
-
-    if args.profile not in PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
-    err = Console(stderr=True)
-    if args.runs and not args.scale:
-        raise ConfigError("--runs goes with --scale")
-    if args.scale:
-        return _bench_scale(args, err)
-    result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
-                       replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
-    if args.json:
-        _emit_json(result)
-        return 0
-    con = Console()
-    table = Table(title="safeguard bench")
-    for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
-        table.add_column(col, justify="right" if col != "mode" else "left")
-    for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
-        r = result[mode]
-        table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s", "e2e_p99_s",
-                                                            "cpu_us_per_event")))
-    con.print(table)
-    con.print(result["ratios"], highlight=False)
-    return 0
-
-
-def _bench_scale(args: argparse.Namespace, err: Console) -> int:
-    from streams.devtools.bench.scale import run_scale
-
-    result = run_scale(quick=args.quick, time_scale=args.time_scale or 4.0, profile=args.profile, runs=args.runs,
-                       progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
-    if args.json:
-        _emit_json(result)
-        return 0
-    table = Table(title=f"safeguard bench --scale (time scale {result['time_scale']:g}, one replica "
-                  f"{result['replica_events_per_s']:g} events/s)")
-    for col in ("consumers", "replicas", "partitions", "events", "events/s", "x 1x1", "utilisation", "p99 s",
-                "predicted", "error"):
-        table.add_column(col, justify="right")
-    for r in result["runs"]:
-        table.add_row(*(str(r.get(k, "")) for k in ("consumers", "replicas", "partitions", "events", "events_per_s",
-                                                    "vs_1x1", "utilisation", "p99_s", "predicted_events_per_s")),
-                      f"{r['prediction_error']:+.1%}")
-    Console().print(table)
-    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

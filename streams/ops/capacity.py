@@ -21,12 +21,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streams.ops.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from streams.ops.profiles import (
+    COMBINED_REASONING_SHARE,
+    DEFAULT_PROFILE,
+    HARMONY_OVERHEAD_TOKENS,
+    PROFILES,
+    Profile,
+)
 
-CHARS_PER_TOKEN = 4.0  # o200k on English text; the simulator counts tokens the same way
-HARMONY_OVERHEAD_TOKENS = 64  # system header and role tokens around the policy
 PREFIX_BLOCK = 16  # vLLM caches prefixes in whole blocks: the policy's partial last block is prefilled
-COMBINED_REASONING_SHARE = 0.8  # one combined request reasons 80% of the per-policy sum (assumed)
 STEADY_SHARE = 0.8  # the bench's events/s is taken over the middle 80% of completions
 
 

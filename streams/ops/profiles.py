@@ -44,6 +44,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Token accounting shared by the simulator and the capacity model.
+HARMONY_OVERHEAD_TOKENS = 64  # system header (identity, dates, effort, channels) and role tokens
+CHARS_PER_TOKEN = 4.0  # o200k averages ~4 characters per token on English text
+# [U] assumption: a combined request reads the content once and still reasons about each policy:
+# 80% of the sum of the per-policy reasoning lengths. The real ratio is not published.
+COMBINED_REASONING_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class Profile:

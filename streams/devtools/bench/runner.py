@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import yaml
@@ -41,10 +39,10 @@ from confluent_kafka import Producer
 
 from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate
+from streams.devtools.bench.probes import model_requests, prefix_cache_tokens, proc_cpu, read_line
 from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
-from streams.inference.replicas.client import root_url, sum_samples
 from streams.kafka.logs import LIBRDKAFKA_LOG
 from streams.ops.profiles import PROFILES
 
@@ -161,7 +159,7 @@ class _Bench:
             assert proc.stdout is not None
             out, problem = "", ""
             try:
-                if warmup and _read_line(proc.stdout, time.monotonic() + 120) != "warm":
+                if warmup and read_line(proc.stdout, time.monotonic() + 120) != "warm":
                     problem = f"the {warmup} warm-up events were not labelled"
                 else:
                     if when_warm is not None:
@@ -341,11 +339,11 @@ class _Bench:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise FatalError(f"faust worker did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.2)
-            cpu0 = _proc_cpu(proc.pid)
+            cpu0 = proc_cpu(proc.pid)
             t0 = time.time()
             self._produce(names["input"], items)
             msgs = self._read(names["labels"], len(items), timeout_s=900)
-            cpu = _proc_cpu(proc.pid) - cpu0
+            cpu = proc_cpu(proc.pid) - cpu0
         finally:
             proc.terminate()
             try:
@@ -367,41 +365,3 @@ class _Bench:
         if len(out) < n:
             raise FatalError(f"only {len(out)} of {n} outputs arrived on {topic}")
         return out
-
-
-def model_requests(urls: list[str]) -> float:
-    """Chat completions the replicas have answered so far, summed over replicas (their ``/metrics``)."""
-    name = "vllm:e2e_request_latency_seconds_count"
-    total = 0.0
-    for url in urls:
-        with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
-            total += sum_samples(resp.read().decode(), name).get(name, 0.0)
-    return total
-
-
-def prefix_cache_tokens(urls: list[str]) -> tuple[float, float]:
-    """(hits, queries) of the replicas' prefix cache so far, in prompt tokens, summed over replicas."""
-    hits = queries = 0.0
-    for url in urls:
-        with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:  # noqa: S310 - our replicas
-            sums = sum_samples(resp.read().decode(), _HITS, _QUERIES)
-        hits += sums.get(_HITS, 0.0)
-        queries += sums.get(_QUERIES, 0.0)
-    return hits, queries
-
-
-_HITS, _QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of another process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _read_line(stream: IO[str], deadline: float) -> str:
-    """One line from a child's pipe, or "" when it closes or the deadline passes."""
-    while (left := deadline - time.monotonic()) > 0:
-        if select.select([stream], [], [], left)[0]:
-            return stream.readline().strip()
-    return ""

@@ -34,12 +34,13 @@ import yaml
 
 from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate, steady_rate
-from streams.devtools.bench.runner import _Bench, _proc_cpu
+from streams.devtools.bench.probes import proc_cpu
+from streams.devtools.bench.runner import _Bench
 from streams.devtools.broker import EmbeddedBroker
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
-from streams.ops.capacity import CHARS_PER_TOKEN, STEADY_SHARE, Workload, predict_run
-from streams.ops.profiles import PROFILES
+from streams.ops.capacity import STEADY_SHARE, Workload, predict_run
+from streams.ops.profiles import CHARS_PER_TOKEN, PROFILES
 
 # (consumers, replicas, partitions): the baseline, linear growth (12 partitions divide evenly among
 # 1-4 consumers), each bound in turn: in-flight (1x2), replicas (2x1), partitions (4x4x2), and
@@ -128,12 +129,12 @@ class _Group:
                 assert proc.stdout is not None
                 threading.Thread(target=self._follow, args=(i, proc.stdout), daemon=True).start()
             self._settle(procs, logs)
-            cpu0, machine0 = sum(_proc_cpu(p.pid) for p in procs), _machine_cpu()
+            cpu0, machine0 = sum(proc_cpu(p.pid) for p in procs), _machine_cpu()
             items = workload.events(n, prefix=f"s{self.n_consumers}")
             t0 = time.time()
             self.bench._produce(names["input"], items)
             labels = self.bench._read(names["labels"], n, timeout_s=600)
-            cpu = sum(_proc_cpu(p.pid) for p in procs) - cpu0
+            cpu = sum(proc_cpu(p.pid) for p in procs) - cpu0
             busy, total = (a - b for a, b in zip(_machine_cpu(), machine0, strict=True))
             with self.lock:
                 moved = time.monotonic() - self.changed

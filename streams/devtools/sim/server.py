@@ -32,13 +32,10 @@ from prometheus_client.registry import Collector
 
 from streams.devtools.sim.answers import Answer, AnswerKey, policy_examples
 from streams.devtools.sim.engine import BatchEngine, SimRequest
-from streams.ops.profiles import Profile
+from streams.ops.profiles import CHARS_PER_TOKEN, COMBINED_REASONING_SHARE, HARMONY_OVERHEAD_TOKENS, Profile
 
 log = logging.getLogger(__name__)
 
-HARMONY_OVERHEAD_TOKENS = 64  # system header (identity, dates, effort, channels) and role tokens
-CHARS_PER_TOKEN = 4.0  # o200k averages ~4 characters per token on English text
-COMBINED_REASONING_SHARE = 0.8
 _COMBINED = re.compile(r"^=== POLICY (\S+) ===$", re.MULTILINE)
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)

@@ -10,7 +10,6 @@ import pytest
 
 from streams.devtools.sim.engine import BatchEngine, SimRequest
 from streams.ops.capacity import (
-    HARMONY_OVERHEAD_TOKENS,
     Workload,
     from_bench,
     model_requests_per_s,
@@ -18,7 +17,7 @@ from streams.ops.capacity import (
     predict_run,
     replica_rate,
 )
-from streams.ops.profiles import PROFILES
+from streams.ops.profiles import HARMONY_OVERHEAD_TOKENS, PROFILES
 
 
 def engine_throughput(w: Workload, *, concurrency: int, n: int = 6000, seed: int = 3) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.devtools.bench.runner import prefix_cache_tokens
+from streams.devtools.bench.probes import prefix_cache_tokens
 from streams.policy.model import load_policies
 from tests.integration.helpers import ROOT
 

@@ -1,0 +1,95 @@
+"""``safeguard bench``: the benchmark modes, and ``--scale`` (consumers x replicas)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from streams.cli.args import positive_float, positive_int
+from streams.errors import ConfigError
+
+
+def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
+    b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
+                       description="One run, one machine: embedded broker, simulated replicas (same profile, time "
+                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade.")
+    b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
+    b.add_argument("--time-scale", type=positive_float,
+                   help="simulated GPU speed-up (default 10; 4 with --scale, so this machine's CPUs are not the limit)")
+    b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
+    b.add_argument("--replicas", type=positive_int, default=1, help="simulated replicas (default 1)")
+    b.add_argument("--scale", action="store_true",
+                   help="scale-out instead: N consumer processes in one group x M replicas for several (N, M), "
+                   "with the capacity model's prediction beside each run (docs/scale.md)")
+    b.add_argument("--runs", type=_scale_runs, metavar="NxM[xP],...",
+                   help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
+    b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    b.set_defaults(func=lambda args: _cmd_bench(args, emit_json))
+
+
+def _scale_runs(v: str) -> list[tuple[int, int, int]]:
+    runs = []
+    for part in v.split(","):
+        nums = part.strip().lower().split("x")
+        try:
+            n, m, p = (int(x) for x in (nums + ["12"])[:3]) if len(nums) in (2, 3) else (0, 0, 0)
+        except ValueError:
+            n = m = p = 0
+        if min(n, m, p) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r} is not CONSUMERSxREPLICAS[xPARTITIONS] (e.g. 2x2 or 4x4x2)")
+        runs.append((n, m, p))
+    return runs
+
+
+def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> int:
+    from streams.devtools.bench.runner import run_bench
+    from streams.ops.profiles import PROFILES
+
+    if args.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(PROFILES)}")
+    err = Console(stderr=True)
+    if args.runs and not args.scale:
+        raise ConfigError("--runs goes with --scale")
+    if args.scale:
+        return _bench_scale(args, err, emit_json)
+    result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
+                       replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.json:
+        emit_json(result)
+        return 0
+    con = Console()
+    table = Table(title="safeguard bench")
+    for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
+        table.add_column(col, justify="right" if col != "mode" else "left")
+    for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
+        r = result[mode]
+        table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s", "e2e_p99_s",
+                                                            "cpu_us_per_event")))
+    con.print(table)
+    con.print(result["ratios"], highlight=False)
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace, err: Console, emit_json: Callable[[Any], None]) -> int:
+    from streams.devtools.bench.scale import run_scale
+
+    result = run_scale(quick=args.quick, time_scale=args.time_scale or 4.0, profile=args.profile, runs=args.runs,
+                       progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.json:
+        emit_json(result)
+        return 0
+    table = Table(title=f"safeguard bench --scale (time scale {result['time_scale']:g}, one replica "
+                  f"{result['replica_events_per_s']:g} events/s)")
+    for col in ("consumers", "replicas", "partitions", "events", "events/s", "x 1x1", "utilisation", "p99 s",
+                "predicted", "error"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(*(str(r.get(k, "")) for k in ("consumers", "replicas", "partitions", "events", "events_per_s",
+                                                    "vs_1x1", "utilisation", "p99_s", "predicted_events_per_s")),
+                      f"{r['prediction_error']:+.1%}")
+    Console().print(table)
+    return 0
