@@ -153,8 +153,11 @@ class WorkRate:
     def per_event(self) -> float | None:
         """Seconds per event over the window; the last known value when no event settled in it."""
         horizon = self._clock() - self._width * (self._slices.maxlen or 1)
-        seconds = sum(s[1] for s in self._slices if s[0] >= horizon)
-        events = sum(s[2] for s in self._slices if s[0] >= horizon)
+        # A copy in one step: this runs in the consumer's statistics callback while the event loop's
+        # thread appends, and iterating the deque itself could meet "deque mutated during iteration".
+        slices = tuple(self._slices)
+        seconds = sum(s[1] for s in slices if s[0] >= horizon)
+        events = sum(s[2] for s in slices if s[0] >= horizon)
         if events:
             self.last = seconds / events
         return self.last
