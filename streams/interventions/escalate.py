@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streams.config import Settings
 from streams.errors import ConfigError, FatalError
+from streams.interventions import faust_fixes
 from streams.interventions.tally import count, escalated, event_time, rfc3339, window_start
 from streams.kafka.admin import require_topics
 from streams.ops.health import health_app, start_health_server
@@ -56,37 +57,7 @@ from streams.wire.events import escalation_id, utc_now
 
 log = logging.getLogger(__name__)
 
-
-def _patch_faust_commit_progress() -> None:
-    """Work around a faust-streaming 0.15 defect (found with the probe described in
-    docs/interventions.md). After a rebalance or a restart the fetcher can hand a stream some
-    messages twice, and the consumer's list of acknowledged offsets then holds duplicates, and
-    offsets below the committed one. Its commit logic takes the first run of consecutive offsets
-    from that list, so each commit moves on by one or two offsets: the group's committed offsets
-    fall behind for good, and every later restart reads far more again. Before the offset to commit
-    is computed, the duplicates and the already-committed offsets are dropped from the list.
-    Nothing else changes: an offset is still committed only once it and all before it are
-    acknowledged."""
-    from faust.transport.consumer import Consumer as FaustConsumer
-
-    original = FaustConsumer._new_offset
-    if getattr(original, "safeguard_patched", False):
-        return
-
-    def _new_offset(self: Any, tp: Any) -> int | None:
-        acked = self._acked[tp]
-        if acked:
-            committed = self._committed_offset[tp]
-            kept = sorted({o for o in acked if committed is None or o >= committed})
-            if len(kept) != len(acked):
-                acked[:] = kept
-        return original(self, tp)
-
-    _new_offset.safeguard_patched = True  # type: ignore[attr-defined]
-    FaustConsumer._new_offset = _new_offset  # type: ignore[method-assign]
-
-
-_patch_faust_commit_progress()
+faust_fixes.apply()  # before any app is built: docs/interventions.md
 
 
 class Ticket(faust.Record, serializer="json"):
@@ -296,18 +267,25 @@ class Progress:
         self._topics = topics
 
     def caught_up(self) -> bool:
+        return not self.behind()
+
+    def behind(self) -> list[str]:
+        """The partitions whose committed offset is short of the high watermark, as
+        ``topic[partition] committed/high`` (empty: caught up)."""
         from confluent_kafka import TopicPartition
 
+        out: list[str] = []
         for topic in self._topics:
             meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
             if meta is None or meta.error is not None:
-                return False
+                out.append(f"{topic}: {meta.error if meta is not None else 'not found'}")
+                continue
             parts = [TopicPartition(topic, p) for p in meta.partitions]
             for tp in self._consumer.committed(parts, timeout=10):
                 high = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
                 if high > 0 and tp.offset < high:
-                    return False
-        return True
+                    out.append(f"{topic}[{tp.partition}] {max(tp.offset, -1)}/{high}")
+        return out
 
     def close(self) -> None:
         self._consumer.close()
@@ -343,6 +321,7 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
         try:
             await app.start()
             recovered_at: float | None = None
+            reported = 0.0
             while not stop.is_set():
                 if app.should_stop or app.crashed:
                     raise FatalError(f"the escalation app stopped: {app.crash_reason or 'see the log'}")
@@ -351,9 +330,15 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
                     log.info("escalation service ready (tables recovered)")
                 if until_idle is not None and recovered_at is not None:
                     since = time.monotonic() - max(recovered_at, service.last_label)
-                    if since >= until_idle and await loop.run_in_executor(None, progress.caught_up):
-                        log.info("idle for %.1fs with everything read committed: exiting", until_idle)
-                        break
+                    if since >= until_idle:
+                        behind = await loop.run_in_executor(None, progress.behind)
+                        if not behind:
+                            log.info("idle for %.1fs with everything read committed: exiting", until_idle)
+                            break
+                        if time.monotonic() - reported >= 10:  # a replay that does not end says why
+                            reported = time.monotonic()
+                            log.info("idle for %.0fs but not caught up (committed/high watermark): %s", since,
+                                     ", ".join(behind))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.2)
         finally:

@@ -1,0 +1,122 @@
+"""Two faust-streaming 0.15 defects that lose or re-read labels, worked around in place.
+
+Both were found with probes on the real broker (docs/interventions.md, "faust-streaming on the
+broker") and each has an integration test that fails without its fix. ``apply()`` is idempotent;
+the escalation service calls it at import.
+
+1. **Seek after resume** (``Recovery.on_recovery_completed`` and ``Recovery._resume_streams``).
+   Once the tables are restored, faust resumes fetching the input partitions and only then seeks
+   them to the group's committed offsets. A fetch that runs while the seek is still under way
+   (the coordinator answers the offset request slowly, as under load) delivers records from
+   before the seek; the seek then rewinds the fetcher's read offset, the next record of the old
+   fetch looks like a jump past a hole in the log, and faust marks the "hole" as processed (its
+   gap tracking, meant for transaction markers and compacted offsets). The first labels after a
+   restart were committed without reaching an agent: 27 of 60 with a one-second seek, and a few
+   per run in CI. Fixed by holding the input partitions paused until the seek has finished (and by
+   keeping faust's set of active partitions from going empty meanwhile, see
+   ``_deferring_stream_resume``).
+2. **Commit progress** (``Consumer._new_offset``). After a rebalance or a restart the fetcher can
+   hand a stream some messages twice, and the consumer's list of acknowledged offsets then holds
+   duplicates, and offsets below the committed one. Its commit logic takes the first run of
+   consecutive offsets from that list, so each commit moves on by one or two offsets: the group's
+   committed offsets fall behind for good, and every later restart reads far more again. Before
+   the offset to commit is computed, the duplicates and the already-committed offsets are dropped
+   from the list. Nothing else changes: an offset is still committed only once it and all before
+   it are acknowledged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from faust.types import TP
+
+_MARK = "safeguard_patched"
+_HOLD = TP("safeguard-streams-hold", -1)  # in faust's active set while input partitions are held
+
+
+def apply() -> None:
+    """Install both fixes (once)."""
+    _seek_before_resume()
+    _commit_progress()
+
+
+def _seek_before_resume() -> None:
+    from faust.tables.recovery import Recovery
+
+    for name in ("on_recovery_completed", "_resume_streams"):
+        original = getattr(Recovery, name)
+        if getattr(original, _MARK, False):
+            continue
+        fixed = _deferring_stream_resume(original)
+        setattr(fixed, _MARK, True)
+        setattr(Recovery, name, fixed)
+
+
+def _deferring_stream_resume(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """``method`` with the consumer's resume of input (non-changelog) partitions held back until
+    its ``perform_seek`` has returned; if the method resumes them without seeking (an empty
+    assignment), they are resumed when it returns.
+
+    While they are held, faust's set of active partitions carries a partition of no topic. faust
+    passes that set, live, to aiokafka's ``fetched_records``, which reads an *empty* set as "every
+    partition": a fetch under way when the set emptied would hand back input records that faust
+    then drops as not active, after aiokafka had already moved its position past them (the labels
+    of a restart never read, and ``--until-idle`` waiting for ever). With the placeholder the set
+    is never empty, and aiokafka keeps input records buffered until the seek discards them."""
+
+    @functools.wraps(method)
+    async def run(self: Any, *args: Any, **kwargs: Any) -> None:
+        consumer = self.app.consumer
+        resume, seek = consumer.resume_partitions, consumer.perform_seek
+        held: set[Any] = set()
+        active = consumer._get_active_partitions()
+        active.add(_HOLD)
+
+        def resume_partitions(tps: Iterable[Any]) -> None:
+            tps = set(tps)
+            inputs = {tp for tp in tps if not consumer._is_changelog_tp(tp)}
+            held.update(inputs)
+            if tps - inputs:
+                resume(tps - inputs)
+
+        def release() -> None:
+            if held:
+                resume(set(held))
+                held.clear()
+            consumer._get_active_partitions().discard(_HOLD)
+
+        async def perform_seek() -> None:
+            await seek()  # while the input partitions are held: nothing fetched from before it is delivered
+            release()
+
+        consumer.resume_partitions, consumer.perform_seek = resume_partitions, perform_seek
+        try:
+            await method(self, *args, **kwargs)
+        finally:
+            del consumer.resume_partitions, consumer.perform_seek  # the class's methods again
+            release()
+
+    return run
+
+
+def _commit_progress() -> None:
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._new_offset
+    if getattr(original, _MARK, False):
+        return
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        if acked:
+            committed = self._committed_offset[tp]
+            kept = sorted({o for o in acked if committed is None or o >= committed})
+            if len(kept) != len(acked):
+                acked[:] = kept
+        return original(self, tp)
+
+    setattr(_new_offset, _MARK, True)
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
