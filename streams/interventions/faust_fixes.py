@@ -38,7 +38,20 @@ _HOLD = TP("safeguard-streams-hold", -1)  # in faust's active set while input pa
 
 
 def apply() -> None:
-    """Install both fixes (once)."""
+    """Install both fixes (once). A faust whose internals moved is refused by name rather than
+    run unpatched."""
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer
+
+    needed = [(Recovery, "on_recovery_completed"), (Recovery, "_resume_streams"), (Consumer, "_new_offset"),
+              (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
+              (Consumer, "_is_changelog_tp")]
+    missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
+    if missing:
+        import faust
+
+        raise RuntimeError(f"faust-streaming {faust.__version__} lacks {', '.join(missing)}: the escalation "
+                           "service's fixes are written for faust-streaming 0.15 (docs/interventions.md)")
     _seek_before_resume()
     _commit_progress()
 
