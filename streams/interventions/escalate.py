@@ -266,9 +266,6 @@ class Progress:
         self._consumer = Consumer(reader_config(settings.kafka, group))
         self._topics = topics
 
-    def caught_up(self) -> bool:
-        return not self.behind()
-
     def behind(self) -> list[str]:
         """The partitions whose committed offset is short of the high watermark, as
         ``topic[partition] committed/high`` (empty: caught up)."""

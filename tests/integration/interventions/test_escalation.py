@@ -207,9 +207,9 @@ def test_members_joining_and_dying_mid_stream_lose_no_escalation(kafka_bootstrap
     assert first.alive(), first.log()[-3000:]
     assert first.terminate() == 0, first.log()[-3000:]
     run_escalate(consumers, path, idle_s=5.0)  # whatever the first member left, a restart finishes
-    found = read_until(kafka_bootstrap, names["escalations"], lambda m: len(m) >= len(actors), timeout_s=60)
+    found = escalations(kafka_bootstrap, names["escalations"], expect=len(actors))
     ids: dict[str, set[str]] = defaultdict(set)
-    for e in (orjson.loads(m.value()) for m in found):
+    for e in found:
         ids[e["actor"]].add(e["escalation_id"])
         assert sorted(e["event_ids"]) == [f"{e['actor']}-e{n}" for n in range(3)] and e["count"] == 3, e
     assert sorted(set(actors) - set(ids)) == []
@@ -252,6 +252,6 @@ async def test_a_restart_whose_seek_to_committed_is_slow_loses_no_label(kafka_bo
     registry = CollectorRegistry()
     await run_escalation(settings, until_idle=3.0, registry=registry)
     counted = registry.get_sample_value("safeguard_escalation_labels_total", {"outcome": "counted"})
-    found = read_until(kafka_bootstrap, names["escalations"], lambda m: len(m) >= len(actors), timeout_s=30)
-    assert sorted({orjson.loads(m.value())["actor"] for m in found}) == sorted(actors), (counted, len(found))
+    found = escalations(kafka_bootstrap, names["escalations"], expect=len(actors))
+    assert sorted({e["actor"] for e in found}) == sorted(actors), (counted, len(found))
     assert counted == len(actors)
