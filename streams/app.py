@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
+from streams.cascade.live import LiveCascade
 from streams.cascade.registry import Prefilters
 from streams.config import Settings
 from streams.engine.backpressure import Backpressure, FlowControl
@@ -88,12 +89,14 @@ def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
 
 
 def build_stages(settings: Settings, policies: PolicyRegistry, labeler: Labeler, metrics: Metrics, *,
-                 cached: bool, prefilters: Prefilters | None = None) -> list[Stage]:
+                 cached: bool, prefilters: Prefilters | None = None, live: LiveCascade | None = None) -> list[Stage]:
     """The stages before inference, in order (docs/architecture.md)."""
     stages: list[Stage] = [Decode(Decoder(settings.input, settings.schema_registry)),
                            Route(policies, settings.policies.mode)]
     if prefilters is not None:
-        stages.append(Prefilter(prefilters, settings.prefilter.audit_rate, metrics))
+        p = settings.prefilter
+        stages.append(Prefilter(prefilters, p.audit_rate, metrics, live or LiveCascade(p, metrics),
+                                drift_audit_rate=p.drift_audit_rate))
     if cached:
         stages.append(Dedupe(labeler))
     return stages
@@ -181,10 +184,13 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
         register_cache(metrics, lambda: (c.lookups, c.hits, len(c), c.bytes))
     effort = settings.policies.reasoning_effort
     labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
+    live = LiveCascade(settings.prefilter, metrics) if prefilters is not None else None
     outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
-                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions)
+                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions,
+                      live=live)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
-    stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters)
+    stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters,
+                          live=live)
 
     def decided() -> int:
         return pool.answered + (cache.hits if cache is not None else 0)

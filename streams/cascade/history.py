@@ -4,7 +4,9 @@ Label events on ``kafka.labels_topic`` that the model decided (``decided_by: mod
 policy's current version are read from the beginning (at most ``limit``, duplicates by ``label_id``
 once); each one's content is read back from its ``source`` topic, partition and offset and rendered
 as the model read it (chats as transcripts). Content that is gone (retention, compaction) is
-skipped and counted. Both topics are read with partitions assigned directly: no consumer group,
+skipped and counted. Examples come back in label order (``labeled_at``, then the order read), oldest
+first, so the newest share of them is the freshest sample of the model's verdicts (the retraining
+gate judges on it). Both topics are read with partitions assigned directly: no consumer group,
 nothing committed.
 """
 
@@ -32,10 +34,13 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
     """Examples (content, the model's verdict) for ``policy`` from the label history."""
     labels = _model_labels(settings, policy, limit, timeout_s)
     wanted: dict[tuple[str, int], dict[int, bool]] = {}
-    for source, violation in labels:
+    rank: dict[tuple[str, int, int], int] = {}
+    for i, (source, violation) in enumerate(labels):
         wanted.setdefault(source[:2], {})[source[2]] = violation
+        rank.setdefault(source, i)
     decoder = Decoder(settings.input, settings.schema_registry)
-    examples, missing = [], 0
+    ranked: list[tuple[int, Example]] = []
+    missing = 0
     for (topic, partition), offsets in wanted.items():
         found = _read_offsets(settings, topic, partition, sorted(offsets), timeout_s)
         for offset, value in found.items():
@@ -44,8 +49,9 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
             except (PoisonError, RetryableError):
                 missing += 1
                 continue
-            examples.append(Example(content, int(offsets[offset])))
+            ranked.append((rank[(topic, partition, offset)], Example(content, int(offsets[offset]))))
         missing += len(offsets) - len(found)
+    examples = [example for _, example in sorted(ranked, key=lambda r: r[0])]
     log.info("label history read policy=%s version=%s labels=%d examples=%d content_missing=%d", policy.id,
              policy.version, len(labels), len(examples), missing)
     return examples
@@ -57,13 +63,14 @@ def _consumer(settings: Settings) -> Consumer:
 
 def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: float
                   ) -> list[tuple[tuple[str, int, int], bool]]:
+    """(source, violation) of the model's labels for ``policy``, oldest ``labeled_at`` first."""
     topic = settings.kafka.labels_topic
     consumer = _consumer(settings)
     decode = label_reader(settings, topic)
     try:
         parts = _assign_all(consumer, topic)
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        seen: dict[str, tuple[tuple[str, int, int], bool]] = {}
+        seen: dict[str, tuple[str, tuple[str, int, int], bool]] = {}
         deadline = time.monotonic() + timeout_s
         while len(seen) < limit and not _at_end(consumer, parts, ends):
             if time.monotonic() > deadline:
@@ -79,9 +86,11 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
                 if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
                         and doc.get("decided_by") == "model" and len(seen) < limit):
                     src = doc["source"]
-                    seen[doc["label_id"]] = ((src["topic"], int(src["partition"]), int(src["offset"])),
+                    seen[doc["label_id"]] = (str(doc.get("labeled_at") or ""),
+                                             (src["topic"], int(src["partition"]), int(src["offset"])),
                                              bool(doc["violation"]))
-        return list(seen.values())
+        # RFC 3339 UTC with fixed precision sorts as text; the sort is stable, so ties keep read order
+        return [(source, violation) for _, source, violation in sorted(seen.values(), key=lambda s: s[0])]
     finally:
         consumer.close()
 

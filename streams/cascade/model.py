@@ -1,8 +1,9 @@
 """The prefilter: a small linear model over hashed character n-grams that scores a whole poll batch
 of texts at once, on the CPU, in a few microseconds per text.
 
-Features: the text is case-folded (NFKC first when it is not ASCII), encoded as UTF-8 and framed
-by spaces; every byte 3-, 4- and 5-gram is hashed (a polynomial hash over the bytes, then a
+Features: the text is normalised (:mod:`streams.cascade.normalise`: NFKC, case-folded, invisible
+characters removed, look-alike letters mapped to their Latin skeleton, spaced-out letters joined),
+encoded as UTF-8 and framed by spaces; every byte 3-, 4- and 5-gram is hashed (a polynomial hash over the bytes, then a
 multiplicative mix, in 32-bit unsigned arithmetic, so the same text gives the same features on
 every machine and in every process) into ``2**bits`` buckets. A text's feature vector counts its
 n-grams per bucket, scaled by one over the square root of its n-gram count. The score is a
@@ -21,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streams.cascade.normalise import skeleton
 from streams.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -53,10 +54,16 @@ class Features:
     texts: int
 
 
+NORMALISER = "skeleton-1"  # stamped in the file: the text preparation its weights were trained on
+
+
+def _encode(normalised: str) -> bytes:
+    """A normalised text framed by spaces, as the n-grams see it."""
+    return b" " + normalised.encode("utf-8", "surrogatepass") + b" "
+
+
 def _prepare(text: str) -> bytes:
-    """Case and compatibility forms folded (as the dedupe cache does), framed by spaces."""
-    folded = text.casefold() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
-    return b" " + folded.encode("utf-8", "surrogatepass") + b" "
+    return _encode(skeleton(text))
 
 
 def featurize(texts: list[str], bits: int = BITS, ngrams: tuple[int, ...] = NGRAMS) -> Features:
@@ -110,18 +117,27 @@ class Prefilter:
     source: str = ""  # the file it came from
 
     def scores(self, texts: list[str]) -> npt.NDArray[np.float64]:
-        """Log-odds of a violation for each text: ``log_odds(featurize(texts))``, computed without
-        building the feature lists. Per n-gram length, the weights of the n-grams at every start
-        position of the joined batch are gathered and prefix-summed once; a text's sum is the
-        difference of that prefix sum between its first start and its last whole n-gram. Texts go
-        in chunks of ``CHUNK``, whose intermediate arrays stay in the CPU's cache."""
-        out = np.empty(len(texts))
-        for lo in range(0, len(texts), CHUNK):
-            out[lo: lo + CHUNK] = self._chunk_scores(texts[lo: lo + CHUNK])
-        return out
+        """Log-odds of a violation for each raw text (normalised here)."""
+        return self.score_normalised([skeleton(t) for t in texts])[0]
 
-    def _chunk_scores(self, texts: list[str]) -> npt.NDArray[np.float64]:
-        encoded = [_prepare(t) for t in texts]
+    def score_normalised(self, texts: list[str], *, coverage: bool = False) -> tuple[
+            npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+        """Log-odds of a violation for each already normalised text: ``log_odds(featurize(texts))``,
+        computed without building the feature lists; with ``coverage``, also each text's share of
+        n-grams whose bucket has a trained (nonzero) weight, the drift signal. Per n-gram length,
+        the weights of the n-grams at every start position of the joined batch are gathered and
+        prefix-summed once; a text's sum is the difference of that prefix sum between its first
+        start and its last whole n-gram. Texts go in chunks of ``CHUNK``, whose intermediate arrays
+        stay in the CPU's cache."""
+        out = np.empty(len(texts))
+        known = np.empty(len(texts)) if coverage else None
+        for lo in range(0, len(texts), CHUNK):
+            out[lo: lo + CHUNK] = self._chunk_scores(texts[lo: lo + CHUNK], known, lo)
+        return out, known
+
+    def _chunk_scores(self, texts: list[str], known: npt.NDArray[np.float64] | None = None,
+                      offset: int = 0) -> npt.NDArray[np.float64]:
+        encoded = [_encode(t) for t in texts]
         d = np.frombuffer(b"\x00".join(encoded), dtype=np.uint8).astype(np.uint32)
         lengths = np.fromiter(map(len, encoded), dtype=np.intp, count=len(encoded))
         starts = np.zeros(len(encoded), dtype=np.intp)
@@ -131,6 +147,8 @@ class Prefilter:
         grams = np.zeros(len(encoded), dtype=np.intp)
         shift = np.uint32(32 - self.bits)
         prefix = np.zeros(len(d) + 1)
+        seen = np.zeros(len(encoded)) if known is not None else None
+        seen_prefix = np.zeros(len(d) + 1, dtype=np.int64) if known is not None else None
         h = d
         with np.errstate(over="ignore"):
             for n in range(2, max(self.ngrams) + 1):
@@ -142,12 +160,17 @@ class Prefilter:
                 stop = np.maximum(ends - n + 1, starts)  # one past the last n-gram wholly inside the text
                 sums += prefix[stop] - prefix[starts]
                 grams += stop - starts
+                if seen is not None and seen_prefix is not None:
+                    np.cumsum(gathered != 0, out=seen_prefix[1: len(h) + 1])
+                    seen += seen_prefix[stop] - seen_prefix[starts]
+        if known is not None and seen is not None:
+            known[offset: offset + len(encoded)] = seen / np.maximum(grams, 1)
         return self.bias + sums / np.sqrt(np.maximum(grams, 1))
 
     def meta(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "policy_id": self.policy_id, "policy_version": self.policy_version,
                 "threshold": self.threshold, "features": {"kind": "byte-ngrams", "ngrams": list(self.ngrams),
-                                                          "bits": self.bits},
+                                                          "bits": self.bits, "normaliser": NORMALISER},
                 "training": self.training}
 
     def save(self, path: Path) -> None:
@@ -191,7 +214,11 @@ def _checked(path: Path, meta: Any, weights: Any, bias: Any) -> Prefilter:
     features = meta.get("features") or {}
     bits, ngrams = features.get("bits"), features.get("ngrams")
     good_ngrams = isinstance(ngrams, list) and ngrams and all(isinstance(n, int) and 2 <= n <= 8 for n in ngrams)
-    if features.get("kind") != "byte-ngrams" or not isinstance(bits, int) or not 8 <= bits <= 24 or not good_ngrams:
+    # A file from before the normaliser (no "normaliser") learned NFKC-folded text: the skeleton is the
+    # same for plain text, so it still scores; one from a newer normaliser would not.
+    known_normaliser = features.get("normaliser") in (None, NORMALISER)
+    if features.get("kind") != "byte-ngrams" or not isinstance(bits, int) or not 8 <= bits <= 24 or not good_ngrams \
+            or not known_normaliser:
         raise ConfigError(f"{path}: unknown features {features!r}")
     if weights.dtype != np.float32 or weights.shape != (2**bits,) or bias.shape != (1,) or \
             not np.issubdtype(bias.dtype, np.floating):

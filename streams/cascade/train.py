@@ -8,10 +8,13 @@ so that both classes weigh the same in the loss: recall is what the threshold is
 
 The hold-out split is deterministic too: an item is held out when the hash of its normalised text
 falls in the first ``holdout`` share of the hash space, so duplicates of one text never straddle
-the split. The threshold is the highest score that keeps hold-out recall at or above the target,
-then lowered by ``MARGIN`` in log-odds (a positive scoring a little below every held-out one is
-still sent to the model): held-out recall at the final threshold is reported, and is at least the
-target by construction. Too few positives in either part to measure that is an error, no file.
+the split. The threshold is certified, not estimated: it is the highest score at which the 95%
+lower confidence bound on hold-out recall (:mod:`streams.cascade.bounds`) still meets the target,
+so at most ``max_misses`` hold-out positives fall below it. It sits halfway between the lowest
+positive that must be sent and the next hold-out score below, so nothing but the bound decides.
+Too few hold-out positives to certify the target is an error, no file, unless the caller accepts
+the best bound the data supports (``certify_available``: every hold-out positive sent, the file
+says the target was not met). Too few positives in either part to train at all is an error too.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from streams.authoring.datasets import Item
-from streams.cascade.model import BITS, Prefilter, featurize, log_odds
+from streams.cascade import bounds
+from streams.cascade.model import BITS, Features, Prefilter, featurize, log_odds
 from streams.errors import ConfigError, FatalError
 from streams.inference.cache import normalise
 from streams.policy.model import Policy
 
-MARGIN = 1.0  # log-odds the threshold is lowered below the target's: e-fold odds of safety
 MIN_POSITIVES = 5  # in each of the training and the hold-out parts
+COVERAGE_QUANTILE = 5  # percentile of hold-out coverage stamped as the live drift reference
 EPOCHS = 300
 STEP = 0.5
 L2 = 1e-4
@@ -74,12 +80,61 @@ def fit(texts: list[str], labels: list[int], *, bits: int = BITS, epochs: int = 
     return weights.astype(np.float32), bias
 
 
-def threshold_for(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The highest score t such that recall of {score >= t} over the positives is >= target,
-    lowered by MARGIN."""
+def threshold_for(scores: np.ndarray, labels: np.ndarray, misses: int) -> float:
+    """A threshold that sends every positive but the ``misses`` lowest-scoring ones: halfway between
+    the lowest positive that must be sent and the highest score strictly below it (that positive's
+    score minus 1e-6 when nothing lies below), so it never exceeds that positive's score."""
     positive = np.sort(scores[labels == 1])
-    misses = math.floor((1.0 - target) * len(positive) + 1e-9)  # positives that may fall below t
-    return float(positive[misses]) - MARGIN
+    if not 0 <= misses < len(positive):
+        raise ValueError(f"misses must be in [0, {len(positive)}), got {misses}")
+    lowest_sent = float(positive[misses])
+    below = scores[scores < lowest_sent]
+    if not len(below):
+        return lowest_sent - 1e-6
+    return min(lowest_sent, (lowest_sent + float(below.max())) / 2)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What the hold-out supports: the threshold, and the 95% lower bound on recall at it."""
+
+    threshold: float
+    holdout_positives: int
+    sent_positives: int
+    recall_lower_bound: float
+    target_recall: float
+    target_met: bool
+
+    def figures(self) -> dict[str, Any]:
+        return {"recall_lower_bound": round(self.recall_lower_bound, 4), "holdout_positives": self.holdout_positives,
+                "target_recall": self.target_recall, "target_met": self.target_met,
+                "confidence": bounds.CONFIDENCE}
+
+
+def certify(scores: np.ndarray, labels: np.ndarray, target: float, *, certify_available: bool = False
+            ) -> Certificate | None:
+    """The highest threshold whose lower bound on recall over the positives meets ``target``. None
+    when no threshold can (too few positives), unless ``certify_available``: then the threshold
+    sends every positive, the best bound these positives support."""
+    n = int((labels == 1).sum())
+    misses = bounds.max_misses(n, target) if n else None
+    if n == 0 or (misses is None and not certify_available):
+        return None
+    threshold = threshold_for(scores, labels, misses or 0)
+    sent = int((scores[labels == 1] >= threshold).sum())
+    bound = bounds.lower(sent, n)
+    return Certificate(threshold, n, sent, bound, target, bound >= target)
+
+
+def coverage(features: Features, weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Per text, the share of its n-grams whose bucket has a nonzero weight: how much of it the
+    model has seen anything like (0 for a text too short to have an n-gram). Training never
+    touches the weight of a bucket no training text hashed to, so a live fall in coverage means
+    unfamiliar text."""
+    known = (weights[features.bucket] != 0).astype(np.float64)
+    counts = np.bincount(features.row, minlength=features.texts)
+    hits = np.bincount(features.row, weights=known, minlength=features.texts)
+    return np.divide(hits, counts, out=np.zeros(features.texts), where=counts > 0)
 
 
 @dataclass(frozen=True)
@@ -90,13 +145,17 @@ class Trained:
     positives: int
     holdout_recall: float
     holdout_pass_rate: float  # the share of held-out items the model would still see
+    certificate: Certificate
 
 
 def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.99, holdout: float = 0.2,
-          source: str = "") -> Trained:
-    """A prefilter for ``policy`` (stamped with its current version). Raises FatalError when the
-    data cannot support the target (too few positives in the training or hold-out part: the CLI
-    exits 1), ConfigError for arguments out of range (exit 2)."""
+          source: str = "", certify_available: bool = False) -> Trained:
+    """A prefilter for ``policy`` (stamped with its current version) whose threshold certifies
+    ``target_recall`` on the hold-out at 95% confidence (see the module doc).
+
+    Raises FatalError when the data cannot support it (too few positives to train, or too few
+    hold-out positives to certify the target without ``certify_available``: the CLI exits 1),
+    ConfigError for arguments out of range (exit 2)."""
     if not 0.5 <= target_recall < 1.0:
         raise ConfigError(f"--target-recall must be in [0.5, 1), got {target_recall}")
     if not 0.05 <= holdout <= 0.5:
@@ -108,19 +167,30 @@ def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.9
         raise FatalError(f"too few positives to measure recall for {policy.id}: {pos_train} in training and "
                           f"{pos_test} in the hold-out split (each needs {MIN_POSITIVES}); add labelled violations "
                           f"or change --holdout")
+    needed = bounds.positives_needed(target_recall)
+    if bounds.max_misses(pos_test, target_recall) is None and not certify_available:
+        raise FatalError(f"too few hold-out positives to certify recall {target_recall} for {policy.id}: "
+                          f"{pos_test} held out, {needed} needed (95% lower bound), so about "
+                          f"{math.ceil(needed / holdout)} labelled violations in all at --holdout {holdout} "
+                          f"(there are {pos_train + pos_test}); add labelled violations, lower --target-recall, "
+                          f"or pass --certify-available to certify what these support")
     weights, bias = fit([e.text for e in fit_on], [e.label for e in fit_on])
     probe = Prefilter(policy.id, policy.version, 0.0, weights, bias)
-    scores = probe.scores([e.text for e in test])
+    texts = [e.text for e in test]
+    scores = probe.scores(texts)
     labels = np.asarray([e.label for e in test])
-    threshold = threshold_for(scores, labels, target_recall)
-    sent = scores >= threshold
+    cert = certify(scores, labels, target_recall, certify_available=certify_available)
+    assert cert is not None  # pos_test >= MIN_POSITIVES, and an uncertifiable target raised above
+    sent = scores >= cert.threshold
     recall = float(sent[labels == 1].mean())
     pass_rate = float(sent.mean())
     figures = {"n_train": len(fit_on), "n_holdout": len(test), "positives": pos_train + pos_test,
-               "target_recall": target_recall, "margin_log_odds": MARGIN, "holdout_recall": round(recall, 4),
-               "holdout_pass_rate": round(pass_rate, 4), "source": source}
-    prefilter = Prefilter(policy.id, policy.version, threshold, weights, bias, figures)
-    return Trained(prefilter, len(fit_on), len(test), pos_train + pos_test, recall, pass_rate)
+               "holdout_recall": round(recall, 4), "holdout_pass_rate": round(pass_rate, 4), **cert.figures(),
+               "coverage_p05": round(float(np.percentile(coverage(featurize(texts, BITS), weights),
+                                                         COVERAGE_QUANTILE)), 4),
+               "source": source}
+    prefilter = Prefilter(policy.id, policy.version, cert.threshold, weights, bias, figures)
+    return Trained(prefilter, len(fit_on), len(test), pos_train + pos_test, recall, pass_rate, cert)
 
 
 def examples_for(policy_id: str, items: list[Item]) -> list[Example]:

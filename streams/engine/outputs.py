@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from streams.cascade.live import LiveCascade
 from streams.config import ActionSettings, KafkaSettings, OutputSettings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
@@ -43,7 +44,8 @@ def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inl
     and every value here is already typed by the code that made it (a unit test validates it)."""
     event, verdict, policy = work.event, outcome.verdict, outcome.policy
     assert event is not None and verdict is not None
-    score, audit = work.prefilter.get(policy.id, (None, False)) if work.prefilter else (None, False)
+    scored = work.prefilter.get(policy.id) if work.prefilter else None
+    score, audit, flags = (scored[0], scored[1], list(scored[2])) if scored is not None else (None, False, [])
     return {
         "schema_version": SCHEMA_VERSION,
         "label_id": label_id(event.event_id, policy.id, policy.version),
@@ -66,6 +68,7 @@ def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inl
         "labeled_at": utc_now(),
         "prefilter_score": score,
         "audit": audit,
+        "prefilter_flags": flags,
     }
 
 
@@ -74,7 +77,8 @@ class Outputs:
     name and default effort for the labels)."""
 
     def __init__(self, kafka: KafkaSettings, output: OutputSettings, encoder: Encoder, metrics: Metrics, *,
-                 model: str, default_effort: str, actions: ActionSettings | None = None) -> None:
+                 model: str, default_effort: str, actions: ActionSettings | None = None,
+                 live: LiveCascade | None = None) -> None:
         self._labels, self._shadow = kafka.labels_topic, kafka.shadow_labels_topic
         self._dlq, self._reasoning = kafka.dead_letter_topic, kafka.reasoning_topic
         self._inline = output.reasoning == "inline"
@@ -85,6 +89,7 @@ class Outputs:
         self._label_count = Children(metrics.labels_produced)
         self._dead_count = Children(metrics.dead_letters)
         self._audit_misses = Children(metrics.prefilter_audit_misses)
+        self._live = live
         self._dlq_log = RateLimitedLog(log, 1.0)
         self._actions = actions if actions is not None and actions.topic else None
         self._decision_count = Children(metrics.decisions)
@@ -139,8 +144,8 @@ class Outputs:
         doc = label_document(work, outcome, model=self._model, effort=policy.effort(self._effort),
                              inline_reasoning=self._inline, now=now)
         counter = self._label_count(policy.id, "true" if doc["violation"] else "false", outcome.decided_by)
-        if doc["audit"] and doc["violation"]:  # the prefilter would have let this violation through
-            self._audit_misses(policy.id).inc()
+        if work.prefilter is not None and self._live is not None:
+            self._observe(work, outcome, doc)
         topic = self._shadow if policy.meta.shadow else self._labels
         work.records.append(OutRecord(topic, self._encode(doc, "label", topic), counter.inc))
         if self._separate:
@@ -148,6 +153,23 @@ class Outputs:
                                      reasoning=outcome.reasoning)
             work.records.append(OutRecord(self._reasoning, self._encode(record, "reasoning", self._reasoning)))
         return doc
+
+    def _observe(self, work: Work, outcome: Outcome, doc: dict[str, Any]) -> None:
+        """Tell the prefilter's controller how a scored pair ended (the model's verdict, if any)."""
+        assert work.prefilter is not None and self._live is not None
+        scored = work.prefilter.get(outcome.policy.id)
+        if scored is None or outcome.decided_by == "prefilter":  # skipped pairs are reported when decided
+            return
+        score, audited, flags, novel = scored
+        violation = bool(doc["violation"])
+        if audited and violation:  # the prefilter would have let this violation through
+            self._audit_misses(outcome.policy.id).inc()
+            log.warning("prefilter audit miss policy=%s label_id=%s event_id=%s score=%.4f topic=%s partition=%d "
+                        "offset=%d (a violation the prefilter would have decided; counted against its recall)",
+                        outcome.policy.id, doc["label_id"], doc["event_id"], score, work.tp[0], work.tp[1],
+                        work.offset)
+        kind = "flagged" if flags else "audited" if audited else "sent"
+        self._live.outcome(outcome.policy.id, score, kind, violation, novel=novel)
 
     def dead_letter(self, work: Work, exc: PoisonError, *, policy_id: str | None = None, attempts: int = 1) -> None:
         """Append a dead letter for the event (or for one policy's evaluation of it)."""

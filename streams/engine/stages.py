@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from streams.cascade.live import LiveCascade
 from streams.cascade.model import Prefilter as CascadeModel
+from streams.cascade.normalise import prepare
 from streams.cascade.registry import Prefilters
 from streams.engine.work import Request, Work
 from streams.errors import PoisonError, RetryableError
@@ -89,16 +91,24 @@ class Route:
 
 class Prefilter:
     """The cascade (:mod:`streams.cascade`): for each policy with a current prefilter, every pair of
-    the batch is scored in one call. Below the threshold the pair is decided here, "no violation"
-    (``decided_by: prefilter``), unless it is sampled for audit (deterministic from its label id,
-    ``prefilter.audit_rate`` of them), which sends it to the model like a pair at or above the
-    threshold; the label of every scored pair carries its score. In combined mode a policy decided
-    here leaves its group; the rest of the group is still asked together."""
+    the batch is scored in one call, on the normalised text (:mod:`streams.cascade.normalise`; the
+    model still reads the original). A pair whose text shows an evasion signal is never decided
+    here: it goes to the model with its flags. Below the threshold in use (the controller's,
+    :mod:`streams.cascade.live`) the pair is decided here, "no violation" (``decided_by:
+    prefilter``), unless it is sampled for audit (deterministic from its label id, at
+    ``prefilter.audit_rate``, or ``prefilter.drift_audit_rate`` for a novel text while the traffic
+    drifts), which sends it to the model like a pair at or above the threshold; the label of every
+    scored pair carries its score. In combined mode a policy decided here leaves its group; the
+    rest of the group is still asked together."""
 
-    def __init__(self, prefilters: Prefilters, audit_rate: float, metrics: Metrics) -> None:
+    def __init__(self, prefilters: Prefilters, audit_rate: float, metrics: Metrics, live: LiveCascade, *,
+                 drift_audit_rate: float = 0.0) -> None:
         self._prefilters = prefilters
+        self._live = live
         self._audit_below = int(audit_rate * 2**32)  # a label id whose first 32 bits fall below: audited
+        self._drift_below = max(self._audit_below, int(drift_audit_rate * 2**32))
         self._count = Children(metrics.prefilter_decisions)
+        self._evasion = Children(metrics.prefilter_evasion)
         self._verdicts: dict[tuple[str, float], Verdict] = {}  # one shared "no violation" per prefilter
 
     def __call__(self, batch: list[Work]) -> None:
@@ -116,26 +126,46 @@ class Prefilter:
                         entry = scored[policy.id] = (model, [])
                     entry[1].append((work, policy))
         for policy_id, (model, pairs) in scored.items():
-            scores = model.scores([work.content for work, _ in pairs])
-            threshold = model.threshold
-            verdict = self._verdict(policy_id, threshold)
-            sent = audited = skipped = 0
-            for (work, policy), score in zip(pairs, scores.tolist(), strict=True):
-                if work.prefilter is None:
-                    work.prefilter = {}
-                if score >= threshold:
-                    work.prefilter[policy_id] = (round(score, 4), False)
-                    sent += 1
-                elif self._audit_below and self._audited(work, policy):
-                    work.prefilter[policy_id] = (round(score, 4), True)
-                    audited += 1
-                else:
-                    work.prefilter[policy_id] = (round(score, 4), False)
-                    skipped += 1
-                    self._decide(work, policy, verdict)
-            for outcome, count in (("sent", sent), ("audited", audited), ("skipped", skipped)):
-                if count:
-                    self._count(policy_id, outcome).inc(count)
+            self._score(policy_id, model, pairs)
+            self._live.evaluate(policy_id)
+
+    def _score(self, policy_id: str, model: CascadeModel, pairs: list[tuple[Work, Policy]]) -> None:
+        control = self._live.control(model)
+        prepared = [_normalised(work) for work, _ in pairs]
+        scores, coverage = model.score_normalised([text for text, _ in prepared],
+                                                  coverage=control.coverage_p05 is not None)
+        threshold = control.threshold
+        verdict = self._verdict(policy_id, threshold)
+        drift_below = self._drift_below if control.drifting else self._audit_below
+        novel_below = control.coverage_p05 if control.coverage_p05 is not None else -1.0
+        known = coverage.tolist() if coverage is not None else None
+        sent = audited = skipped = 0
+        for i, ((work, policy), score) in enumerate(zip(pairs, scores.tolist(), strict=True)):
+            novel = known is not None and known[i] < novel_below
+            control.scored(novel)
+            flags = prepared[i][1]
+            if work.prefilter is None:
+                work.prefilter = {}
+            score = round(score, 4)
+            if flags:
+                work.prefilter[policy_id] = (score, False, flags, novel)
+                for flag in flags:
+                    self._evasion(policy_id, flag).inc()
+                sent += 1
+            elif score >= threshold:
+                work.prefilter[policy_id] = (score, False, flags, novel)
+                sent += 1
+            elif self._audited(work, policy, drift_below if novel else self._audit_below):
+                work.prefilter[policy_id] = (score, True, flags, novel)
+                audited += 1
+            else:
+                work.prefilter[policy_id] = (score, False, flags, novel)
+                skipped += 1
+                self._decide(work, policy, verdict)
+                self._live.outcome(policy_id, score, "skipped", False, novel=novel)
+        for outcome, count in (("sent", sent), ("audited", audited), ("skipped", skipped)):
+            if count:
+                self._count(policy_id, outcome).inc(count)
 
     def _verdict(self, policy_id: str, threshold: float) -> Verdict:
         verdict = self._verdicts.get((policy_id, threshold))
@@ -146,10 +176,13 @@ class Prefilter:
             verdict = self._verdicts[(policy_id, threshold)] = Verdict(False, rationale=rationale)
         return verdict
 
-    def _audited(self, work: Work, policy: Policy) -> bool:
-        """Whether the label id's first 32 bits fall below the audit rate's share of 2**32."""
+    @staticmethod
+    def _audited(work: Work, policy: Policy, below: int) -> bool:
+        """Whether the label id's first 32 bits fall below ``below`` (the audit rate's share of 2**32)."""
+        if not below:
+            return False
         assert work.event is not None
-        return label_id_prefix(work.event.event_id, policy.id, policy.version) < self._audit_below
+        return label_id_prefix(work.event.event_id, policy.id, policy.version) < below
 
     @staticmethod
     def _decide(work: Work, policy: Policy, verdict: Verdict) -> None:
@@ -161,6 +194,14 @@ class Prefilter:
             if request.policies:
                 kept.append(request)
         work.requests = kept
+
+
+def _normalised(work: Work) -> tuple[str, tuple[str, ...]]:
+    """The work's content normalised for scoring, and its evasion flags (once per event, whatever
+    the number of policies scoring it)."""
+    if work.normalised is None:
+        work.normalised = prepare(work.content)
+    return work.normalised
 
 
 class Dedupe:

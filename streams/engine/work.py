@@ -56,7 +56,9 @@ class Work:
     pending: int = 0  # requests running on the replicas
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     records: list[OutRecord] = field(default_factory=list)
-    prefilter: dict[str, tuple[float, bool]] | None = None  # policy id -> (score, audited), from the prefilter stage
+    # From the prefilter stage: policy id -> (score, audited, evasion flags, novel text); the text it scored.
+    prefilter: dict[str, tuple[float, bool, tuple[str, ...], bool]] | None = None
+    normalised: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def topic(self) -> str:

@@ -37,6 +37,11 @@ class Metrics:
     prefilter_decisions: Counter
     prefilter_audit_misses: Counter
     prefilter_info: Gauge
+    prefilter_evasion: Counter
+    prefilter_recall_lower_bound: Gauge
+    prefilter_threshold: Gauge
+    prefilter_tightened: Gauge
+    prefilter_drift: Gauge
     decisions: Counter
     pending_work: Gauge
     ready: Gauge
@@ -109,6 +114,31 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         prefilter_info=Gauge(
             "safeguard_prefilter_info", "Loaded prefilters and the policy version each was trained for (value 1).",
             ["policy", "version"], registry=reg,
+        ),
+        prefilter_evasion=Counter(
+            "safeguard_prefilter_evasion",
+            "Pairs a prefilter would have scored but sent to the model for an evasion signal in the text "
+            "(invisible_chars, mixed_script, spaced_letters, styled_letters, unusual_chars).",
+            ["policy", "flag"], registry=reg,
+        ),
+        prefilter_recall_lower_bound=Gauge(
+            "safeguard_prefilter_recall_lower_bound",
+            "95% lower confidence bound on the prefilter's live recall at its current threshold, from the audit "
+            "sample over the evidence window (low while evidence is thin: docs/cascade.md).",
+            ["policy"], registry=reg,
+        ),
+        prefilter_threshold=Gauge(
+            "safeguard_prefilter_threshold", "The prefilter's threshold in use, in log-odds (the trained one unless "
+            "the controller tightened it; -Inf: every pair goes to the model).", ["policy"], registry=reg,
+        ),
+        prefilter_tightened=Gauge(
+            "safeguard_prefilter_tightened", "Log-odds the controller moved the threshold below the trained one "
+            "(0: not tightened; +Inf: every pair goes to the model).", ["policy"], registry=reg,
+        ),
+        prefilter_drift=Gauge(
+            "safeguard_prefilter_drift", "Recent share of texts unlike the prefilter's training data, above the "
+            "5% expected (0: none); above 0.1 novel texts are audited at prefilter.drift_audit_rate.",
+            ["policy"], registry=reg,
         ),
         decisions=Counter(
             "safeguard_decisions", "Decision events acknowledged by the broker, by action.", ["action"],

@@ -118,6 +118,7 @@ class LabelEvent(BaseModel):
     labeled_at: str = Field(default_factory=utc_now)
     prefilter_score: float | None = None  # the cascade's log-odds, when a prefilter scored the pair
     audit: bool = False  # the prefilter would have decided it; sent to the model to measure recall
+    prefilter_flags: list[str] = Field(default_factory=list)  # evasion signals that sent it to the model
 
 
 class ReasoningRecord(BaseModel):

@@ -78,11 +78,15 @@ def test_dedupe_turns_cached_decisions_into_outcomes_and_keys_the_misses() -> No
 
 
 def prefilter_stage(threshold: float, audit_rate: float = 0.0, *, policies: tuple[str, ...] = ("spam",)) -> Any:
+    from streams.cascade.live import LiveCascade
     from streams.cascade.model import BITS
     from streams.cascade.model import Prefilter as Model
     from streams.cascade.registry import Prefilters
+    from streams.config import PrefilterSettings
     from streams.engine.stages import Prefilter
     from streams.ops.metrics import build_metrics
+
+    models: dict[str, Any] = {}
 
     class Fixed(Prefilters):
         """Scores every text by the number of '!' in it, minus 1."""
@@ -90,12 +94,16 @@ def prefilter_stage(threshold: float, audit_rate: float = 0.0, *, policies: tupl
         def current(self, policy: Any) -> Any:
             if policy.id not in policies:
                 return None
-            model = Model(policy.id, policy.version, threshold, np.zeros(2**BITS, dtype=np.float32), 0.0)
-            model.scores = lambda texts: np.array([t.count("!") - 1.0 for t in texts])  # type: ignore[method-assign]
-            return model
+            if policy.id not in models:
+                model = Model(policy.id, policy.version, threshold, np.zeros(2**BITS, dtype=np.float32), 0.0)
+                model.score_normalised = lambda texts, coverage=False: (  # type: ignore[method-assign]
+                    np.array([t.count("!") - 1.0 for t in texts]), None)
+                models[policy.id] = model
+            return models[policy.id]
 
     metrics = build_metrics()
-    return Prefilter(Fixed(Path(".")), audit_rate, metrics), metrics
+    live = LiveCascade(PrefilterSettings(), metrics)
+    return Prefilter(Fixed(Path(".")), audit_rate, metrics, live), metrics
 
 
 def test_the_prefilter_decides_below_its_threshold_and_sends_the_rest() -> None:
@@ -108,7 +116,7 @@ def test_the_prefilter_decides_below_its_threshold_and_sends_the_rest() -> None:
     assert [(o.policy.id, o.decided_by, o.verdict.violation) for o in calm.outcomes] == [("spam", "prefilter", False)]
     assert [r.policies[0].id for r in calm.requests] == ["fake-reviews"]  # no prefilter for that one
     assert loud.outcomes == [] and [r.policies[0].id for r in loud.requests] == ["spam", "fake-reviews"]
-    assert calm.prefilter == {"spam": (-1.0, False)} and loud.prefilter == {"spam": (3.0, False)}
+    assert calm.prefilter == {"spam": (-1.0, False, (), False)} and loud.prefilter == {"spam": (3.0, False, (), False)}
     sample = metrics.registry.get_sample_value
     assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "skipped"}) == 1
     assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "sent"}) == 1
@@ -137,3 +145,21 @@ def test_the_audit_sample_is_deterministic_and_near_its_rate() -> None:
     assert audited == [w.prefilter["spam"][1] for w in again]  # type: ignore[index]
     assert 150 <= sum(audited) <= 250  # 10% of 2,000, within about 3.5 standard deviations
     assert all(bool(w.requests) == a for w, a in zip(first, audited, strict=True))  # audited pairs go to the model
+
+
+def test_text_with_an_evasion_signal_is_never_decided_by_the_prefilter() -> None:
+    stage, metrics = prefilter_stage(threshold=0.5)
+    registry = PolicyRegistry(POLICIES, [], ["spam"])
+    works = decoded({"event_id": "a", "text": "calm"}, {"event_id": "b", "text": "c\u200bal\u200bm"},
+                    {"event_id": "c", "text": "c a l m  d o w n"}, {"event_id": "d", "text": "\u0441\u0430lm"})
+    Route(registry, "separate")(works)
+    stage(works)
+    plain, invisible, spaced, cyrillic = works
+    assert [o.decided_by for o in plain.outcomes] == ["prefilter"]
+    for work, flag in ((invisible, "invisible_chars"), (spaced, "spaced_letters"), (cyrillic, "mixed_script")):
+        assert work.outcomes == [] and [r.policies[0].id for r in work.requests] == ["spam"]  # to the model
+        assert work.prefilter is not None and flag in work.prefilter["spam"][2]
+        assert work.content != plain.content  # the model reads the original text
+        assert metrics.registry.get_sample_value("safeguard_prefilter_evasion_total",
+                                                 {"policy": "spam", "flag": flag}) >= 1
+    assert invisible.normalised is not None and invisible.normalised[0] == "calm"  # what the prefilter scored

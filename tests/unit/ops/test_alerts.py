@@ -36,6 +36,7 @@ def test_the_rules_are_valid_and_every_alert_has_a_runbook(tmp_path: Path) -> No
     assert {a["alert"] for a in alerts} >= {"SafeguardNoHealthyReplica", "SafeguardConsumerNotReady",
                                             "SafeguardConsumerLagGrowing", "SafeguardDeadLetterRate",
                                             "SafeguardPrefilterMissesViolations", "SafeguardDecisionsStalled",
+                                            "SafeguardPrefilterSendsNearlyEverything",
                                             "SafeguardEscalationStalled"}
     for a in alerts:
         assert a["labels"]["severity"] in ("warning", "critical") and len(a["annotations"]["runbook"]) > 80, a

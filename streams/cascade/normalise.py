@@ -1,0 +1,422 @@
+"""The text the prefilter scores, and the evasion signals that keep a text away from a skip.
+
+A prefilter learns character n-grams, so a violation spelt with zero-width characters, look-alike
+letters from other scripts, styled or accented letters, or spaced-out letters scores like harmless
+text. :func:`prepare` gives the prefilter one canonical spelling (its *skeleton*) and says which
+evasion tricks the original text shows, so the cascade sends flagged text to the model (which
+always reads the original) instead of skipping it.
+
+Skeleton: NFKC; invisible characters removed; Latin, Greek and Cyrillic diacritics stripped
+(as NFD then dropping the marks would, but without decomposing other scripts: Hangul, kana and
+Indic text keep their form); confusable letters mapped to the Latin letter they imitate (a curated
+subset of Unicode UTS #39 ``confusables.txt``); case-folded; runs of three or more single letters
+with single separators joined ("f r e e  m o n e y" -> "free money").
+
+Flags (:data:`FLAGS`), each chosen to be rare on genuine text in any language, since a flag costs a
+model call: ``invisible_chars`` (an invisible character outside the places scripts, emoji and
+bidirectional text need one), ``mixed_script`` (one word mixing scripts that UTS #39's moderately
+restrictive level forbids, or a whole word, or whole text, spelt only in look-alikes),
+``spaced_letters`` (a joined run; short dotted abbreviations such as "U.S.A." are joined but not
+flagged), ``styled_letters`` (two or more mathematical, fullwidth, circled, superscript or small
+capital letters in a word, or one glued to plain letters; fullwidth forms are native in CJK text),
+``unusual_chars`` (private use, unassigned in this Python's Unicode version outside the emoji and
+CJK planes, lone surrogates, marks stacked on one base, or plain Latin letters carrying marks that
+no precomposed letter has).
+
+Contract: pure, deterministic, no I/O, and total: any ``str`` (empty, lone surrogates, control
+characters, megabytes) gives a result and never raises, because it runs on every event of the hot
+path. ASCII text takes a fast path (lower-casing and one regex); other text pays per distinct
+character, not per character.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable
+
+__all__ = ["FLAGS", "evasion_flags", "prepare", "skeleton"]
+
+FLAGS: tuple[str, ...] = ("invisible_chars", "mixed_script", "spaced_letters", "styled_letters", "unusual_chars")
+
+# Look-alikes of each lowercase Latin letter, after UTS #39 confusables.txt (prototypes folded to
+# lowercase, since the skeleton is case-folded). Both cases of a source letter are listed where
+# they imitate different Latin letters (Greek eta: H and n); otherwise the other case is derived.
+# Digits that pass for letters (0 for o, 3 for e) are left alone: they are digits in genuine text.
+_LOOKALIKES: dict[str, str] = {
+    "a": "аАαΑɑᴀꓮᎪ",
+    "b": "вВβΒʙЬƅᏴꓐ",
+    "c": "сСϲϹᴄᏟꓚ",
+    "d": "ԁᴅᎠꓓ",
+    "e": "еЕεΕᴇᎬꓰҽɛ",
+    "f": "ꜰꓝϜ",
+    "g": "ɡɢԍᏀꓖց",
+    "h": "һҺнНΗʜᎻꓧհ",
+    "i": "іІιΙıɩɪᎥꓲ",
+    "j": "јЈϳᴊᎫꓙȷ",
+    "k": "кКκΚᴋᏦꓗ",
+    "l": "ӏӀʟᏞꓡłƚԼ",
+    "m": "мМΜᴍᎷꓟ",
+    "n": "ηΝɴոꓠ",
+    "o": "оОοΟᴏօՕꓳø",
+    "p": "рРρΡᴘᏢꓑ",
+    "q": "ԛԚզ",
+    "r": "гʀᎡꓣɾ",
+    "s": "ѕЅꜱᏚꓢՏ",
+    "t": "тТτΤᴛᎢꓔ",
+    "u": "υսՍᴜꓴμ",
+    "v": "νѵѴᴠᏙꓦ",
+    "w": "ԝԜѡωᴡᏔᎳꓪ",
+    "x": "хХχΧꓫ",
+    "y": "уУүҮγΥʏᎩꓬ",
+    "z": "ΖᴢᏃꓜ",
+}
+# Letters styled by symbol blocks that NFKC leaves alone (negative circled and squared capitals).
+_STYLED_EXTRA: dict[str, str] = {
+    **{chr(0x1F150 + i): chr(0x61 + i) for i in range(26)},
+    **{chr(0x1F170 + i): chr(0x61 + i) for i in range(26)},
+}
+_SMALL_CAPITALS = "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ"  # "fancy text" alphabets; Latin script, so not mixed
+_MARK_RANGES = ((0x0300, 0x036F), (0x0483, 0x0489), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
+                (0xFE20, 0xFE2F))  # the generic diacritics of Latin, Greek and Cyrillic (and of Zalgo)
+# Invisible characters: default-ignorable format characters (Cf, but not the visible prepended
+# Arabic number signs), plus invisible letters and marks (grapheme joiner, variation selectors,
+# Mongolian selectors, Hangul fillers, the braille blank).
+_INVISIBLE_RANGES = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x180B, 0x180F),
+                     (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF9, 0xFFFB), (0x13430, 0x1343F),
+                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+# Scripts whose letters imitate Latin ones: Latin may not share a word with them.
+_CONFUSABLE_SCRIPTS = frozenset({"CYRILLIC", "GREEK", "COPTIC", "ARMENIAN", "CHEROKEE", "LISU", "CANADIAN",
+                                 "TIFINAGH", "VAI", "OLD", "NKO"})
+_CJK = frozenset({"HAN", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO"})
+_NAME_SCRIPT = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": None, "MODIFIER": None,
+                "COMBINING": None}
+_WHOLE_TEXT_MIN = 20  # look-alike letters a text needs before "all of them are look-alikes" is a signal
+_WHOLE_GREEK_MIN = 32  # Greek shares most letters with Latin: genuine short Greek passes that test
+
+_SEP = " .\\-_*|/\u00b7"
+_RUN = f"(?<![^\\W_])[a-z](?:[{_SEP}][a-z]){{2,}}(?![^\\W_])"
+_SPACED = re.compile(f"{_RUN}(?:[ \\t]{{2,}}{_RUN})*")
+_SHAPES = bytes.maketrans(bytes(range(128)), bytes(b"a"[0] if chr(c).isalnum() else b"-"[0] for c in range(128)))
+_SEP_CHARS = re.compile(f"[{_SEP}]")
+_GAP = re.compile("[ \\t]{2,}")
+_WIDE_GAP = re.compile(" {2,}")
+_UNIT = re.compile(r"[pnμumkMGT]?[Ωω]|μ[a-zA-Z]{1,3}")  # micro and ohm signs (NFKC makes them Greek)
+
+
+def _char_class(spans: Iterable[tuple[int, int]]) -> str:
+    """A regex character class from inclusive code point ranges."""
+    return "[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in spans) + "]"
+
+
+def _confusables() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for latin, sources in _LOOKALIKES.items():
+        table.update(dict.fromkeys(sources, latin))
+    for source, latin in list(table.items()):
+        for other in (source.lower(), source.upper()):
+            if len(other) == 1 and not other.isascii():
+                table.setdefault(other, latin)
+    table.update(_STYLED_EXTRA)
+    return table
+
+
+_CONFUSABLE = _confusables()
+# Look-alikes that NFKC would turn into a different letter (lunate sigma, drawn c, becomes sigma):
+# mapped before NFKC.
+_BEFORE_NFKC = {ord(ch): latin for ch, latin in _CONFUSABLE.items() if unicodedata.normalize("NFKC", ch) != ch}
+_MARKS = frozenset(chr(cp) for lo, hi in _MARK_RANGES for cp in range(lo, hi + 1))
+_FOLD_RANGES = ((0x00C0, 0x02AF), (0x0370, 0x058F), (0x13A0, 0x13FF), (0x1C80, 0x1C8F), (0x1D00, 0x1DBF),
+                (0x1E00, 0x1FFF), (0x2C60, 0x2C7F), (0xA640, 0xA69F), (0xA720, 0xA7FF), (0xAB30, 0xABBF))
+
+
+def _fold_letter(ch: str) -> str:
+    """A letter without its diacritics, its look-alikes mapped, case-folded (twice: folding can
+    reveal a look-alike, as Cyrillic rounded ve folds to ve)."""
+    out = ch
+    for _ in range(2):
+        out = "".join(_CONFUSABLE.get(c, c) for c in unicodedata.normalize("NFD", out) if c not in _MARKS)
+        out = out.casefold()
+    return out
+
+
+def _fold_table() -> dict[int, str | None]:
+    table: dict[int, str | None] = {ord(ch): latin for ch, latin in _CONFUSABLE.items()}
+    for lo, hi in _FOLD_RANGES:
+        for cp in range(lo, hi + 1):
+            ch = chr(cp)
+            folded = _fold_letter(ch)
+            if folded != ch.casefold() and not any(unicodedata.combining(c) for c in folded):
+                table[cp] = folded
+    for lo, hi in (*_MARK_RANGES, *_INVISIBLE_RANGES):
+        table.update(dict.fromkeys(range(lo, hi + 1)))
+    return table
+
+
+def _styled_codes() -> list[int]:
+    """Letters that NFKC turns into one ASCII letter (mathematical, fullwidth, circled,
+    superscript ...), Latin small capitals and the negative squared and circled capitals."""
+    codes = {ord(c) for c in _SMALL_CAPITALS} | {ord(c) for c in _STYLED_EXTRA}
+    for lo, hi in ((0x02B0, 0x02FF), (0x1D00, 0x1DBF), (0x2070, 0x209F), (0x2100, 0x214F), (0x2460, 0x24FF),
+                   (0x2C7C, 0x2C7D), (0xFF00, 0xFFEF), (0x1D400, 0x1D7FF), (0x1F100, 0x1F1FF)):
+        for cp in range(lo, hi + 1):
+            folded = unicodedata.normalize("NFKC", chr(cp))
+            if len(folded) == 1 and folded.isascii() and folded.isalpha():
+                codes.add(cp)
+    return sorted(codes)
+
+
+_FOLD = _fold_table()
+_INVISIBLE_ONLY = dict.fromkeys(cp for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1))
+_INVISIBLE_RUNS = re.compile(_char_class(_INVISIBLE_RANGES) + "+")
+_STYLED = frozenset(_styled_codes())
+_STYLED_RUNS = re.compile(_char_class((cp, cp) for cp in sorted(_STYLED)) + "+")
+_MARK_CLASS = _char_class(_MARK_RANGES)
+_STACKED = re.compile(_MARK_CLASS + "{2,}")
+_BARE_MARK = re.compile("[A-Za-z]" + _MARK_CLASS)
+_WORD = re.compile(r"[^\W\d_]+")
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+_INVISIBLE, _STYLE, _UNUSUAL, _MARK, _EARLY = 1, 2, 4, 8, 16
+
+
+@functools.lru_cache(maxsize=8192)
+def _script(ch: str) -> str | None:
+    """The script of a letter, from the Unicode name of its NFKC form ("CYRILLIC SMALL LETTER A"
+    -> CYRILLIC);
+    None for letters every script uses (modifier letters, the kana prolonged sound mark)."""
+    folded = unicodedata.normalize("NFKC", ch)  # styled letters belong to the script they imitate
+    words = unicodedata.name(folded[0] if folded else ch, "").split()
+    if not words:
+        return None
+    if words[0] in ("HALFWIDTH", "FULLWIDTH") and len(words) > 1:
+        return _NAME_SCRIPT.get(words[1], words[1])
+    return _NAME_SCRIPT.get(words[0], words[0])
+
+
+@functools.lru_cache(maxsize=65536)
+def _char_info(ch: str) -> int:
+    """What one non-ASCII character of the original text can signal, as bits."""
+    cp = ord(ch)
+    bits = _INVISIBLE if cp in _INVISIBLE_ONLY else 0
+    if cp in _STYLED:
+        bits |= _STYLE
+    if ch in _MARKS:
+        bits |= _MARK
+    if cp in _BEFORE_NFKC:
+        bits |= _EARLY
+    category = unicodedata.category(ch)
+    if category in ("Co", "Cs") or (category == "Cn" and not (0x1F000 <= cp <= 0x1FAFF or 0x20000 <= cp <= 0x3FFFF)):
+        bits |= _UNUSUAL
+    return bits
+
+
+def _latin_like(ch: str) -> bool:
+    """An ASCII letter or digit, or a letter of Latin or of a script imitating it."""
+    if ch.isascii():
+        return ch.isalnum()
+    script = _script(ch) if ch.isalpha() else None
+    return script == "LATIN" or script in _CONFUSABLE_SCRIPTS
+
+
+def _other_script(ch: str) -> bool:
+    """A letter or mark of a script that uses joiners and word-break hints (Arabic, Indic, Thai, CJK)."""
+    if ch.isascii() or not (ch.isalpha() or unicodedata.category(ch)[0] == "M"):
+        return False
+    script = _script(ch)
+    return script is not None and script != "LATIN" and script not in _CONFUSABLE_SCRIPTS
+
+
+def _symbol(ch: str) -> bool:
+    return ch != "" and (unicodedata.category(ch) in ("So", "Sk") or 0x1F3FB <= ord(ch) <= 0x1F3FF)
+
+
+def _benign(text: str, start: int, end: int) -> bool:
+    """A run of invisible characters where a script, an emoji sequence or bidi text needs it."""
+    run = text[start:end]
+    before = text[start - 1] if start else ""
+    after = text[end] if end < len(text) else ""
+    if run[0] >= "\U000e0000" and run[-1] <= "\U000e007f":  # tags: only a subdivision flag's
+        return before == "\U0001f3f4" and run[-1] == "\U000e007f" and 2 <= len(run) <= 8
+    joined = _symbol(before) and (_symbol(after) or not after)
+    for i, ch in enumerate(run):
+        cp = ord(ch)
+        if cp == 0xFEFF and start + i == 0:
+            continue
+        if 0xFE00 <= cp <= 0xFE0F:  # variation selector: emoji (ℹ️ too) and CJK presentation, keycaps
+            if before and not (before.isalpha() and _latin_like(before) and not "\u2100" <= before <= "\u214f"):
+                continue
+            return False
+        if 0xE0100 <= cp <= 0xE01EF:  # ideographic variation sequences
+            if before and _script(before) == "HAN":
+                continue
+            return False
+        if cp in (0x200E, 0x200F, 0x061C) or 0x202A <= cp <= 0x202C or 0x2066 <= cp <= 0x2069:
+            if _has_rtl(text):
+                continue
+            return False
+        if cp == 0x2800:
+            if 0x2801 <= ord(before or "\0") <= 0x28FF or 0x2801 <= ord(after or "\0") <= 0x28FF:
+                continue
+            return False
+        if cp in (0x00AD, 0x115F, 0x1160, 0x3164, 0xFFA0, 0x202D, 0x202E) or 0x206A <= cp <= 0x206F:
+            return False
+        if (cp == 0x200D and joined) or _other_script(before) or _other_script(after):
+            continue
+        return False
+    return True
+
+
+def _has_rtl(text: str) -> bool:
+    return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in set(text))
+
+
+def _invisible_flag(text: str) -> bool:
+    return any(not _benign(text, m.start(), m.end()) for m in _INVISIBLE_RUNS.finditer(text))
+
+
+def _styled_flag(text: str, cjk: bool) -> bool:
+    for m in _STYLED_RUNS.finditer(text):
+        run, start, end = m.group(), m.start(), m.end()
+        if cjk:
+            run = "".join(ch for ch in run if not 0xFF00 <= ord(ch) <= 0xFFEF)
+        if not run:
+            continue
+        before = text[start - 1] if start else ""
+        after = text[end] if end < len(text) else ""
+        if before.isdigit():  # ordinals: 1ˢᵗ, 2ⁿᵈ
+            continue
+        tiny = all(0x02B0 <= ord(ch) <= 0x02FF or 0x1D2C <= ord(ch) <= 0x1DBF or 0x2070 <= ord(ch) <= 0x209F
+                   for ch in run)
+        glued = not tiny and (before in _ASCII_LETTERS or after in _ASCII_LETTERS)
+        if len(run) >= 2 or glued:
+            return True
+    return False
+
+
+def _unusual_flag(base: str) -> bool:
+    return _STACKED.search(base) is not None or len(_BARE_MARK.findall(base)) >= 2
+
+
+def _mixed_flag(base: str, letters: set[str], has_latin: bool) -> bool:
+    """A script that imitates Latin sharing a word with another script, a word spelt only in
+    look-alikes inside Latin text, or a whole text spelt only in look-alikes."""
+    scripts = {s for s in map(_script, letters) if s is not None}
+    imitating = scripts & _CONFUSABLE_SCRIPTS
+    if not imitating:
+        return False  # Latin beside Thai, Arabic or CJK in one word is how those texts are written
+    if (has_latin or len(scripts) > 1) and _mixed_words(base):
+        return True
+    lookalikes = {ch for ch in letters if _script(ch) in _CONFUSABLE_SCRIPTS}
+    if all(map(_lookalike, lookalikes)):
+        needed = _WHOLE_GREEK_MIN if imitating == {"GREEK"} else _WHOLE_TEXT_MIN
+        return sum(base.count(ch) for ch in lookalikes) >= needed
+    return False
+
+
+def _mixed_words(base: str) -> bool:
+    latin = len(base) - len(base.translate(_DELETE_ASCII_LETTERS))
+    other = lookalike_words = 0
+    for m in _WORD.finditer(base):
+        word = m.group()
+        if word.isascii():
+            continue
+        scripts = {"LATIN" if ch in _ASCII_LETTERS else _script(ch) for ch in word}
+        scripts.discard(None)
+        if len(scripts) > 1 and scripts & _CONFUSABLE_SCRIPTS and not _UNIT.fullmatch(word):
+            return True
+        n_latin = sum(1 for ch in word if ch in _ASCII_LETTERS or _script(ch) == "LATIN")
+        latin += n_latin - sum(1 for ch in word if ch in _ASCII_LETTERS)
+        other += len(word) - n_latin
+        if len(word) >= 2 and scripts and scripts <= _CONFUSABLE_SCRIPTS and all(map(_lookalike, word)):
+            lookalike_words += 1
+    return lookalike_words > 0 and latin > other
+
+
+_DELETE_ASCII_LETTERS = dict.fromkeys(map(ord, _ASCII_LETTERS))
+
+
+def _lookalike(ch: str) -> bool:
+    """A letter whose skeleton is one Latin letter (after its diacritics go)."""
+    folded = _FOLD.get(ord(ch))
+    return isinstance(folded, str) and len(folded) == 1 and folded.isascii()
+
+
+def _abbreviation(run: str, following: str) -> bool:
+    """"u.s.a." or "a.k.a.": up to four letters, dotted, with the closing dot."""
+    return following == "." and run.count(".") <= 3 and all(sep == "." for sep in _SEP_CHARS.findall(run))
+
+
+def _join_spaced(text: str) -> tuple[str, bool]:
+    """Runs of single letters joined (and then gaps of spaces narrowed to one), and whether one of
+    them was a sign of evasion rather than an abbreviation, which is joined for scoring alone."""
+    flagged = False
+
+    def join(m: re.Match[str]) -> str:
+        nonlocal flagged
+        runs = _GAP.split(m.group())
+        if len(runs) > 1 or not _abbreviation(m.group(), text[m.end():m.end() + 1]):
+            flagged = True
+        return " ".join(_SEP_CHARS.sub("", run) for run in runs)
+
+    joined = _SPACED.sub(join, text)
+    return (_WIDE_GAP.sub(" ", joined) if flagged else joined), flagged
+
+
+def prepare(text: str) -> tuple[str, tuple[str, ...]]:
+    """The text the prefilter scores and the evasion flags the original text shows.
+
+    Args:
+        text: any string, as decoded from the event.
+
+    Returns:
+        ``(skeleton, flags)``: the normalised text (see the module docstring), and the sorted
+        names from :data:`FLAGS` found in ``text``; empty for ordinary text in any language.
+    """
+    if text.isascii():
+        folded = text.lower()
+        # Cheap necessary condition for a run: three one-character tokens between separators.
+        if b"-a-a-a-" not in f"-{folded}-".encode("ascii").translate(_SHAPES) or _SPACED.search(folded) is None:
+            return folded, ()
+        joined, spaced = _join_spaced(folded)
+        return joined, ("spaced_letters",) if spaced else ()
+    flags: set[str] = set()
+    chars = set(text)
+    chars.difference_update(_ASCII_SET)
+    bits = 0
+    for ch in chars:
+        bits |= _char_info(ch)
+    base = unicodedata.normalize("NFKC", text.translate(_BEFORE_NFKC) if bits & _EARLY else text)
+    if bits & _INVISIBLE:
+        base = base.translate(_INVISIBLE_ONLY)
+        if _invisible_flag(text):
+            flags.add("invisible_chars")
+    base_chars = set(base)
+    letters = {ch for ch in base_chars if ch > "\x7f" and ch.isalpha()}
+    if bits & _STYLE and _styled_flag(text, any(_script(ch) in _CJK for ch in letters)):
+        flags.add("styled_letters")
+    if bits & _UNUSUAL or (bits & _MARK and _unusual_flag(base)):
+        flags.add("unusual_chars")
+    if letters and _mixed_flag(base, letters, not _ASCII_LETTERS.isdisjoint(base_chars)):
+        flags.add("mixed_script")
+    folded = base.translate(_FOLD).casefold()
+    if _SPACED.search(folded) is not None:
+        folded, spaced = _join_spaced(folded)
+        if spaced:
+            flags.add("spaced_letters")
+    return folded, tuple(sorted(flags))
+
+
+_ASCII_SET = frozenset(chr(cp) for cp in range(128))
+
+
+def skeleton(text: str) -> str:
+    """The normalised text the prefilter scores (see :func:`prepare`)."""
+    return prepare(text)[0]
+
+
+def evasion_flags(text: str) -> tuple[str, ...]:
+    """The sorted evasion flags of ``text`` (see :func:`prepare`)."""
+    return prepare(text)[1]
