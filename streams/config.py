@@ -154,8 +154,8 @@ class PrefilterSettings(_Section):
     # Live recall (docs/cascade.md, "Held live"): the recall the controller holds; null: each file's own target.
     target_recall: float | None = Field(None, ge=0.5, lt=1)
     controller: bool = True  # tighten the threshold when audits show recall below target; false: fixed threshold
-    drift_audit_rate: float = Field(0.25, ge=0, le=1)  # audit rate for novel texts while the traffic drifts
-    evidence_window: int = Field(50_000, ge=1000)  # scored pairs of evidence the live bounds rest on, per policy
+    drift_audit_rate: float = Field(1.0, ge=0, le=1)  # audit rate for novel texts while the traffic drifts (1: all)
+    evidence_window: int = Field(200_000, ge=1000)  # scored pairs of evidence the live bounds rest on, per policy
 
 
 ActionName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]

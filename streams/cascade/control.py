@@ -90,6 +90,7 @@ class Bounds:
 class Change:
     """A threshold move and why (for the log and the metrics)."""
 
+    texts: str  # "familiar" or "novel": whose threshold moved
     old: float
     new: float
     reason: str
@@ -99,7 +100,7 @@ class Change:
 class RecallControl:
     """The controller of one prefilter file (one policy version); see the module doc."""
 
-    def __init__(self, policy_id: str, trained_threshold: float, target: float, *, window: int = 50_000,
+    def __init__(self, policy_id: str, trained_threshold: float, target: float, *, window: int = 200_000,
                  coverage_p05: float | None = None, enabled: bool = True,
                  confidence: float = bounds.CONFIDENCE) -> None:
         self.policy_id = policy_id
@@ -109,7 +110,9 @@ class RecallControl:
         self.confidence = confidence
         self.coverage_p05 = coverage_p05
         self._edges = trained_threshold + STEP * np.arange(-HALF_BINS, HALF_BINS + 1)
-        self._cut = HALF_BINS  # index of the current threshold among the edges (trained = HALF_BINS)
+        # The threshold in use per stratum, as an index among the edges (trained = HALF_BINS, 0: send
+        # everything); a novel text's is never above a familiar one's.
+        self._cuts = [HALF_BINS, HALF_BINS]
         self._segment_size = max(1, window // SEGMENTS)
         self._segments: deque[np.ndarray] = deque([self._empty()])
         self._in_segment = 0
@@ -126,14 +129,26 @@ class RecallControl:
 
     @property
     def threshold(self) -> float:
-        if self._cut <= 0:
-            return -math.inf  # every pair goes to the model
-        return float(self._edges[self._cut])
+        """The threshold in use for familiar texts (``-inf``: every pair goes to the model)."""
+        return self._threshold(self._cuts[FAMILIAR])
+
+    @property
+    def novel_threshold(self) -> float:
+        """The threshold in use for novel texts (at most :attr:`threshold`)."""
+        return self._threshold(self._cuts[NOVEL])
+
+    def threshold_for(self, novel: bool) -> float:
+        return self._threshold(self._cuts[NOVEL if novel else FAMILIAR])
 
     @property
     def tightened_by(self) -> float:
-        """Log-odds below the trained threshold (0 when not tightened)."""
-        return (HALF_BINS - self._cut) * STEP if self._cut > 0 else math.inf
+        """Log-odds the lower of the two thresholds sits below the trained one (0: not tightened;
+        ``inf``: some texts all go to the model)."""
+        cut = min(self._cuts)
+        return (HALF_BINS - cut) * STEP if cut > 0 else math.inf
+
+    def _threshold(self, cut: int) -> float:
+        return -math.inf if cut <= 0 else float(self._edges[cut])
 
     @property
     def drift(self) -> float:
@@ -192,53 +207,71 @@ class RecallControl:
     # Decisions out.
 
     def evaluate(self, *, force: bool = False) -> Change | None:
-        """Re-check the bounds after new evidence and move the threshold if the evidence says so
+        """Re-check the bounds after new evidence and move a threshold if the evidence says so
         (the search for a looser threshold runs every ``RECOVER_EVERY`` outcomes, or when
         ``force``d). Returns the change, if any. Driven by evidence, never by a clock: the same
-        outcomes in the same order give the same thresholds."""
+        outcomes in the same order give the same thresholds.
+
+        Each stratum is held to the target on its own evidence: familiar texts step the threshold
+        below the lowest violation let through; novel texts, on which the prefilter has shown it
+        falls short, all go to the model (their threshold to ``-inf``) until their own evidence
+        certifies a threshold again."""
         if not self._dirty:
             return None
         self._dirty = False
         ev = self._evidence()
-        current = self._bounds(ev, self._cut)
-        novel = self._bounds(ev, self._cut, strata=(NOVEL,), flagged=False)
-        self.last = current
+        self.last = self._bounds(ev, self._cuts)
         if not self.enabled:
             return None
-        if current.upper < self.target:
-            return self._tighten(ev, current, "the upper bound on recall is below the target")
-        if novel.upper < self.target:
-            return self._tighten(ev, novel, "the upper bound on recall over novel texts is below the target")
-        if self._cut < HALF_BINS and (force or self._since_recover >= RECOVER_EVERY):
+        familiar = self._bounds(ev, self._cuts, strata=(FAMILIAR,), flagged=False)
+        if familiar.upper < self.target:
+            return self._tighten(ev, familiar)
+        novel = self._bounds(ev, self._cuts, strata=(NOVEL,), flagged=False)
+        if novel.upper < self.target and self._cuts[NOVEL] > 0:
+            return self._move(ev, NOVEL, 0, "the upper bound on recall over novel texts is below the target", novel)
+        if min(self._cuts) < HALF_BINS and (force or self._since_recover >= RECOVER_EVERY):
             self._since_recover = 0
             return self._recover(ev)
         return None
 
-    def bounds_at(self, threshold: float) -> Bounds:
-        """The bounds the window's evidence gives at any threshold (rounded to a bin edge)."""
-        cut = int(np.clip(round((threshold - self.trained) / STEP) + HALF_BINS, 0, 2 * HALF_BINS))
-        return self._bounds(self._evidence(), cut)
+    def bounds_at(self, threshold: float, *, novel_threshold: float | None = None) -> Bounds:
+        """The bounds the window's evidence gives at any threshold (rounded to a bin edge; novel
+        texts at ``novel_threshold``, by default the same)."""
+        cut = self._cut_of(threshold)
+        novel = cut if novel_threshold is None else self._cut_of(novel_threshold)
+        return self._bounds(self._evidence(), [cut, min(novel, cut)])
 
-    def _tighten(self, ev: np.ndarray, current: Bounds, reason: str) -> Change:
-        below = ev[:, :, : self._cut].sum(axis=1)  # strata summed, bins below the threshold
+    def _cut_of(self, threshold: float) -> int:
+        if threshold == -math.inf:
+            return 0
+        return int(np.clip(round((threshold - self.trained) / STEP) + HALF_BINS, 0, 2 * HALF_BINS))
+
+    def _tighten(self, ev: np.ndarray, familiar: Bounds) -> Change:
+        below = ev[:, FAMILIAR, : self._cuts[FAMILIAR]]
         missed = np.nonzero(below[SENT_V] + below[AUD_M])[0]
-        lowest = int(missed[0]) if len(missed) else self._cut - 1
-        new_cut = max(0, min(lowest, self._cut - 1))
-        old = self.threshold
-        self._cut = new_cut
-        change = Change(old, self.threshold, reason, current)
-        self.last = self._bounds(ev, self._cut)
-        return change
+        lowest = int(missed[0]) if len(missed) else self._cuts[FAMILIAR] - 1
+        cut = max(0, min(lowest, self._cuts[FAMILIAR] - 1))
+        return self._move(ev, FAMILIAR, cut, "the upper bound on recall over familiar texts is below the target",
+                          familiar)
+
+    def _move(self, ev: np.ndarray, stratum: int, cut: int, reason: str, at: Bounds) -> Change:
+        old = self._threshold(self._cuts[stratum])
+        self._cuts[stratum] = cut
+        self._cuts[NOVEL] = min(self._cuts[NOVEL], self._cuts[FAMILIAR])
+        self.last = self._bounds(ev, self._cuts)
+        return Change("novel" if stratum == NOVEL else "familiar", old, self._threshold(cut), reason, at)
 
     def _recover(self, ev: np.ndarray) -> Change | None:
-        for cut in range(HALF_BINS, self._cut, -1):  # the highest threshold the evidence certifies
-            at = self._bounds(ev, cut)
-            if at.lower >= self.target and \
-                    self._bounds(ev, cut, strata=(NOVEL,), flagged=False).upper >= self.target:
-                old = self.threshold
-                self._cut = cut
-                self.last = at
-                return Change(old, self.threshold, "the lower bound on recall meets the target", at)
+        """The highest threshold, per stratum, whose lower bound meets the target (familiar first:
+        a novel text's threshold never rises above it)."""
+        for stratum in (FAMILIAR, NOVEL):
+            ceiling = HALF_BINS if stratum == FAMILIAR else self._cuts[FAMILIAR]
+            for cut in range(ceiling, self._cuts[stratum], -1):
+                cuts = list(self._cuts)
+                cuts[stratum] = cut
+                at = self._bounds(ev, cuts, strata=(stratum,), flagged=False)
+                if at.lower >= self.target:
+                    return self._move(ev, stratum, cut, "the lower bound on recall meets the target", at)
         return None
 
     # Internals.
@@ -255,26 +288,28 @@ class RecallControl:
     def _evidence(self) -> np.ndarray:
         return np.sum(np.stack(self._segments), axis=0)
 
-
-    def _bounds(self, ev: np.ndarray, cut: int, *, strata: tuple[int, ...] = (FAMILIAR, NOVEL),
+    def _bounds(self, ev: np.ndarray, cuts: list[int], *, strata: tuple[int, ...] = (FAMILIAR, NOVEL),
                 flagged: bool = True) -> Bounds:
-        ev = ev[:, list(strata), :]
-        above, below = ev[:, :, cut:], ev[:, :, :cut]
-        unaud_above = above[SKIP_N] - above[AUD_N]
-        share_above = np.where(above[AUD_N] > 0, above[AUD_M] / np.maximum(above[AUD_N], 1), 0.0)
-        found = float((sum(self._flagged_v) if flagged else 0) + above[SENT_V].sum() + above[AUD_M].sum()
-                      + (unaud_above * share_above).sum())
-        observed = int(below[SENT_V].sum() + below[AUD_M].sum())
-        lo_missed = hi_missed = float(observed)
-        audited = misses = unaudited = 0
-        for s in range(len(strata)):
-            a, m = int(below[AUD_N, s].sum()), int(below[AUD_M, s].sum())
-            u = int(below[SKIP_N, s].sum()) - a
-            audited, misses, unaudited = audited + a, misses + m, unaudited + u
-            if u:
-                hi_missed += u * _upper(m, a, self.confidence) if a else u
-                lo_missed += u * _lower(m, a, self.confidence) if a else 0.0
-        lower = found / (found + hi_missed) if found + hi_missed > 0 else 0.0
+        """Recall bounds with each stratum cut at its own threshold (see the module doc)."""
+        found = float(sum(self._flagged_v)) if flagged else 0.0
+        observed = audited = misses = unaudited = 0
+        lo_missed = hi_missed = 0.0
+        for s in strata:
+            above, below = ev[:, s, cuts[s]:], ev[:, s, : cuts[s]]
+            unaud_above = above[SKIP_N] - above[AUD_N]
+            share_above = np.where(above[AUD_N] > 0, above[AUD_M] / np.maximum(above[AUD_N], 1), 0.0)
+            found += float(above[SENT_V].sum() + above[AUD_M].sum() + (unaud_above * share_above).sum())
+            seen = int(below[SENT_V].sum() + below[AUD_M].sum())
+            a, m = int(below[AUD_N].sum()), int(below[AUD_M].sum())
+            u = int(below[SKIP_N].sum()) - a
+            observed, audited, misses, unaudited = observed + seen, audited + a, misses + m, unaudited + u
+            hi_missed += seen + (u * _upper(m, a, self.confidence) if a else u)
+            lo_missed += seen + (u * _lower(m, a, self.confidence) if a else 0.0)
+        # The upper bound is about this window: an observed miss is a fact about it, so it tightens
+        # at once. The lower bound certifies the traffic to come: it also covers the window's
+        # violations being a sample (Clopper-Pearson over them), so ten found of ten certify 0.74.
+        total = found + hi_missed
+        lower = _lower(math.floor(found), math.ceil(total), self.confidence) if total > 0 else 0.0
         upper = found / (found + lo_missed) if found + lo_missed > 0 else 1.0
         return Bounds(lower, upper, found, observed, audited, misses, unaudited)
 

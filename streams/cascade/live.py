@@ -11,7 +11,6 @@ Per consumer process: each member of a group controls from the partitions it own
 from __future__ import annotations
 
 import logging
-import math
 
 from streams.cascade.control import Change, RecallControl
 from streams.cascade.model import Prefilter
@@ -72,9 +71,10 @@ class LiveCascade:
         b = change.bounds
         tightened = change.new < change.old
         log.log(logging.WARNING if tightened else logging.INFO,
-                "prefilter %s policy=%s threshold=%.4f->%.4f trained=%.4f reason=%r recall_lower_bound=%.4f "
+                "prefilter %s policy=%s texts=%s threshold=%.4f->%.4f trained=%.4f reason=%r recall_lower_bound=%.4f "
                 "recall_upper_bound=%.4f target=%.4f found=%.0f missed_seen=%d audited=%d audit_misses=%d "
-                "unaudited_skipped=%d%s", "tightened" if tightened else "loosened", policy_id, change.old, change.new,
+                "unaudited_skipped=%d%s", "tightened" if tightened else "loosened", policy_id, change.texts,
+                change.old, change.new,
                 control.trained, change.reason, b.lower, b.upper, control.target, b.found, b.observed_missed,
                 b.audited, b.audit_misses, b.unaudited_skipped,
                 " (more pairs go to the model)" if tightened else " (the evidence certifies the target)")
@@ -82,8 +82,8 @@ class LiveCascade:
     def _publish(self, policy_id: str, control: RecallControl) -> None:
         m = self._metrics
         m.prefilter_threshold.labels(policy_id).set(control.threshold)
-        m.prefilter_tightened.labels(policy_id).set(control.tightened_by if control.threshold > -math.inf
-                                                    else math.inf)
+        m.prefilter_novel_threshold.labels(policy_id).set(control.novel_threshold)
+        m.prefilter_tightened.labels(policy_id).set(control.tightened_by)
         m.prefilter_drift.labels(policy_id).set(round(control.drift, 4))
         if control.last is not None:
             m.prefilter_recall_lower_bound.labels(policy_id).set(round(control.last.lower, 6))

@@ -20,8 +20,8 @@ restrictive level forbids, or a whole word, or whole text, spelt only in look-al
 flagged), ``styled_letters`` (two or more mathematical, fullwidth, circled, superscript or small
 capital letters in a word, or one glued to plain letters; fullwidth forms are native in CJK text),
 ``unusual_chars`` (private use, unassigned in this Python's Unicode version outside the emoji and
-CJK planes, lone surrogates, marks stacked on one base, or plain Latin letters carrying marks that
-no precomposed letter has).
+CJK planes, lone surrogates, marks stacked on one base, plain Latin letters carrying marks that no
+precomposed letter has, or many plain letters followed by separate marks).
 
 Contract: pure, deterministic, no I/O, and total: any ``str`` (empty, lone surrogates, control
 characters, megabytes) gives a result and never raises, because it runs on every event of the hot
@@ -36,70 +36,28 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from streams.cascade.charsets import BEFORE_NFKC as _BEFORE_NFKC
+from streams.cascade.charsets import CJK as _CJK
+from streams.cascade.charsets import CONFUSABLE_SCRIPTS as _CONFUSABLE_SCRIPTS
+from streams.cascade.charsets import FOLD as _FOLD
+from streams.cascade.charsets import INVISIBLE_RANGES as _INVISIBLE_RANGES
+from streams.cascade.charsets import MARK_RANGES as _MARK_RANGES
+from streams.cascade.charsets import MARKS as _MARKS
+from streams.cascade.charsets import NAME_SCRIPT as _NAME_SCRIPT
+from streams.cascade.charsets import STYLED as _STYLED
+
 __all__ = ["FLAGS", "evasion_flags", "prepare", "skeleton"]
 
 FLAGS: tuple[str, ...] = ("invisible_chars", "mixed_script", "spaced_letters", "styled_letters", "unusual_chars")
 
-# Look-alikes of each lowercase Latin letter, after UTS #39 confusables.txt (prototypes folded to
-# lowercase, since the skeleton is case-folded). Both cases of a source letter are listed where
-# they imitate different Latin letters (Greek eta: H and n); otherwise the other case is derived.
-# Digits that pass for letters (0 for o, 3 for e) are left alone: they are digits in genuine text.
-_LOOKALIKES: dict[str, str] = {
-    "a": "аАαΑɑᴀꓮᎪ",
-    "b": "вВβΒʙЬƅᏴꓐ",
-    "c": "сСϲϹᴄᏟꓚ",
-    "d": "ԁᴅᎠꓓ",
-    "e": "еЕεΕᴇᎬꓰҽɛ",
-    "f": "ꜰꓝϜ",
-    "g": "ɡɢԍᏀꓖց",
-    "h": "һҺнНΗʜᎻꓧհ",
-    "i": "іІιΙıɩɪᎥꓲ",
-    "j": "јЈϳᴊᎫꓙȷ",
-    "k": "кКκΚᴋᏦꓗ",
-    "l": "ӏӀʟᏞꓡłƚԼ",
-    "m": "мМΜᴍᎷꓟ",
-    "n": "ηΝɴոꓠ",
-    "o": "оОοΟᴏօՕꓳø",
-    "p": "рРρΡᴘᏢꓑ",
-    "q": "ԛԚզ",
-    "r": "гʀᎡꓣɾ",
-    "s": "ѕЅꜱᏚꓢՏ",
-    "t": "тТτΤᴛᎢꓔ",
-    "u": "υսՍᴜꓴμ",
-    "v": "νѵѴᴠᏙꓦ",
-    "w": "ԝԜѡωᴡᏔᎳꓪ",
-    "x": "хХχΧꓫ",
-    "y": "уУүҮγΥʏᎩꓬ",
-    "z": "ΖᴢᏃꓜ",
-}
-# Letters styled by symbol blocks that NFKC leaves alone (negative circled and squared capitals).
-_STYLED_EXTRA: dict[str, str] = {
-    **{chr(0x1F150 + i): chr(0x61 + i) for i in range(26)},
-    **{chr(0x1F170 + i): chr(0x61 + i) for i in range(26)},
-}
-_SMALL_CAPITALS = "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ"  # "fancy text" alphabets; Latin script, so not mixed
-_MARK_RANGES = ((0x0300, 0x036F), (0x0483, 0x0489), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
-                (0xFE20, 0xFE2F))  # the generic diacritics of Latin, Greek and Cyrillic (and of Zalgo)
-# Invisible characters: default-ignorable format characters (Cf, but not the visible prepended
-# Arabic number signs), plus invisible letters and marks (grapheme joiner, variation selectors,
-# Mongolian selectors, Hangul fillers, the braille blank).
-_INVISIBLE_RANGES = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x180B, 0x180F),
-                     (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800), (0x3164, 0x3164),
-                     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF9, 0xFFFB), (0x13430, 0x1343F),
-                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
-# Scripts whose letters imitate Latin ones: Latin may not share a word with them.
-_CONFUSABLE_SCRIPTS = frozenset({"CYRILLIC", "GREEK", "COPTIC", "ARMENIAN", "CHEROKEE", "LISU", "CANADIAN",
-                                 "TIFINAGH", "VAI", "OLD", "NKO"})
-_CJK = frozenset({"HAN", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO"})
-_NAME_SCRIPT = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": None, "MODIFIER": None,
-                "COMBINING": None}
 _WHOLE_TEXT_MIN = 20  # look-alike letters a text needs before "all of them are look-alikes" is a signal
 _WHOLE_GREEK_MIN = 32  # Greek shares most letters with Latin: genuine short Greek passes that test
 
 _SEP = " .\\-_*|/\u00b7"
 _RUN = f"(?<![^\\W_])[a-z](?:[{_SEP}][a-z]){{2,}}(?![^\\W_])"
 _SPACED = re.compile(f"{_RUN}(?:[ \\t]{{2,}}{_RUN})*")
-_SHAPES = bytes.maketrans(bytes(range(128)), bytes(b"a"[0] if chr(c).isalnum() else b"-"[0] for c in range(128)))
+_SHAPES = bytes.maketrans(bytes(range(256)), bytes(b"a"[0] if chr(c).isascii() and chr(c).isalnum() else b"-"[0]
+                                                    for c in range(256)))
 _SEP_CHARS = re.compile(f"[{_SEP}]")
 _GAP = re.compile("[ \\t]{2,}")
 _WIDE_GAP = re.compile(" {2,}")
@@ -111,73 +69,32 @@ def _char_class(spans: Iterable[tuple[int, int]]) -> str:
     return "[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in spans) + "]"
 
 
-def _confusables() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for latin, sources in _LOOKALIKES.items():
-        table.update(dict.fromkeys(sources, latin))
-    for source, latin in list(table.items()):
-        for other in (source.lower(), source.upper()):
-            if len(other) == 1 and not other.isascii():
-                table.setdefault(other, latin)
-    table.update(_STYLED_EXTRA)
-    return table
-
-
-_CONFUSABLE = _confusables()
-# Look-alikes that NFKC would turn into a different letter (lunate sigma, drawn c, becomes sigma):
-# mapped before NFKC.
-_BEFORE_NFKC = {ord(ch): latin for ch, latin in _CONFUSABLE.items() if unicodedata.normalize("NFKC", ch) != ch}
-_MARKS = frozenset(chr(cp) for lo, hi in _MARK_RANGES for cp in range(lo, hi + 1))
-_FOLD_RANGES = ((0x00C0, 0x02AF), (0x0370, 0x058F), (0x13A0, 0x13FF), (0x1C80, 0x1C8F), (0x1D00, 0x1DBF),
-                (0x1E00, 0x1FFF), (0x2C60, 0x2C7F), (0xA640, 0xA69F), (0xA720, 0xA7FF), (0xAB30, 0xABBF))
-
-
-def _fold_letter(ch: str) -> str:
-    """A letter without its diacritics, its look-alikes mapped, case-folded (twice: folding can
-    reveal a look-alike, as Cyrillic rounded ve folds to ve)."""
-    out = ch
-    for _ in range(2):
-        out = "".join(_CONFUSABLE.get(c, c) for c in unicodedata.normalize("NFD", out) if c not in _MARKS)
-        out = out.casefold()
-    return out
-
-
-def _fold_table() -> dict[int, str | None]:
-    table: dict[int, str | None] = {ord(ch): latin for ch, latin in _CONFUSABLE.items()}
-    for lo, hi in _FOLD_RANGES:
-        for cp in range(lo, hi + 1):
-            ch = chr(cp)
-            folded = _fold_letter(ch)
-            if folded != ch.casefold() and not any(unicodedata.combining(c) for c in folded):
-                table[cp] = folded
-    for lo, hi in (*_MARK_RANGES, *_INVISIBLE_RANGES):
-        table.update(dict.fromkeys(range(lo, hi + 1)))
-    return table
-
-
-def _styled_codes() -> list[int]:
-    """Letters that NFKC turns into one ASCII letter (mathematical, fullwidth, circled,
-    superscript ...), Latin small capitals and the negative squared and circled capitals."""
-    codes = {ord(c) for c in _SMALL_CAPITALS} | {ord(c) for c in _STYLED_EXTRA}
-    for lo, hi in ((0x02B0, 0x02FF), (0x1D00, 0x1DBF), (0x2070, 0x209F), (0x2100, 0x214F), (0x2460, 0x24FF),
-                   (0x2C7C, 0x2C7D), (0xFF00, 0xFFEF), (0x1D400, 0x1D7FF), (0x1F100, 0x1F1FF)):
-        for cp in range(lo, hi + 1):
-            folded = unicodedata.normalize("NFKC", chr(cp))
-            if len(folded) == 1 and folded.isascii() and folded.isalpha():
-                codes.add(cp)
-    return sorted(codes)
-
-
-_FOLD = _fold_table()
+_FOLDED = frozenset(map(chr, _FOLD))
+# Letters whose skeleton is one Latin letter.
+_LOOKALIKE = frozenset(chr(cp) for cp, out in _FOLD.items() if out is not None and len(out) == 1 and out.isascii())
 _INVISIBLE_ONLY = dict.fromkeys(cp for lo, hi in _INVISIBLE_RANGES for cp in range(lo, hi + 1))
 _INVISIBLE_RUNS = re.compile(_char_class(_INVISIBLE_RANGES) + "+")
-_STYLED = frozenset(_styled_codes())
 _STYLED_RUNS = re.compile(_char_class((cp, cp) for cp in sorted(_STYLED)) + "+")
 _MARK_CLASS = _char_class(_MARK_RANGES)
 _STACKED = re.compile(_MARK_CLASS + "{2,}")
 _BARE_MARK = re.compile("[A-Za-z]" + _MARK_CLASS)
+_ASCII_LETTER = re.compile("[A-Za-z]")
+_DECORATED_PERCENT = 15  # of a text's plain letters, followed by a separate combining mark
 _WORD = re.compile(r"[^\W\d_]+")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ASCII_SET = frozenset(map(chr, range(128)))
+
+def _letters_by_script() -> dict[str, frozenset[str]]:
+    """The letters of Latin and of the scripts imitating it, for whole-word script checks."""
+    found: dict[str, set[str]] = {}
+    for lo, hi in ((0x0041, 0x007A), (0x00C0, 0x058F), (0x13A0, 0x13FF), (0x1C80, 0x1C8F), (0x1D00, 0x1DBF),
+                   (0x1E00, 0x1FFF), (0x2C60, 0x2C7F), (0xA640, 0xA69F), (0xA720, 0xA7FF), (0xAB30, 0xABBF)):
+        for ch in map(chr, range(lo, hi + 1)):
+            script = _script(ch) if ch.isalpha() else None
+            if script == "LATIN" or script in _CONFUSABLE_SCRIPTS:
+                found.setdefault(script, set()).add(ch)
+    return {script: frozenset(letters) for script, letters in found.items()}
+
 
 _INVISIBLE, _STYLE, _UNUSUAL, _MARK, _EARLY = 1, 2, 4, 8, 16
 
@@ -211,6 +128,9 @@ def _char_info(ch: str) -> int:
     if category in ("Co", "Cs") or (category == "Cn" and not (0x1F000 <= cp <= 0x1FAFF or 0x20000 <= cp <= 0x3FFFF)):
         bits |= _UNUSUAL
     return bits
+
+
+_SCRIPT_LETTERS = _letters_by_script()
 
 
 def _latin_like(ch: str) -> bool:
@@ -296,52 +216,61 @@ def _styled_flag(text: str, cjk: bool) -> bool:
     return False
 
 
-def _unusual_flag(base: str) -> bool:
-    return _STACKED.search(base) is not None or len(_BARE_MARK.findall(base)) >= 2
+def _unusual_flag(text: str, base: str) -> bool:
+    """Marks stacked on one letter, or plain Latin letters carrying marks that no precomposed
+    letter has, or decorated as no language is: typed accents arrive precomposed (NFC), and even
+    accent-heavy languages decorate few letters of a text with separate marks."""
+    if _STACKED.search(base) is not None or len(_BARE_MARK.findall(base)) >= 2:
+        return True
+    marked = len(_BARE_MARK.findall(text))
+    return marked >= 3 and marked * 100 >= _DECORATED_PERCENT * len(_ASCII_LETTER.findall(text))
 
 
 def _mixed_flag(base: str, letters: set[str], has_latin: bool) -> bool:
     """A script that imitates Latin sharing a word with another script, a word spelt only in
     look-alikes inside Latin text, or a whole text spelt only in look-alikes."""
-    scripts = {s for s in map(_script, letters) if s is not None}
+    scripts = set(map(_script, letters))
+    scripts.discard(None)
     imitating = scripts & _CONFUSABLE_SCRIPTS
     if not imitating:
         return False  # Latin beside Thai, Arabic or CJK in one word is how those texts are written
     if (has_latin or len(scripts) > 1) and _mixed_words(base):
         return True
-    lookalikes = {ch for ch in letters if _script(ch) in _CONFUSABLE_SCRIPTS}
-    if all(map(_lookalike, lookalikes)):
+    lookalikes = [ch for ch in letters if _script(ch) in _CONFUSABLE_SCRIPTS]
+    if _LOOKALIKE.issuperset(lookalikes):
         needed = _WHOLE_GREEK_MIN if imitating == {"GREEK"} else _WHOLE_TEXT_MIN
         return sum(base.count(ch) for ch in lookalikes) >= needed
     return False
 
 
 def _mixed_words(base: str) -> bool:
-    latin = len(base) - len(base.translate(_DELETE_ASCII_LETTERS))
-    other = lookalike_words = 0
-    for m in _WORD.finditer(base):
-        word = m.group()
+    latin = other = lookalike_words = 0
+    for word in _WORD.findall(base):
         if word.isascii():
+            latin += len(word)
             continue
-        scripts = {"LATIN" if ch in _ASCII_LETTERS else _script(ch) for ch in word}
-        scripts.discard(None)
-        if len(scripts) > 1 and scripts & _CONFUSABLE_SCRIPTS and not _UNIT.fullmatch(word):
-            return True
-        n_latin = sum(1 for ch in word if ch in _ASCII_LETTERS or _script(ch) == "LATIN")
-        latin += n_latin - sum(1 for ch in word if ch in _ASCII_LETTERS)
-        other += len(word) - n_latin
-        if len(word) >= 2 and scripts and scripts <= _CONFUSABLE_SCRIPTS and all(map(_lookalike, word)):
-            lookalike_words += 1
+        scripts = _word_scripts(word)
+        if len(scripts) > 1:
+            if scripts & _CONFUSABLE_SCRIPTS and not _UNIT.fullmatch(word):
+                return True
+            in_latin = sum(1 for ch in word if _script(ch) == "LATIN")
+            latin, other = latin + in_latin, other + len(word) - in_latin
+        elif "LATIN" in scripts:
+            latin += len(word)
+        else:
+            other += len(word)
+            if len(word) >= 2 and scripts <= _CONFUSABLE_SCRIPTS and _LOOKALIKE.issuperset(word):
+                lookalike_words += 1
     return lookalike_words > 0 and latin > other
 
 
-_DELETE_ASCII_LETTERS = dict.fromkeys(map(ord, _ASCII_LETTERS))
-
-
-def _lookalike(ch: str) -> bool:
-    """A letter whose skeleton is one Latin letter (after its diacritics go)."""
-    folded = _FOLD.get(ord(ch))
-    return isinstance(folded, str) and len(folded) == 1 and folded.isascii()
+def _word_scripts(word: str) -> set[str | None]:
+    first = _script(word[0])
+    if first is not None and first in _SCRIPT_LETTERS and _SCRIPT_LETTERS[first].issuperset(word):
+        return {first}  # the common case, in one set operation
+    scripts = set(map(_script, word))
+    scripts.discard(None)
+    return scripts
 
 
 def _abbreviation(run: str, following: str) -> bool:
@@ -365,6 +294,24 @@ def _join_spaced(text: str) -> tuple[str, bool]:
     return (_WIDE_GAP.sub(" ", joined) if flagged else joined), flagged
 
 
+def _may_be_spaced(folded: str) -> bool:
+    """A cheap necessary condition for a run of single letters: three one-character tokens
+    between separators (any non-ASCII character counts as one, except the middle dot)."""
+    if "\u00b7" in folded:
+        return True
+    shape = f"-{folded}-".encode("utf-8", "surrogatepass").translate(_SHAPES)
+    return b"-a-a-a-" in shape
+
+
+def _spaced(folded: str, flags: set[str]) -> str:
+    if not _may_be_spaced(folded) or _SPACED.search(folded) is None:
+        return folded
+    joined, spaced = _join_spaced(folded)
+    if spaced:
+        flags.add("spaced_letters")
+    return joined
+
+
 def prepare(text: str) -> tuple[str, tuple[str, ...]]:
     """The text the prefilter scores and the evasion flags the original text shows.
 
@@ -375,15 +322,14 @@ def prepare(text: str) -> tuple[str, tuple[str, ...]]:
         ``(skeleton, flags)``: the normalised text (see the module docstring), and the sorted
         names from :data:`FLAGS` found in ``text``; empty for ordinary text in any language.
     """
-    if text.isascii():
-        folded = text.lower()
-        # Cheap necessary condition for a run: three one-character tokens between separators.
-        if b"-a-a-a-" not in f"-{folded}-".encode("ascii").translate(_SHAPES) or _SPACED.search(folded) is None:
-            return folded, ()
-        joined, spaced = _join_spaced(folded)
-        return joined, ("spaced_letters",) if spaced else ()
     flags: set[str] = set()
+    if text.isascii():  # the common case: no invisible, styled, foreign or accented letter
+        folded = text.lower()
+        if b"-a-a-a-" not in f"-{folded}-".encode("ascii").translate(_SHAPES):
+            return folded, ()
+        return _spaced(folded, flags), tuple(flags)
     chars = set(text)
+    has_latin = not chars.isdisjoint(_ASCII_LETTERS)
     chars.difference_update(_ASCII_SET)
     bits = 0
     for ch in chars:
@@ -393,23 +339,19 @@ def prepare(text: str) -> tuple[str, tuple[str, ...]]:
         base = base.translate(_INVISIBLE_ONLY)
         if _invisible_flag(text):
             flags.add("invisible_chars")
-    base_chars = set(base)
-    letters = {ch for ch in base_chars if ch > "\x7f" and ch.isalpha()}
+    if base != text:
+        chars = set(base)
+        has_latin = not chars.isdisjoint(_ASCII_LETTERS)
+        chars.difference_update(_ASCII_SET)
+    letters = {ch for ch in chars if ch.isalpha()}
     if bits & _STYLE and _styled_flag(text, any(_script(ch) in _CJK for ch in letters)):
         flags.add("styled_letters")
-    if bits & _UNUSUAL or (bits & _MARK and _unusual_flag(base)):
+    if bits & _UNUSUAL or (bits & _MARK and _unusual_flag(text, base)):
         flags.add("unusual_chars")
-    if letters and _mixed_flag(base, letters, not _ASCII_LETTERS.isdisjoint(base_chars)):
+    if letters and _mixed_flag(base, letters, has_latin):
         flags.add("mixed_script")
-    folded = base.translate(_FOLD).casefold()
-    if _SPACED.search(folded) is not None:
-        folded, spaced = _join_spaced(folded)
-        if spaced:
-            flags.add("spaced_letters")
-    return folded, tuple(sorted(flags))
-
-
-_ASCII_SET = frozenset(chr(cp) for cp in range(128))
+    folded = (base.translate(_FOLD) if not _FOLDED.isdisjoint(chars) else base).casefold()
+    return _spaced(folded, flags), tuple(sorted(flags))
 
 
 def skeleton(text: str) -> str:

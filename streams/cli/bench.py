@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -16,8 +17,13 @@ from streams.errors import ConfigError
 def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
     b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
                        description="One run, one machine: embedded broker, simulated replicas (same profile, time "
-                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade.")
-    b.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes on 2 cores)")
+                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade "
+                       "(a prefilter in front of the model over steady, shifted and obfuscated phases, with and "
+                       "without its controller); --mode picks some.")
+    b.add_argument("--quick", action="store_true", help="smaller runs (under 4 minutes on 2 cores)")
+    b.add_argument("--mode", type=_modes, action="extend", dest="modes", metavar="MODE[,MODE...]",
+                   help="run only these modes (repeatable or a comma list; default all): "
+                   "ideal, pipeline, naive, faust, passthrough, cascade; e.g. --mode cascade")
     b.add_argument("--time-scale", type=positive_float,
                    help="simulated GPU speed-up (default 10; 4 with --scale, so this machine's CPUs are not the limit)")
     b.add_argument("--profile", default="gpt-oss-safeguard-20b@h100", help="replica profile")
@@ -29,6 +35,13 @@ def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
                    help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
     b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     b.set_defaults(func=lambda args: _cmd_bench(args, emit_json))
+
+
+def _modes(v: str) -> list[str]:
+    modes = [m.strip() for m in v.split(",") if m.strip()]
+    if not modes:
+        raise argparse.ArgumentTypeError(f"{v!r} names no mode")
+    return modes
 
 
 def _scale_runs(v: str) -> list[tuple[int, int, int]]:
@@ -46,7 +59,7 @@ def _scale_runs(v: str) -> list[tuple[int, int, int]]:
 
 
 def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> int:
-    from streams.devtools.bench.runner import run_bench
+    from streams.devtools.bench.runner import MODES, run_bench
     from streams.ops.profiles import PROFILES
 
     if args.profile not in PROFILES:
@@ -54,10 +67,15 @@ def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> in
     err = Console(stderr=True)
     if args.runs and not args.scale:
         raise ConfigError("--runs goes with --scale")
+    if args.modes and args.scale:
+        raise ConfigError("--mode does not go with --scale")
     if args.scale:
         return _bench_scale(args, err, emit_json)
+    if unknown := sorted(set(args.modes or ()) - set(MODES)):
+        raise ConfigError(f"unknown bench mode {', '.join(unknown)}; choose from {', '.join(MODES)}")
     result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
-                       replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+                       replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
+                       **({"modes": args.modes} if args.modes else {}))
     if args.json:
         emit_json(result)
         return 0
@@ -66,12 +84,44 @@ def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> in
     for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
         table.add_column(col, justify="right" if col != "mode" else "left")
     for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
-        r = result[mode]
-        table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s", "e2e_p99_s",
-                                                            "cpu_us_per_event")))
-    con.print(table)
-    con.print(result["ratios"], highlight=False)
+        if mode in result:
+            r = result[mode]
+            table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s",
+                                                                "e2e_p99_s", "cpu_us_per_event")))
+    if table.row_count:
+        con.print(table)
+    if "cascade" in result:
+        con.print(_cascade_table(result["cascade"]))
+    if result["ratios"]:
+        con.print(result["ratios"], highlight=False)
     return 0
+
+
+def _cascade_table(c: dict[str, Any]) -> Table:
+    """One row per phase and controller setting of the cascade run: what the prefilter kept from
+    the model, and which violations it let through."""
+    t, phases = c.get("training", {}), c.get("phases", {})
+    sizes = ", ".join(f"{phase} {f['events']}" for phase, f in next(iter(phases.values()), {}).items())
+    table = Table(title=f"cascade: prefilter trained on {t.get('n_train')} reviews, hold-out recall "
+                  f"{t.get('holdout_recall')} (95% lower bound {t.get('recall_lower_bound')})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption=f"phase: controller on or off; events: {sizes}. recall: of the model's violations; "
+                  "prefilter: events it decided; let through: violations it decided / all; safe sent, flagged: "
+                  "shares of safe events sent to the model, carrying prefilter_flags")
+    table.add_column("phase", no_wrap=True)
+    for col in ("recall", "req/event", "prefilter", "let through", "safe sent", "flagged"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for setting, by_phase in phases.items():
+        for phase, f in by_phase.items():
+            table.add_row(f"{phase} {setting.removeprefix('controller_')}", _short(f.get("recall_vs_model")),
+                          _short(f.get("model_requests_per_event")), _short(f.get("decided_by_prefilter")),
+                          f"{f['let_through']}/{f['violations']}",
+                          _short(f.get("safe_pass_rate")), _short(f.get("safe_flagged")))
+    return table
+
+
+def _short(v: Any) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _bench_scale(args: argparse.Namespace, err: Console, emit_json: Callable[[Any], None]) -> int:

@@ -97,8 +97,8 @@ class Prefilter:
     :mod:`streams.cascade.live`) the pair is decided here, "no violation" (``decided_by:
     prefilter``), unless it is sampled for audit (deterministic from its label id, at
     ``prefilter.audit_rate``, or ``prefilter.drift_audit_rate`` for a novel text while the traffic
-    drifts), which sends it to the model like a pair at or above the threshold; the label of every
-    scored pair carries its score. In combined mode a policy decided here leaves its group; the
+    drifts), which sends it to the model like a pair at or above the threshold (a novel text has a
+    threshold of its own, at most the familiar one); the label of every scored pair carries its score. In combined mode a policy decided here leaves its group; the
     rest of the group is still asked together."""
 
     def __init__(self, prefilters: Prefilters, audit_rate: float, metrics: Metrics, live: LiveCascade, *,
@@ -134,9 +134,10 @@ class Prefilter:
         prepared = [_normalised(work) for work, _ in pairs]
         scores, coverage = model.score_normalised([text for text, _ in prepared],
                                                   coverage=control.coverage_p05 is not None)
-        threshold = control.threshold
+        threshold, novel_threshold = control.threshold, control.novel_threshold
         verdict = self._verdict(policy_id, threshold)
-        drift_below = self._drift_below if control.drifting else self._audit_below
+        novel_verdict = self._verdict(policy_id, novel_threshold)
+        drift_below = self._drift_below if control.enabled else self._audit_below
         novel_below = control.coverage_p05 if control.coverage_p05 is not None else -1.0
         known = coverage.tolist() if coverage is not None else None
         sent = audited = skipped = 0
@@ -152,16 +153,16 @@ class Prefilter:
                 for flag in flags:
                     self._evasion(policy_id, flag).inc()
                 sent += 1
-            elif score >= threshold:
+            elif score >= (novel_threshold if novel else threshold):
                 work.prefilter[policy_id] = (score, False, flags, novel)
                 sent += 1
-            elif self._audited(work, policy, drift_below if novel else self._audit_below):
+            elif self._audited(work, policy, drift_below if novel and control.drifting else self._audit_below):
                 work.prefilter[policy_id] = (score, True, flags, novel)
                 audited += 1
             else:
                 work.prefilter[policy_id] = (score, False, flags, novel)
                 skipped += 1
-                self._decide(work, policy, verdict)
+                self._decide(work, policy, novel_verdict if novel else verdict)
                 self._live.outcome(policy_id, score, "skipped", False, novel=novel)
         for outcome, count in (("sent", sent), ("audited", audited), ("skipped", skipped)):
             if count:

@@ -40,6 +40,7 @@ class Metrics:
     prefilter_evasion: Counter
     prefilter_recall_lower_bound: Gauge
     prefilter_threshold: Gauge
+    prefilter_novel_threshold: Gauge
     prefilter_tightened: Gauge
     prefilter_drift: Gauge
     decisions: Counter
@@ -131,9 +132,15 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "safeguard_prefilter_threshold", "The prefilter's threshold in use, in log-odds (the trained one unless "
             "the controller tightened it; -Inf: every pair goes to the model).", ["policy"], registry=reg,
         ),
+        prefilter_novel_threshold=Gauge(
+            "safeguard_prefilter_novel_threshold", "The threshold in use for novel texts (unlike the training "
+            "data), in log-odds: at most safeguard_prefilter_threshold; -Inf: every novel text goes to the model.",
+            ["policy"], registry=reg,
+        ),
         prefilter_tightened=Gauge(
-            "safeguard_prefilter_tightened", "Log-odds the controller moved the threshold below the trained one "
-            "(0: not tightened; +Inf: every pair goes to the model).", ["policy"], registry=reg,
+            "safeguard_prefilter_tightened", "Log-odds the controller moved the lower of its thresholds (familiar or "
+            "novel texts) below the trained one (0: not tightened; +Inf: some texts all go to the model).",
+            ["policy"], registry=reg,
         ),
         prefilter_drift=Gauge(
             "safeguard_prefilter_drift", "Recent share of texts unlike the prefilter's training data, above the "

@@ -116,6 +116,9 @@ def test_the_entrypoint_is_safeguard_and_the_manifests_args_are_its_subcommands(
         container = pod["containers"][0]
         assert "command" not in container, f"{name}: a command replaces the image's entrypoint"
         args = parser.parse_args(container["args"])  # exits (SystemExit) on anything safeguard rejects
+        if container["args"][:2] == ["prefilter", "train"]:  # the nightly retraining job, behind its gate
+            assert args.from_labels and args.replace is not None, name
+            continue
         assert args.func.__name__ in {"_cmd_run", "_cmd_escalate"}, name
 
 

@@ -14,10 +14,14 @@ simulator's answers and reasoning lengths depend only on the request, so every m
 - ``passthrough``: our consumer when every label comes from the dedupe cache (no model: one
   unmeasured event warms the cache first), against a raw confluent-kafka consume -> produce loop,
   the physical floor on this machine.
-- ``cascade``: our consumer with a prefilter (trained on 70% of the golden set) in front of the
-  model, over a stream with about 10% violations: model requests per event, recall against the
-  simulated model's answers, events/s; then a prefilter-only stream for the CPU per
-  prefilter-decided event beside the raw loop (:meth:`_Bench.cascade`).
+- ``cascade``: our consumer with a prefilter (trained on generated review history and the golden
+  set) in front of the model, over one stream of three phases (steady, shifted phrasing,
+  obfuscated violations), once with the live controller and once without: per phase, model
+  requests per event and recall against the simulated model's answers; events/s; then a
+  prefilter-only stream for the CPU per prefilter-decided event beside the raw loop
+  (:meth:`_Bench.cascade`, :mod:`streams.devtools.bench.phases`).
+
+``modes`` runs a subset (in this order); ``ratios`` holds only the ratios whose modes ran.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,60 +43,80 @@ from confluent_kafka import Producer
 
 from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate
-from streams.devtools.bench.probes import model_requests, prefix_cache_tokens, proc_cpu, read_line
+from streams.devtools.bench.phases import figures, headline
+from streams.devtools.bench.probes import prefix_cache_tokens, proc_cpu, read_line
 from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 from streams.ops.profiles import PROFILES
 
+MODES = ("ideal", "pipeline", "naive", "faust", "passthrough", "cascade")
+
 
 def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-safeguard-20b@h100",
-              replicas: int = 1, progress: Any = print) -> dict[str, Any]:
+              replicas: int = 1, progress: Any = print, modes: Collection[str] = MODES) -> dict[str, Any]:
     prof = PROFILES[profile]
     n = 1500 if quick else 6000
     n_pass = 10_000 if quick else 40_000
     naive_s = 10.0 if quick else 30.0
+    run = [m for m in MODES if m in modes]
     out: dict[str, Any] = {"config": {"quick": quick, "profile": profile, "time_scale": time_scale,
-                                      "replicas": replicas, "events": n, "passthrough_events": n_pass}}
+                                      "replicas": replicas, "events": n, "passthrough_events": n_pass, "modes": run}}
     def fresh() -> SimProcesses:
         """Every mode gets simulators of its own, started cold: no mode inherits another's prefix cache."""
         return SimProcesses(replicas, time_scale=time_scale, profile=profile)
 
     with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, EmbeddedBroker() as broker:
         bench = _Bench(broker.bootstrap, prof.model, Path(tmp), prof.max_num_seqs)
-        texts = [orjson.loads(v)["text"] for _, v in workload.events(n)]
-        progress("ideal: saturating the replicas over HTTP")
-        with fresh() as sims:
-            out["ideal"] = asyncio.run(saturate(sims.urls, texts, model=prof.model, concurrency=prof.max_num_seqs))
-        progress("pipeline: safeguard consumer end to end")
-        with fresh() as sims:
-            out["pipeline"] = bench.using(sims.urls).pipeline(workload.events(n))
-        progress(f"naive: per-message loop for {naive_s:.0f}s")
-        with fresh() as sims:
-            out["naive"] = bench.using(sims.urls).naive(naive_s)
-        progress("faust: faust-streaming agent")
-        with fresh() as sims:
-            out["faust"] = bench.using(sims.urls).faust(workload.events(n))
-        progress("passthrough: cache-only labels vs raw confluent-kafka loop")
-        with fresh() as sims:
-            out["passthrough"] = bench.using(sims.urls).passthrough(n_pass)
-        progress("cascade: a prefilter in front of the model, ~10% violations")
-        key = Path(tmp) / "cascade-answers.jsonl"
-        key.write_bytes(b"\n".join(orjson.dumps(r) for r in workload.answer_key_rows()) + b"\n")
-        with SimProcesses(replicas, time_scale=time_scale, profile=profile, answer_key=key) as sims:
-            out["cascade"] = bench.using(sims.urls).cascade(n, n_pass)
-    p, i = out["pipeline"], out["ideal"]
-    p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
-    out["ratios"] = {
-        "vs_ideal": p["utilisation"],
-        "p99_vs_ideal": _ratio(p["p99_s"], i["p99_s"], 3),
-        "e2e_p99_vs_ideal": _ratio(p["e2e_p99_s"], i["e2e_p99_s"], 3),
-        "vs_naive": _ratio(p["events_per_s"], out["naive"]["events_per_s"], 1),
-        "vs_faust": _ratio(p["events_per_s"], out["faust"]["events_per_s"], 2),
-        "passthrough_vs_raw": _ratio(out["passthrough"]["events_per_s"], out["passthrough"]["raw_events_per_s"], 3),
-    }
+        if "ideal" in run:
+            texts = [orjson.loads(v)["text"] for _, v in workload.events(n)]
+            progress("ideal: saturating the replicas over HTTP")
+            with fresh() as sims:
+                out["ideal"] = asyncio.run(saturate(sims.urls, texts, model=prof.model, concurrency=prof.max_num_seqs))
+        if "pipeline" in run:
+            progress("pipeline: safeguard consumer end to end")
+            with fresh() as sims:
+                out["pipeline"] = bench.using(sims.urls).pipeline(workload.events(n))
+        if "naive" in run:
+            progress(f"naive: per-message loop for {naive_s:.0f}s")
+            with fresh() as sims:
+                out["naive"] = bench.using(sims.urls).naive(naive_s)
+        if "faust" in run:
+            progress("faust: faust-streaming agent")
+            with fresh() as sims:
+                out["faust"] = bench.using(sims.urls).faust(workload.events(n))
+        if "passthrough" in run:
+            progress("passthrough: cache-only labels vs raw confluent-kafka loop")
+            with fresh() as sims:
+                out["passthrough"] = bench.using(sims.urls).passthrough(n_pass)
+        if "cascade" in run:
+            progress("cascade: generating reviews (training history, steady, shifted and obfuscated phases)")
+            work = workload.cascade_workload(n)
+            key = Path(tmp) / "cascade-answers.jsonl"
+            key.write_bytes(b"\n".join(orjson.dumps(r) for r in work.key_rows) + b"\n")
+            with SimProcesses(replicas, time_scale=time_scale, profile=profile, answer_key=key) as sims:
+                out["cascade"] = bench.using(sims.urls).cascade(work, n_pass, progress)
+    out["ratios"] = _ratios(out)
     return out
+
+
+def _ratios(out: dict[str, Any]) -> dict[str, float | None]:
+    """The pipeline against each other mode that ran (and ``utilisation`` into ``pipeline``)."""
+    ratios: dict[str, float | None] = {}
+    p, i = out.get("pipeline"), out.get("ideal")
+    if p and i:
+        p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
+        ratios.update(vs_ideal=p["utilisation"], p99_vs_ideal=_ratio(p["p99_s"], i["p99_s"], 3),
+                      e2e_p99_vs_ideal=_ratio(p["e2e_p99_s"], i["e2e_p99_s"], 3))
+    if p and "naive" in out:
+        ratios["vs_naive"] = _ratio(p["events_per_s"], out["naive"]["events_per_s"], 1)
+    if p and "faust" in out:
+        ratios["vs_faust"] = _ratio(p["events_per_s"], out["faust"]["events_per_s"], 2)
+    if "passthrough" in out:
+        ratios["passthrough_vs_raw"] = _ratio(out["passthrough"]["events_per_s"],
+                                              out["passthrough"]["raw_events_per_s"], 3)
+    return ratios
 
 
 def _per_event(cpu_s: dict[str, float], n: int) -> dict[str, float]:
@@ -216,60 +240,65 @@ class _Bench:
                 "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
                 "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), n), **raw}
 
-    def cascade(self, n: int, n_skip: int) -> dict[str, Any]:
-        """The cascade: a prefilter trained on 70% of the golden set, over a stream of ``n`` events
-        with about 10% violations (the simulated model answers with the golden labels), the default
-        audit rate; then ``n_skip`` events the prefilter decides alone (audits off), timed for the
-        CPU per prefilter-decided event, next to the raw loop over the same input."""
-        from streams.cascade.train import examples_for, train
+    def cascade(self, work: workload.CascadeWorkload, n_skip: int, progress: Any = print) -> dict[str, Any]:
+        """The cascade (the simulated model answers from ``work``'s key): a prefilter trained for
+        recall 0.99 on ``work.training``; its stream (steady, shifted, adversarial phases, in one
+        consumer run) at the default audit rate, with the live controller and then without. The
+        top-level figures are the steady phase's (``events_per_s`` and ``cpu_us_per_event``: the
+        whole controlled run's); ``phases`` holds every phase of both runs. Then ``n_skip`` events
+        the prefilter decides alone (audits and controller off), timed for the CPU per
+        prefilter-decided event, next to the raw loop over the same input."""
+        from streams.cascade.train import Example, train
         from streams.policy.model import load_policy
 
         policy = load_policy(workload.policy_path())
-        trained = train(policy, examples_for(policy.id, workload.cascade_training()), target_recall=0.99)
+        progress(f"cascade: training a prefilter on {len(work.training)} reviews")
+        t0 = time.monotonic()
+        trained = train(policy, [Example(t, y) for t, y in work.training], target_recall=0.99)
+        train_s = time.monotonic() - t0
         directory = self.tmp / "prefilters"
         directory.mkdir(exist_ok=True)
         trained.prefilter.save(directory / f"{policy.id}.prefilter")
-        stream, gold = workload.cascade_stream(n)
-        names = self._topics()
-        warm = workload.events(1, prefix="cwarm")
-        self._produce(names["input"], warm)
-        requests0 = model_requests(self.urls)
-        res = self._worker(self._config(names, cache=0, prefilter={"dir": str(directory)}), n, warmup=1,
-                           when_warm=lambda: self._produce(names["input"], stream))
-        requests = model_requests(self.urls) - requests0 - 1  # the warm-up event went to the model
-        labels = [orjson.loads(m.value()) for m in self._read(names["labels"], n + 1)]
-        flagged = {lab["event_id"] for lab in labels if lab["violation"]}
-        violating = [e for e, g in gold.items() if g]
-        decided = [lab for lab in labels if lab["event_id"] in gold]
-        skip_events = self._skippable(trained.prefilter, n_skip)
+        runs: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+        for setting in ("on", "off"):
+            progress(f"cascade: {len(work.stream)} events in three phases, controller {setting}")
+            runs[setting] = self._cascade_run(work, {"dir": str(directory), "controller": setting == "on"})
+        phases = {f"controller_{setting}": figures(labels, work.truth) for setting, (_, labels) in runs.items()}
+        res, total = runs["on"][0], len(work.stream)
+        progress(f"cascade: {n_skip} events the prefilter decides alone, beside the raw loop")
+        skip_events = workload.decided_alone(trained.prefilter, n_skip)
         names_skip = self._topics()
+        warm = workload.events(1, prefix="cwarm")
         self._produce(names_skip["input"], warm)
-        res_skip = self._worker(self._config(names_skip, cache=0, prefilter={"dir": str(directory), "audit_rate": 0.0}),
-                                n_skip, warmup=1, when_warm=lambda: self._produce(names_skip["input"], skip_events))
+        alone = {"dir": str(directory), "audit_rate": 0.0, "controller": False, "drift_audit_rate": 0.0}
+        res_skip = self._worker(self._config(names_skip, cache=0, prefilter=alone), n_skip, warmup=1,
+                                when_warm=lambda: self._produce(names_skip["input"], skip_events))
         raw = self._raw(names_skip["input"], n_skip)
-        return {"events": n, "violation_share": round(len(violating) / n, 3),
-                "model_requests_per_event": round(requests / n, 4),
-                "recall_vs_model": round(sum(1 for e in violating if e in flagged) / len(violating), 4),
-                "decided_by_prefilter": sum(1 for lab in decided if lab["decided_by"] == "prefilter"),
-                "audited": sum(1 for lab in decided if lab["audit"]),
-                "events_per_s": round(n / res["wall_s"], 2),
-                "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
+        training = {key: trained.prefilter.training.get(key) for key in ("holdout_positives", "recall_lower_bound")}
+        return {**headline(phases), "run_events": total, "events_per_s": round(total / res["wall_s"], 2),
+                "cpu_us_per_event": round(res["cpu_s"] / total * 1e6, 1),
                 "prefiltered_events": n_skip, "prefiltered_events_per_s": round(n_skip / res_skip["wall_s"], 1),
                 "cpu_us_per_prefiltered_event": round(res_skip["cpu_s"] / n_skip * 1e6, 1),
-                "raw_cpu_us_per_event": raw["raw_cpu_us_per_event"],
+                "raw_cpu_us_per_event": raw["raw_cpu_us_per_event"], "phases": phases,
                 "training": {"holdout_recall": round(trained.holdout_recall, 4),
-                             "holdout_pass_rate": round(trained.holdout_pass_rate, 4), "n_train": trained.n_train}}
+                             "holdout_pass_rate": round(trained.holdout_pass_rate, 4), "n_train": trained.n_train,
+                             "n_holdout": trained.n_holdout, "positives": trained.positives,
+                             "history": work.history, "seconds": round(train_s, 1), **training}}
 
-    @staticmethod
-    def _skippable(prefilter: Any, n: int) -> list[tuple[bytes, bytes]]:
-        """``n`` unique safe reviews the prefilter scores below its threshold (decided without the model)."""
-        safe = [i.text for i in workload.golden_items() if i.label == 0]
-        texts = [f"{safe[k % len(safe)]} (order #{k})" for k in range(n)]
-        keep = [t for t, s in zip(texts, prefilter.scores(texts).tolist(), strict=True) if s < prefilter.threshold]
-        if not keep:
-            raise FatalError("the bench's prefilter decides none of the safe reviews alone")
-        return [(f"s{k}".encode(), orjson.dumps({"event_id": f"s{k}", "kind": "review", "text": keep[k % len(keep)]}))
-                for k in range(n)]
+    def _cascade_run(self, work: workload.CascadeWorkload,
+                     prefilter: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """One consumer run over ``work.stream`` (produced in one burst after a warm-up event):
+        the worker's measurement and the label of each stream event by event id. One input
+        partition, so the phases reach the consumer in order: over several, the consumer reads them
+        side by side and one phase's evidence would move another phase's thresholds."""
+        names = self._topics(partitions=1)
+        self._produce(names["input"], workload.events(1, prefix="cwarm"))
+        n = len(work.stream)
+        res = self._worker(self._config(names, cache=0, prefilter=prefilter), n, warmup=1,
+                           when_warm=lambda: self._produce(names["input"], work.stream))
+        labels = {lab["event_id"]: lab for m in self._read(names["labels"], n + 1)
+                  for lab in [orjson.loads(m.value())] if lab["event_id"] in work.truth}
+        return res, labels
 
     def _raw(self, topic: str, n: int) -> dict[str, float]:
         """The physical floor: batch consume -> produce (no parsing, no callbacks, no commits), timed

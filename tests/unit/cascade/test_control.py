@@ -183,8 +183,39 @@ def test_a_shortfall_among_novel_texts_tightens_even_when_familiar_evidence_woul
     c.outcome(-1.7, "audited", True, novel=True)
     assert c.bounds_at(0.0).upper >= 0.99  # over all pairs, two misses are within 99% recall...
     change = c.evaluate(force=True)
-    assert change is not None and "novel" in change.reason  # ...over novel texts they are not
-    assert c.threshold <= -1.7
+    assert change is not None and change.texts == "novel"  # ...over novel texts they are not
+    assert c.novel_threshold == -math.inf and c.threshold_for(novel=True) == -math.inf  # novel texts: the model
+    assert c.threshold == 0.0 == c.threshold_for(novel=False)  # familiar traffic keeps its threshold
+    assert c.tightened_by == math.inf
+
+
+def test_novel_texts_return_to_the_prefilter_only_on_evidence_of_their_own() -> None:
+    c = control(window=10**7)
+    c.outcome(-1.0, "audited", True, novel=True)
+    c.outcome(2.0, "sent", True, novel=True)
+    assert c.evaluate(force=True) is not None and c.novel_threshold == -math.inf
+    rng = random.Random(9)
+    for _ in range(200):  # every novel text now goes to the model: their violations all score high
+        c.outcome(rng.uniform(0.5, 5), "sent", True, novel=True)
+        for _ in range(9):
+            c.outcome(rng.uniform(-8, -0.5), "sent", False, novel=True)
+    c.evaluate(force=True)
+    assert c.novel_threshold == -math.inf  # 200 violations found cannot certify 0.99 (299 needed)
+    for _ in range(400):
+        c.outcome(rng.uniform(0.5, 5), "sent", True, novel=True)
+    change = c.evaluate(force=True)
+    assert change is not None and change.texts == "novel" and c.novel_threshold > -math.inf
+    assert c.novel_threshold <= c.threshold
+    assert c.bounds_at(c.threshold, novel_threshold=c.novel_threshold).lower >= 0.99
+
+
+def test_familiar_tightening_pulls_the_novel_threshold_down_with_it() -> None:
+    c = control()
+    for _ in range(3):
+        c.outcome(-2.0, "audited", True)
+    change = c.evaluate(force=True)
+    assert change is not None and change.texts == "familiar"
+    assert c.novel_threshold <= c.threshold <= -2.0
 
 
 def test_no_coverage_reference_means_no_drift() -> None:

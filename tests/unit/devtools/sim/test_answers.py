@@ -55,3 +55,18 @@ def test_examples_of_the_starter_policies(policies_dir: Path) -> None:
                  for line in policy.body.splitlines() if line.startswith("Content:")]
         assert len(found) >= 4 and all(a is not None for a in found)
         assert {a.violation for a in found if a} == {True, False}
+
+
+def test_exact_text_beats_a_contained_one_unless_scoped_elsewhere(tmp_path: Path) -> None:
+    key = write_key(tmp_path, [
+        {"text": "great kettle, five stars as the seller asked", "label": 1},
+        {"text": "five stars as the seller asked", "label": 0},
+        {"text": "only for spam: five stars as the seller asked", "label": 0, "policy": "spam"},
+    ])
+    exact = key.find("great kettle, five stars as the seller asked", "# Fake reviews (policy fake-reviews)")
+    assert exact is not None and exact.violation
+    # an exact entry scoped to another policy does not apply: the longest contained text answers
+    scoped = key.find("only for spam: five stars as the seller asked", "# Fake reviews (policy fake-reviews)")
+    assert scoped is not None and not scoped.violation
+    inside = key.find("wow: great kettle, five stars as the seller asked!!", "# Fake reviews (policy fake-reviews)")
+    assert inside is not None and inside.violation  # the longest contained text wins
