@@ -94,12 +94,13 @@ class Prefilter:
     the batch is scored in one call, on the normalised text (:mod:`streams.cascade.normalise`; the
     model still reads the original). A pair whose text shows an evasion signal is never decided
     here: it goes to the model with its flags. Below the threshold in use (the controller's,
-    :mod:`streams.cascade.live`) the pair is decided here, "no violation" (``decided_by:
-    prefilter``), unless it is sampled for audit (deterministic from its label id, at
-    ``prefilter.audit_rate``, or ``prefilter.drift_audit_rate`` for a novel text while the traffic
-    drifts), which sends it to the model like a pair at or above the threshold (a novel text has a
-    threshold of its own, at most the familiar one); the label of every scored pair carries its score. In combined mode a policy decided here leaves its group; the
-    rest of the group is still asked together."""
+    :mod:`streams.cascade.live`; a novel text has a threshold of its own, at most the familiar
+    one) the pair is decided here, "no violation" (``decided_by: prefilter``), unless it is
+    sampled for audit (deterministic from its label id, at ``prefilter.audit_rate``, or
+    ``prefilter.drift_audit_rate`` for a novel text while the traffic drifts), which sends it to
+    the model like a pair at or above the threshold; the label of every scored pair carries its
+    score. In combined mode a policy decided here leaves its group; the rest of the group is still
+    asked together."""
 
     def __init__(self, prefilters: Prefilters, audit_rate: float, metrics: Metrics, live: LiveCascade, *,
                  drift_audit_rate: float = 0.0) -> None:
