@@ -51,6 +51,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from streams.cascade import bounds
 
@@ -117,8 +118,7 @@ class RecallControl:
         self._segments: deque[np.ndarray] = deque([self._empty()])
         self._in_segment = 0
         self._flagged_v = deque([0])  # violations sent for an evasion flag, per segment
-        self._recent = [deque[bool](maxlen=k) for k in DRIFT_TESTS]
-        self._counts = [0] * len(DRIFT_TESTS)
+        self._history: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)  # the last DRIFT_WINDOW texts: novel?
         self._critical = [_critical(k) for k in DRIFT_TESTS]
         self.drifting = False
         self._dirty = False
@@ -153,27 +153,39 @@ class RecallControl:
     @property
     def drift(self) -> float:
         """The novel share of the last ``DRIFT_WINDOW`` scored texts above the expected 5%."""
-        recent = self._recent[-1]
-        if self.coverage_p05 is None or not recent:
+        if self.coverage_p05 is None or not len(self._history):
             return 0.0
-        return max(0.0, self._counts[-1] / len(recent) - EXPECTED_NOVEL)
+        return max(0.0, float(self._history.mean()) - EXPECTED_NOVEL)
 
     def novel(self, coverage: float) -> bool:
         return self.coverage_p05 is not None and coverage < self.coverage_p05
 
     # Evidence in.
 
-    def scored(self, novel: bool) -> None:
-        """One pair scored: the drift test. Drifting while any window (the last 25, 100 or 500
-        texts) holds more novel texts than a 5% share would give but once in ``1 / DRIFT_ALPHA``."""
-        drifting = False
-        for i, recent in enumerate(self._recent):
-            if len(recent) == recent.maxlen and recent[0]:
-                self._counts[i] -= 1
-            recent.append(novel)
-            self._counts[i] += novel
-            drifting = drifting or self._counts[i] >= self._critical[i]
-        self.drifting = drifting
+    def scored(self, novel: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """A batch of pairs scored, in order (``novel``: which texts were): the drift test after
+        each one. Drifting while any window (the last 25, 100 or 500 texts) holds more novel texts
+        than a 5% share would give but once in ``1 / DRIFT_ALPHA``."""
+        seq = np.concatenate([self._history, novel.astype(bool)])
+        cum = np.concatenate([[0], np.cumsum(seq, dtype=np.int64)])
+        after = np.arange(len(self._history) + 1, len(seq) + 1)  # prefix lengths after each new pair
+        drifting = np.zeros(len(novel), dtype=bool)
+        for k, critical in zip(DRIFT_TESTS, self._critical, strict=True):
+            drifting |= cum[after] - cum[np.maximum(after - k, 0)] >= critical
+        self._history = seq[-DRIFT_WINDOW:]
+        if len(novel):
+            self.drifting = bool(drifting[-1])
+        return drifting
+
+    def skipped(self, scores: npt.NDArray[np.float64], novel: npt.NDArray[np.bool_]) -> None:
+        """A batch of pairs decided "no violation" here (no verdict: no model read them)."""
+        if not len(scores):
+            return
+        with np.errstate(invalid="ignore"):
+            bins = np.clip(np.floor((np.nan_to_num(scores, nan=-np.inf) - self._edges[0]) / STEP), 0,
+                           2 * HALF_BINS - 1)
+        np.add.at(self._segments[-1][SKIP_N], (novel.astype(np.intp), bins.astype(np.intp)), 1)
+        self._observed(len(scores))
 
     def outcome(self, score: float, outcome: str, violation: bool, *, novel: bool = False) -> None:
         """A pair's end: ``outcome`` is ``sent``, ``audited``, ``skipped`` or ``flagged`` (sent for
@@ -193,10 +205,13 @@ class RecallControl:
                 if outcome == "audited":
                     seg[AUD_N, s, b] += 1
                     seg[AUD_M, s, b] += violation
+        self._observed(1)
+
+    def _observed(self, n: int) -> None:
         self._dirty = True
-        self._since_recover += 1
-        self._in_segment += 1
-        if self._in_segment >= self._segment_size:
+        self._since_recover += n
+        self._in_segment += n
+        if self._in_segment >= self._segment_size:  # a batch may overfill a segment a little
             self._in_segment = 0
             self._segments.append(self._empty())
             self._flagged_v.append(0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from streams.cascade.live import LiveCascade
 from streams.cascade.model import Prefilter as CascadeModel
 from streams.cascade.normalise import prepare
@@ -135,37 +137,37 @@ class Prefilter:
         prepared = [_normalised(work) for work, _ in pairs]
         scores, coverage = model.score_normalised([text for text, _ in prepared],
                                                   coverage=control.coverage_p05 is not None)
+        novel = coverage < control.coverage_p05 if coverage is not None and control.coverage_p05 is not None \
+            else np.zeros(len(pairs), dtype=bool)
+        drifting = control.scored(novel) if control.enabled else np.zeros(len(pairs), dtype=bool)
         threshold, novel_threshold = control.threshold, control.novel_threshold
         verdict = self._verdict(policy_id, threshold)
         novel_verdict = self._verdict(policy_id, novel_threshold)
-        drift_below = self._drift_below if control.enabled else self._audit_below
-        novel_below = control.coverage_p05 if control.coverage_p05 is not None else -1.0
-        known = coverage.tolist() if coverage is not None else None
-        sent = audited = skipped = 0
-        for i, ((work, policy), score) in enumerate(zip(pairs, scores.tolist(), strict=True)):
-            novel = known is not None and known[i] < novel_below
-            control.scored(novel)
+        scores = np.round(scores, 4)
+        sent = audited = 0
+        skipped: list[int] = []
+        for i, ((work, policy), score, new, drift) in enumerate(zip(pairs, scores.tolist(), novel.tolist(),
+                                                                    drifting.tolist(), strict=True)):
             flags = prepared[i][1]
             if work.prefilter is None:
                 work.prefilter = {}
-            score = round(score, 4)
             if flags:
-                work.prefilter[policy_id] = (score, False, flags, novel)
+                work.prefilter[policy_id] = (score, False, flags, new)
                 for flag in flags:
                     self._evasion(policy_id, flag).inc()
                 sent += 1
-            elif score >= (novel_threshold if novel else threshold):
-                work.prefilter[policy_id] = (score, False, flags, novel)
+            elif not score < (novel_threshold if new else threshold):  # a NaN score is never a skip
+                work.prefilter[policy_id] = (score, False, flags, new)
                 sent += 1
-            elif self._audited(work, policy, drift_below if novel and control.drifting else self._audit_below):
-                work.prefilter[policy_id] = (score, True, flags, novel)
+            elif self._audited(work, policy, self._drift_below if new and drift else self._audit_below):
+                work.prefilter[policy_id] = (score, True, flags, new)
                 audited += 1
             else:
-                work.prefilter[policy_id] = (score, False, flags, novel)
-                skipped += 1
-                self._decide(work, policy, novel_verdict if novel else verdict)
-                self._live.outcome(policy_id, score, "skipped", False, novel=novel)
-        for outcome, count in (("sent", sent), ("audited", audited), ("skipped", skipped)):
+                work.prefilter[policy_id] = (score, False, flags, new)
+                skipped.append(i)
+                self._decide(work, policy, novel_verdict if new else verdict)
+        control.skipped(scores[skipped], novel[skipped])
+        for outcome, count in (("sent", sent), ("audited", audited), ("skipped", len(skipped))):
             if count:
                 self._count(policy_id, outcome).inc(count)
 

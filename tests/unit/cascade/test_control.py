@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from streams.cascade import bounds
@@ -155,23 +156,31 @@ def test_the_bounds_cover_the_true_recall_at_their_confidence(true_recall: float
 def test_drift_is_a_test_on_the_novel_share_that_reacts_within_a_few_dozen_texts() -> None:
     c = control(coverage_p05=0.5)
     assert not c.novel(0.6) and c.novel(0.4)
-    rng = random.Random(7)
-    alarms = 0
-    for _ in range(20_000):  # steady traffic: 5% novel, as in the training hold-out
-        c.scored(rng.random() < 0.05)
-        alarms += c.drifting
-    assert alarms < 200 and c.drift < 0.05  # rare false alarms (each one only audits novel texts more)
-    steps = 0
-    while not c.drifting:  # a new phrasing arrives: half the texts are novel
-        c.scored(rng.random() < 0.5)
-        steps += 1
-    assert steps <= 40
-    for _ in range(DRIFT_WINDOW):
-        c.scored(rng.random() < 0.5)
+    rng = np.random.default_rng(7)
+    steady_state = c.scored(rng.random(20_000) < 0.05)  # steady traffic: 5% novel, as in the training hold-out
+    assert steady_state.sum() < 200 and c.drift < 0.05  # rare false alarms (each only audits novel texts more)
+    shifted = c.scored(rng.random(DRIFT_WINDOW) < 0.5)  # a new phrasing arrives: half the texts are novel
+    assert shifted.any() and int(np.argmax(shifted)) <= 40  # detected within a few dozen texts
     assert c.drifting and c.drift > 0.3
-    for _ in range(DRIFT_WINDOW):
-        c.scored(False)
-    assert not c.drifting and c.drift == 0.0  # it lasts only while the novel texts do
+    calm = c.scored(np.zeros(DRIFT_WINDOW, dtype=bool))
+    assert not calm[-1] and not c.drifting and c.drift == 0.0  # it lasts only while the novel texts do
+
+
+def test_the_batched_drift_test_is_the_one_pair_at_a_time_test() -> None:
+    flags = np.random.default_rng(3).random(3000) < 0.12
+    whole, one_by_one = control(coverage_p05=0.5), control(coverage_p05=0.5)
+    at_once = whole.scored(flags)
+    split = np.concatenate([one_by_one.scored(flags[i: i + 37]) for i in range(0, len(flags), 37)])
+    assert (at_once == split).all() and whole.drift == one_by_one.drift
+
+
+def test_skipped_pairs_are_counted_in_their_bins() -> None:
+    c = control(window=10**7, enabled=False)
+    c.skipped(np.array([-2.0, -2.0, -30.0, float("nan")]), np.array([False, True, False, False]))
+    for _ in range(10):
+        c.outcome(1.0, "sent", True)
+    c.evaluate(force=True)
+    assert c.last is not None and c.last.unaudited_skipped == 4 and c.last.found == 10
 
 
 def test_a_shortfall_among_novel_texts_tightens_even_when_familiar_evidence_would_hide_it() -> None:
@@ -220,8 +229,7 @@ def test_familiar_tightening_pulls_the_novel_threshold_down_with_it() -> None:
 
 def test_no_coverage_reference_means_no_drift() -> None:
     c = control()
-    for _ in range(DRIFT_WINDOW):
-        c.scored(True)
+    c.scored(np.ones(DRIFT_WINDOW, dtype=bool))
     assert c.drift == 0.0 and not c.novel(0.0)
 
 
