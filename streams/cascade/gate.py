@@ -1,8 +1,10 @@
 """The retraining gate: a newly trained prefilter replaces the running one only if it is no worse on
 fresh traffic.
 
-Both prefilters are scored on the same fresh sample (the newest label-history examples, kept out of
-training), each at its own threshold: the 95% lower bound on recall over the sample's violations
+Both prefilters are scored on the same fresh sample, each at its own threshold: the newest
+label-history examples, kept out of the new one's training, and labelled after the newest label
+the running one learned from (its ``history_until`` stamp), so neither is judged on labels it
+trained on. The figures: the 95% lower bound on recall over the sample's violations
 (:mod:`streams.cascade.bounds`) and the pass rate (the share still sent to the model). The new one
 wins when its bound is at least the old one's (or meets the target) and its pass rate is at most
 the old one's plus ``PASS_RATE_SLACK``. Too few fresh violations to compare recall keeps the old
@@ -64,6 +66,16 @@ def split_fresh(history: list[Example], share: float) -> tuple[list[Example], li
     """(older, fresh): the newest ``share`` of ``history`` (oldest first) as the fresh sample."""
     n = math.ceil(len(history) * share)
     return history[: len(history) - n], history[len(history) - n:]
+
+
+def after(fresh: list[Example], running: Prefilter | None) -> list[Example]:
+    """The fresh examples labelled after the newest label the running prefilter learned from
+    (its ``history_until``): judged on labels it trained on, it would look better than it is.
+    All of them when it has no such stamp."""
+    until = (running.training or {}).get("history_until") if running is not None else None
+    if not isinstance(until, str) or not until:
+        return fresh
+    return [e for e in fresh if e.labeled_at > until]
 
 
 def unseen(examples: list[Example], fresh: list[Example]) -> list[Example]:

@@ -35,9 +35,11 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
     labels = _model_labels(settings, policy, limit, timeout_s)
     wanted: dict[tuple[str, int], dict[int, bool]] = {}
     rank: dict[tuple[str, int, int], int] = {}
-    for i, (source, violation) in enumerate(labels):
+    when: dict[tuple[str, int, int], str] = {}
+    for i, (labeled_at, source, violation) in enumerate(labels):
         wanted.setdefault(source[:2], {})[source[2]] = violation
         rank.setdefault(source, i)
+        when.setdefault(source, labeled_at)
     decoder = Decoder(settings.input, settings.schema_registry)
     ranked: list[tuple[int, Example]] = []
     missing = 0
@@ -49,7 +51,8 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
             except (PoisonError, RetryableError):
                 missing += 1
                 continue
-            ranked.append((rank[(topic, partition, offset)], Example(content, int(offsets[offset]))))
+            source = (topic, partition, offset)
+            ranked.append((rank[source], Example(content, int(offsets[offset]), when[source])))
         missing += len(offsets) - len(found)
     examples = [example for _, example in sorted(ranked, key=lambda r: r[0])]
     log.info("label history read policy=%s version=%s labels=%d examples=%d content_missing=%d", policy.id,
@@ -62,8 +65,8 @@ def _consumer(settings: Settings) -> Consumer:
 
 
 def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: float
-                  ) -> list[tuple[tuple[str, int, int], bool]]:
-    """(source, violation) of the model's labels for ``policy``, oldest ``labeled_at`` first."""
+                  ) -> list[tuple[str, tuple[str, int, int], bool]]:
+    """(labeled_at, source, violation) of the model's labels for ``policy``, oldest first."""
     topic = settings.kafka.labels_topic
     consumer = _consumer(settings)
     decode = label_reader(settings, topic)
@@ -90,7 +93,7 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
                                              (src["topic"], int(src["partition"]), int(src["offset"])),
                                              bool(doc["violation"]))
         # RFC 3339 UTC with fixed precision sorts as text; the sort is stable, so ties keep read order
-        return [(source, violation) for _, source, violation in sorted(seen.values(), key=lambda s: s[0])]
+        return sorted(seen.values(), key=lambda s: s[0])
     finally:
         consumer.close()
 

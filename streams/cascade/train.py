@@ -45,6 +45,7 @@ L2 = 1e-4
 class Example:
     text: str
     label: int
+    labeled_at: str = ""  # from the label history: when the model labelled it (RFC 3339 UTC)
 
 
 def held_out(text: str, share: float) -> bool:
@@ -188,7 +189,9 @@ def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.9
                "holdout_recall": round(recall, 4), "holdout_pass_rate": round(pass_rate, 4), **cert.figures(),
                "coverage_p05": round(float(np.percentile(coverage(featurize(texts, BITS), weights),
                                                          COVERAGE_QUANTILE)), 4),
-               "source": source}
+               "source": source,
+               # the newest label learned from: a retraining gate judges only on labels after it
+               "history_until": max((e.labeled_at for e in examples if e.labeled_at), default=None)}
     prefilter = Prefilter(policy.id, policy.version, cert.threshold, weights, bias, figures)
     return Trained(prefilter, len(fit_on), len(test), pos_train + pos_test, recall, pass_rate, cert)
 

@@ -115,7 +115,7 @@ def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
     if args.replace is not None:
         from streams.cascade.gate import install
 
-        gate = _gate(result.prefilter, args.replace, fresh, args.target_recall)
+        gate = _gate(result.prefilter, args.replace, fresh, args.target_recall)  # on labels neither learned
         out = install(result.prefilter, args.replace, gate)
     else:
         result.prefilter.save(out)
@@ -155,7 +155,9 @@ def _gate(new: Prefilter, path: Path, fresh: list[Example], target_recall: float
                                                 path, exc)
         if old is not None and old.policy_id != new.policy_id:
             raise ConfigError(f"--replace {path} holds the prefilter of policy {old.policy_id}, not {new.policy_id}")
-    return judge(new, old, fresh, target_recall=target_recall)
+    from streams.cascade.gate import after
+
+    return judge(new, old, after(fresh, old), target_recall=target_recall)
 
 
 def _cmd_eval(args: argparse.Namespace, emit_json: Any) -> int:

@@ -234,7 +234,17 @@ def test_train_from_the_label_history_then_eval(kafka_bootstrap, topics, sims, a
     ev = orjson.loads(res.stdout.strip().splitlines()[-1])
     assert ev["n"] == len(rows) and ev["positives"] == doc["positives"] and ev["recall"] >= 0.9
     assert 0 < ev["recall_lower_bound"] <= ev["recall"]
-    # retraining on a schedule: the new file is judged against the running one on the freshest labels
+    # retraining on a schedule: the running file learned every label so far, so a gate now has nothing
+    # fresh to judge on; traffic labelled after its training is what both files are judged on
+    res = safeguard("prefilter", "train", "--policy", str(ROOT / "policies/spam.md"), "--from-labels",
+                    "--config", str(path), "--target-recall", "0.95", "--certify-available", "--replace", str(out),
+                    "--json")
+    gate = orjson.loads(res.stdout.strip().splitlines()[-1])["gate"]
+    assert res.returncode == 0 and not gate["replaced"] and gate["fresh_examples"] == 0, gate
+    assert "too few fresh violations" in gate["reason"]
+    out.with_name(out.name + ".rejected").unlink()
+    produce(kafka_bootstrap, names["input"], events(len(rows), start=len(rows)))
+    asyncio.run(run_consumer(load_settings(path), until_idle=3.0))
     before = out.read_bytes()
     res = safeguard("prefilter", "train", "--policy", str(ROOT / "policies/spam.md"), "--from-labels",
                     "--config", str(path), "--target-recall", "0.95", "--certify-available", "--replace", str(out),

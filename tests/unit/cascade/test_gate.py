@@ -160,3 +160,26 @@ def test_the_cli_gate_replaces_then_keeps_aside_with_exit_0(tmp_path: Path, monk
     assert set(doc["gate"]) == {"replaced", "reason", "new", "old", "fresh_examples"}
     assert main(["prefilter", "train", "--policy", str(STARTER_POLICIES / "spam.md"), "--dataset",
                  str(STARTER_POLICIES / "spam.golden.jsonl"), "--replace", str(path)]) == 2  # needs --from-labels
+
+
+def test_the_fresh_sample_leaves_out_what_the_running_prefilter_learned() -> None:
+    from streams.cascade.gate import after
+
+    fresh = [Example(f"t{i}", i % 2, f"2026-12-0{i}T00:00:00.000Z") for i in range(1, 8)]
+    running = Prefilter("p", "1", 0.0, np.zeros(2**BITS, dtype=np.float32), 0.0,
+                        {"history_until": "2026-12-04T00:00:00.000Z"}, bits=BITS)
+    assert [e.text for e in after(fresh, running)] == ["t5", "t6", "t7"]
+    assert after(fresh, None) == fresh  # nothing running: every fresh label counts
+    legacy = Prefilter("p", "1", 0.0, np.zeros(2**BITS, dtype=np.float32), 0.0, {}, bits=BITS)
+    assert after(fresh, legacy) == fresh  # a file without the stamp: all of them
+
+
+def test_training_stamps_the_newest_label_it_learned_from() -> None:
+    from streams.cascade.train import train
+    from streams.policy.model import load_policy
+
+    rng = np.random.default_rng(0)
+    examples = [Example(f"{'buy cheap pills now' if y else 'lovely walk today'} {i} {rng.integers(1e9)}", y,
+                        f"2026-11-{10 + i % 20:02d}T00:00:00.000Z") for i, y in enumerate([1, 0] * 200)]
+    trained = train(load_policy(STARTER_POLICIES / "spam.md"), examples, target_recall=0.9, certify_available=True)
+    assert trained.prefilter.training["history_until"] == "2026-11-29T00:00:00.000Z"
