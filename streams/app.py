@@ -186,8 +186,7 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
     live = LiveCascade(settings.prefilter, metrics) if prefilters is not None else None
     outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
-                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions,
-                      live=live)
+                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
     stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters,
                           live=live)

@@ -123,3 +123,18 @@ def max_misses(n: int, target: float, confidence: float = CONFIDENCE) -> int | N
         else:
             hi = mid - 1
     return lo
+
+
+def weighted_lower(found: float, total: float, sum_sq: float, confidence: float = CONFIDENCE) -> float:
+    """Lower bound on a weighted proportion (``found`` of ``total`` weight, ``sum_sq`` the sum of the
+    squared weights): Clopper-Pearson at the Kish effective sample size ``total**2 / sum_sq``. With
+    every weight 1 it is :func:`lower`. Weights are inverse sampling probabilities: a label history
+    collected behind a cascade holds the audited share of the skipped pairs, each standing for
+    ``1 / audit_rate`` of them."""
+    if total <= 0 or sum_sq <= 0:
+        return 0.0
+    n_eff = total * total / sum_sq
+    share = min(max(found / total, 0.0), 1.0)
+    if share == 1.0:
+        return lower(n_eff, n_eff, confidence)
+    return lower(share * n_eff, n_eff, confidence)

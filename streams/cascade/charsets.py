@@ -40,11 +40,24 @@ LOOKALIKES: dict[str, str] = {
     "y": "уУүҮγΥʏᎩꓬ",
     "z": "ΖᴢᏃꓜ",
 }
-# Letters styled by symbol blocks that NFKC leaves alone (negative circled and squared capitals).
+# Letters styled by symbol blocks that NFKC leaves alone (negative circled and squared capitals)
+# or spells as several characters (parenthesised letters: "⒡" is "(f)").
 STYLED_EXTRA: dict[str, str] = {
     **{chr(0x1F150 + i): chr(0x61 + i) for i in range(26)},
     **{chr(0x1F170 + i): chr(0x61 + i) for i in range(26)},
+    **{chr(0x249C + i): chr(0x61 + i) for i in range(26)},
+    **{chr(0x1F110 + i): chr(0x61 + i) for i in range(26)},
 }
+# Latin letters with hooks, strokes and bars that are letters of living orthographies (Vietnamese,
+# Croatian and Serbian đ, Polish ł, Maltese ħ, Nordic ø, Sami ŧ, Hausa and Fula ɓ ɗ ƙ ƴ): folded
+# like every hooked letter, but not a sign of styling in a word of plain letters.
+NATIVE_HOOKED = frozenset("ĐđŁłĦħØøŦŧƁɓƊɗƘƙƳƴ")
+# Letters of the African reference alphabet: a text using them writes a language (Ewe, Akan, Fula ...)
+# whose orthography has hooked letters too.
+AFRICAN_LETTERS = frozenset("ƐɛƆɔŊŋƉɖƏəƔɣƩʃƷʒ")
+# Separators spelt-out words use between letters besides the ones a mixed run may use: one of these
+# (optionally with a space either side), or the same whitespace, between every letter of a run.
+SPACING_PUNCTUATION = ",+~':;\u2010\u2011\u2012\u2013\u2014\u2018\u2019\u2022\u2027\u2044\u2219\u22c5\u30fb"
 SMALL_CAPITALS = "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ"  # "fancy text" alphabets; Latin script, so not mixed
 MARK_RANGES = ((0x0300, 0x036F), (0x0483, 0x0489), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
                 (0xFE20, 0xFE2F))  # the generic diacritics of Latin, Greek and Cyrillic (and of Zalgo)
@@ -86,12 +99,26 @@ FOLD_RANGES = ((0x00C0, 0x02AF), (0x0370, 0x058F), (0x13A0, 0x13FF), (0x1C80, 0x
                 (0x1E00, 0x1FFF), (0x2C60, 0x2C7F), (0xA640, 0xA69F), (0xA720, 0xA7FF), (0xAB30, 0xABBF))
 
 
+def _hooked() -> dict[str, str]:
+    """Latin letters with a hook, stroke or bar that NFD leaves whole ("LATIN SMALL LETTER F WITH
+    HOOK"), mapped to their base letter, as UTS #39 maps many of them."""
+    table: dict[str, str] = {}
+    for lo, hi in FOLD_RANGES:
+        for ch in map(chr, range(lo, hi + 1)):
+            words = unicodedata.name(ch, "").split()
+            if (len(words) >= 5 and words[0] == "LATIN" and words[1] in ("SMALL", "CAPITAL") and words[2] == "LETTER" and len(words[3]) == 1 and words[4] in ("WITH", "BAR")
+                    and "LETTER" not in words[4:] and len(unicodedata.normalize("NFD", ch)) == 1):
+                table[ch] = words[3].lower()
+    return table
+
+
 def _fold_letter(ch: str) -> str:
-    """A letter without its diacritics, its look-alikes mapped, case-folded (twice: folding can
-    reveal a look-alike, as Cyrillic rounded ve folds to ve)."""
+    """A letter without its diacritics, its look-alikes and hooked forms mapped, case-folded (twice:
+    folding can reveal a look-alike, as Cyrillic rounded ve folds to ve)."""
     out = ch
     for _ in range(2):
-        out = "".join(CONFUSABLE.get(c, c) for c in unicodedata.normalize("NFD", out) if c not in MARKS)
+        out = "".join(CONFUSABLE.get(c, HOOKED.get(c, c)) for c in unicodedata.normalize("NFD", out)
+                      if c not in MARKS)
         out = out.casefold()
     return out
 
@@ -122,5 +149,6 @@ def _styled_codes() -> list[int]:
     return sorted(codes)
 
 
+HOOKED = _hooked()
 FOLD = _fold_table()
 STYLED = frozenset(_styled_codes())

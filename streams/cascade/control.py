@@ -182,7 +182,7 @@ class RecallControl:
         if not len(scores):
             return
         with np.errstate(invalid="ignore"):
-            bins = np.clip(np.floor((np.nan_to_num(scores, nan=-np.inf) - self._edges[0]) / STEP), 0,
+            bins = np.clip(np.floor((np.nan_to_num(scores, nan=-np.inf) - self._edges[0]) / STEP + 1e-9), 0,
                            2 * HALF_BINS - 1)
         np.add.at(self._segments[-1][SKIP_N], (novel.astype(np.intp), bins.astype(np.intp)), 1)
         self._observed(len(scores))
@@ -297,7 +297,7 @@ class RecallControl:
     def _bin(self, score: float) -> int:
         if not math.isfinite(score):
             return 0 if score < 0 else 2 * HALF_BINS - 1
-        k = math.floor((score - self._edges[0]) / STEP)
+        k = math.floor((score - self._edges[0]) / STEP + 1e-9)  # a score on an edge is in the bin above it
         return min(max(k, 0), 2 * HALF_BINS - 1)
 
     def _evidence(self) -> np.ndarray:

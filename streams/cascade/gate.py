@@ -24,8 +24,8 @@ import numpy as np
 
 from streams.cascade import bounds
 from streams.cascade.model import Prefilter
+from streams.cascade.normalise import skeleton
 from streams.cascade.train import MIN_POSITIVES, Example
-from streams.inference.cache import normalise
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,24 @@ def after(fresh: list[Example], running: Prefilter | None) -> list[Example]:
 
 
 def unseen(examples: list[Example], fresh: list[Example]) -> list[Example]:
-    """``examples`` without any text the fresh sample holds (compared normalised), so a repeated
-    text cannot let the new prefilter learn the answers it is then judged on."""
-    held = {normalise(e.text) for e in fresh}
-    return [e for e in examples if normalise(e.text) not in held]
+    """``examples`` without any text the fresh sample holds (compared as the prefilter sees them:
+    the normaliser's skeleton), so a repeated or re-spelt text cannot let the new prefilter learn
+    the answers it is then judged on."""
+    held = {skeleton(e.text) for e in fresh}
+    return [e for e in examples if skeleton(e.text) not in held]
 
 
 def standing(prefilter: Prefilter, examples: list[Example]) -> Standing:
-    """Recall bound and pass rate of ``prefilter`` on ``examples`` at its threshold."""
+    """Recall bound and pass rate of ``prefilter`` on ``examples`` at its threshold, each example
+    weighted by what it stands for (an audited label: the skipped pairs it was drawn from)."""
     labels = np.asarray([e.label for e in examples], dtype=np.int64)
+    weights = np.asarray([e.weight for e in examples], dtype=np.float64)
     sent = prefilter.scores([e.text for e in examples]) >= prefilter.threshold
-    positives = int(labels.sum())
-    found = int(sent[labels == 1].sum())
-    return Standing(prefilter.threshold, found / positives if positives else None, bounds.lower(found, positives),
-                    float(sent.mean()) if len(examples) else 0.0, positives)
+    positive = labels == 1
+    total, found = float(weights[positive].sum()), float(weights[sent & positive].sum())
+    bound = bounds.weighted_lower(found, total, float((weights[positive] ** 2).sum()))
+    pass_rate = float(weights[sent].sum() / weights.sum()) if len(examples) else 0.0
+    return Standing(prefilter.threshold, found / total if total else None, bound, pass_rate, int(positive.sum()))
 
 
 def judge(new: Prefilter, old: Prefilter | None, fresh: list[Example], *, target_recall: float,

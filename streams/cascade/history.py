@@ -35,11 +35,13 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
     labels = _model_labels(settings, policy, limit, timeout_s)
     wanted: dict[tuple[str, int], dict[int, bool]] = {}
     rank: dict[tuple[str, int, int], int] = {}
-    when: dict[tuple[str, int, int], str] = {}
-    for i, (labeled_at, source, violation) in enumerate(labels):
+    when: dict[tuple[str, int, int], tuple[str, float]] = {}
+    rate = settings.prefilter.audit_rate
+    for i, (labeled_at, source, violation, audited) in enumerate(labels):
         wanted.setdefault(source[:2], {})[source[2]] = violation
         rank.setdefault(source, i)
-        when.setdefault(source, labeled_at)
+        # an audited pair stands for the 1 / audit_rate skipped pairs it was drawn from
+        when.setdefault(source, (labeled_at, 1.0 / rate if audited and rate > 0 else 1.0))
     decoder = Decoder(settings.input, settings.schema_registry)
     ranked: list[tuple[int, Example]] = []
     missing = 0
@@ -52,7 +54,8 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
                 missing += 1
                 continue
             source = (topic, partition, offset)
-            ranked.append((rank[source], Example(content, int(offsets[offset]), when[source])))
+            labeled_at, weight = when[source]
+            ranked.append((rank[source], Example(content, int(offsets[offset]), labeled_at, weight)))
         missing += len(offsets) - len(found)
     examples = [example for _, example in sorted(ranked, key=lambda r: r[0])]
     log.info("label history read policy=%s version=%s labels=%d examples=%d content_missing=%d", policy.id,
@@ -65,17 +68,19 @@ def _consumer(settings: Settings) -> Consumer:
 
 
 def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: float
-                  ) -> list[tuple[str, tuple[str, int, int], bool]]:
-    """(labeled_at, source, violation) of the model's labels for ``policy``, oldest first."""
+                  ) -> list[tuple[str, tuple[str, int, int], bool, bool]]:
+    """(labeled_at, source, violation, audited) of the newest ``limit`` model labels for ``policy``,
+    oldest first. The whole topic is read (a nightly retraining must see the newest labels, not the
+    first ``limit``), keeping at most twice ``limit`` in memory."""
     topic = settings.kafka.labels_topic
     consumer = _consumer(settings)
     decode = label_reader(settings, topic)
     try:
         parts = _assign_all(consumer, topic)
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        seen: dict[str, tuple[str, tuple[str, int, int], bool]] = {}
+        seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]] = {}
         deadline = time.monotonic() + timeout_s
-        while len(seen) < limit and not _at_end(consumer, parts, ends):
+        while not _at_end(consumer, parts, ends):
             if time.monotonic() > deadline:
                 raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
             for msg in consumer.consume(1000, 0.5):
@@ -87,15 +92,25 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
                 except Exception:  # noqa: BLE001, S112 - a record that is not a label is not ours to learn from
                     continue
                 if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
-                        and doc.get("decided_by") == "model" and len(seen) < limit):
+                        and doc.get("decided_by") == "model"):
                     src = doc["source"]
                     seen[doc["label_id"]] = (str(doc.get("labeled_at") or ""),
                                              (src["topic"], int(src["partition"]), int(src["offset"])),
-                                             bool(doc["violation"]))
+                                             bool(doc["violation"]), bool(doc.get("audit")))
+                    if len(seen) >= 2 * limit:
+                        seen = _newest(seen, limit)
         # RFC 3339 UTC with fixed precision sorts as text; the sort is stable, so ties keep read order
-        return sorted(seen.values(), key=lambda s: s[0])
+        return sorted(_newest(seen, limit).values(), key=lambda s: s[0])
     finally:
         consumer.close()
+
+
+def _newest(seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]], limit: int
+            ) -> dict[str, tuple[str, tuple[str, int, int], bool, bool]]:
+    """The ``limit`` newest labels (RFC 3339 UTC with fixed precision sorts as text)."""
+    if len(seen) <= limit:
+        return seen
+    return dict(sorted(seen.items(), key=lambda item: item[1][0])[-limit:])
 
 
 def _read_offsets(settings: Settings, topic: str, partition: int, offsets: list[int], timeout_s: float

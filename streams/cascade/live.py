@@ -2,9 +2,11 @@
 file, with their metrics and log lines.
 
 The scoring stage asks :meth:`LiveCascade.control` for a prefilter's controller (its threshold in
-use, its drift state) and reports each scored pair; outputs report each pair's end (sent,
-audited, skipped, flagged, with the model's verdict) through :meth:`LiveCascade.outcome`. A new
-or replaced file gets a fresh controller: evidence never outlives the weights it was gathered on.
+use, its drift state), reports the batch's scored and skipped pairs to it, and keeps it on each
+pair; outputs report each sent pair's end (sent, audited, flagged, with the model's verdict) to
+that same controller once the label is delivered. A new or replaced file gets a fresh controller,
+and pairs scored by the old one report to the old one: evidence never outlives the weights it was
+gathered on.
 Per consumer process: each member of a group controls from the partitions it owns.
 """
 
@@ -49,11 +51,6 @@ class LiveCascade:
                  "coverage_p05 in the file: train it again)")
         self._publish(model.policy_id, control)
         return control
-
-    def outcome(self, policy_id: str, score: float, outcome: str, violation: bool, *, novel: bool) -> None:
-        entry = self._controls.get(policy_id)
-        if entry is not None:
-            entry[1].outcome(score, outcome, violation, novel=novel)
 
     def evaluate(self, policy_id: str) -> None:
         """Let the policy's controller act on its evidence; log and publish what it did."""

@@ -15,6 +15,12 @@ positive that must be sent and the next hold-out score below, so nothing but the
 Too few hold-out positives to certify the target is an error, no file, unless the caller accepts
 the best bound the data supports (``certify_available``: every hold-out positive sent, the file
 says the target was not met). Too few positives in either part to train at all is an error too.
+
+A label history collected behind a running cascade is not a sample of the stream: it holds every
+pair the prefilter sent but only the audited share of those it skipped. Each audited example
+stands for ``1 / audit_rate`` pairs (:attr:`Example.weight`), so hold-out recall, pass rate and the
+bound are weighted (Horvitz-Thompson; the bound at the Kish effective sample size): a violation
+the prefilter let through, found by the audit, counts as the many it stands for.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Example:
     text: str
     label: int
     labeled_at: str = ""  # from the label history: when the model labelled it (RFC 3339 UTC)
+    weight: float = 1.0  # how many pairs of the stream it stands for (an audited pair: 1 / audit_rate)
 
 
 def held_out(text: str, share: float) -> bool:
@@ -105,26 +112,50 @@ class Certificate:
     recall_lower_bound: float
     target_recall: float
     target_met: bool
+    effective_positives: float  # the Kish effective count the bound rests on (= holdout_positives unweighted)
 
     def figures(self) -> dict[str, Any]:
         return {"recall_lower_bound": round(self.recall_lower_bound, 4), "holdout_positives": self.holdout_positives,
+                "holdout_positives_effective": round(self.effective_positives, 1),
                 "target_recall": self.target_recall, "target_met": self.target_met,
                 "confidence": bounds.CONFIDENCE}
 
 
-def certify(scores: np.ndarray, labels: np.ndarray, target: float, *, certify_available: bool = False
-            ) -> Certificate | None:
+def certify(scores: np.ndarray, labels: np.ndarray, target: float, *, weights: np.ndarray | None = None,
+            certify_available: bool = False) -> Certificate | None:
     """The highest threshold whose lower bound on recall over the positives meets ``target``. None
     when no threshold can (too few positives), unless ``certify_available``: then the threshold
-    sends every positive, the best bound these positives support."""
-    n = int((labels == 1).sum())
-    misses = bounds.max_misses(n, target) if n else None
-    if n == 0 or (misses is None and not certify_available):
+    sends every positive, the best bound these positives support. ``weights``: what each example
+    stands for (:func:`bounds.weighted_lower`); unweighted, the bound is exact Clopper-Pearson."""
+    positive = labels == 1
+    n = int(positive.sum())
+    if n == 0:
         return None
-    threshold = threshold_for(scores, labels, misses or 0)
-    sent = int((scores[labels == 1] >= threshold).sum())
-    bound = bounds.lower(sent, n)
-    return Certificate(threshold, n, sent, bound, target, bound >= target)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)[positive]
+    ordered = w[np.argsort(scores[positive], kind="stable")]  # lowest-scoring positive first
+    total, sum_sq = float(ordered.sum()), float((ordered * ordered).sum())
+    below = np.concatenate(([0.0], np.cumsum(ordered)))  # weight of the m lowest positives
+
+    def bound(misses: int) -> float:
+        return bounds.weighted_lower(total - float(below[misses]), total, sum_sq)
+
+    if bound(0) < target:
+        if not certify_available:
+            return None
+        misses = 0
+    else:
+        lo, hi = 0, n - 1  # the bound falls as misses grow: the most misses that keep it >= target
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if bound(mid) >= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        misses = lo
+    threshold = threshold_for(scores, labels, misses)
+    sent = scores[positive] >= threshold
+    reached = bounds.weighted_lower(float(w[sent].sum()), total, sum_sq)
+    return Certificate(threshold, n, int(sent.sum()), reached, target, reached >= target, total * total / sum_sq)
 
 
 def coverage(features: Features, weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -168,23 +199,23 @@ def train(policy: Policy, examples: list[Example], *, target_recall: float = 0.9
         raise FatalError(f"too few positives to measure recall for {policy.id}: {pos_train} in training and "
                           f"{pos_test} in the hold-out split (each needs {MIN_POSITIVES}); add labelled violations "
                           f"or change --holdout")
-    needed = bounds.positives_needed(target_recall)
-    if bounds.max_misses(pos_test, target_recall) is None and not certify_available:
-        raise FatalError(f"too few hold-out positives to certify recall {target_recall} for {policy.id}: "
-                          f"{pos_test} held out, {needed} needed (95% lower bound), so about "
-                          f"{math.ceil(needed / holdout)} labelled violations in all at --holdout {holdout} "
-                          f"(there are {pos_train + pos_test}); add labelled violations, lower --target-recall, "
-                          f"or pass --certify-available to certify what these support")
     weights, bias = fit([e.text for e in fit_on], [e.label for e in fit_on])
     probe = Prefilter(policy.id, policy.version, 0.0, weights, bias)
     texts = [e.text for e in test]
     scores = probe.scores(texts)
     labels = np.asarray([e.label for e in test])
-    cert = certify(scores, labels, target_recall, certify_available=certify_available)
-    assert cert is not None  # pos_test >= MIN_POSITIVES, and an uncertifiable target raised above
-    sent = scores >= cert.threshold
-    recall = float(sent[labels == 1].mean())
-    pass_rate = float(sent.mean())
+    stands_for = np.asarray([e.weight for e in test], dtype=np.float64)
+    cert = certify(scores, labels, target_recall, weights=stands_for, certify_available=certify_available)
+    if cert is None:
+        needed = bounds.positives_needed(target_recall)
+        raise FatalError(f"too few hold-out positives to certify recall {target_recall} for {policy.id}: "
+                         f"{pos_test} held out, {needed} needed (95% lower bound), so about "
+                         f"{math.ceil(needed / holdout)} labelled violations in all at --holdout {holdout} "
+                         f"(there are {pos_train + pos_test}); add labelled violations, lower --target-recall, "
+                         f"or pass --certify-available to certify what these support")
+    sent = scores >= cert.threshold  # recall and pass rate as the stream would see them (weighted)
+    recall = float(stands_for[sent & (labels == 1)].sum() / stands_for[labels == 1].sum())
+    pass_rate = float(stands_for[sent].sum() / stands_for.sum())
     figures = {"n_train": len(fit_on), "n_holdout": len(test), "positives": pos_train + pos_test,
                "holdout_recall": round(recall, 4), "holdout_pass_rate": round(pass_rate, 4), **cert.figures(),
                "coverage_p05": round(float(np.percentile(coverage(featurize(texts, BITS), weights),

@@ -42,7 +42,8 @@ def add_commands(sub: Any, emit_json: Any) -> None:
     t.add_argument("--from-labels", action="store_true",
                    help="learn from kafka.labels_topic (decided_by model, the current policy version)")
     t.add_argument("--config", type=Path, help="consumer config, for --from-labels (Kafka, topics, input format)")
-    t.add_argument("--max", type=int, default=100_000, help="--from-labels: at most this many labels (default 100000)")
+    t.add_argument("--max", type=int, default=100_000,
+                   help="--from-labels: the newest this many labels (default 100000)")
     t.add_argument("--target-recall", type=float, default=0.99,
                    help="recall the 95%% lower bound on the hold-out must meet (default 0.99)")
     t.add_argument("--certify-available", action="store_true",

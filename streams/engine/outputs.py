@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from streams.cascade.live import LiveCascade
 from streams.config import ActionSettings, KafkaSettings, OutputSettings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
@@ -45,7 +45,7 @@ def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inl
     event, verdict, policy = work.event, outcome.verdict, outcome.policy
     assert event is not None and verdict is not None
     scored = work.prefilter.get(policy.id) if work.prefilter else None
-    score, audit, flags = (scored[0], scored[1], list(scored[2])) if scored is not None else (None, False, [])
+    score, audit, flags = (round(scored[0], 4), scored[1], list(scored[2])) if scored is not None else (None, False, [])
     return {
         "schema_version": SCHEMA_VERSION,
         "label_id": label_id(event.event_id, policy.id, policy.version),
@@ -77,8 +77,7 @@ class Outputs:
     name and default effort for the labels)."""
 
     def __init__(self, kafka: KafkaSettings, output: OutputSettings, encoder: Encoder, metrics: Metrics, *,
-                 model: str, default_effort: str, actions: ActionSettings | None = None,
-                 live: LiveCascade | None = None) -> None:
+                 model: str, default_effort: str, actions: ActionSettings | None = None) -> None:
         self._labels, self._shadow = kafka.labels_topic, kafka.shadow_labels_topic
         self._dlq, self._reasoning = kafka.dead_letter_topic, kafka.reasoning_topic
         self._inline = output.reasoning == "inline"
@@ -89,7 +88,6 @@ class Outputs:
         self._label_count = Children(metrics.labels_produced)
         self._dead_count = Children(metrics.dead_letters)
         self._audit_misses = Children(metrics.prefilter_audit_misses)
-        self._live = live
         self._dlq_log = RateLimitedLog(log, 1.0)
         self._actions = actions if actions is not None and actions.topic else None
         self._decision_count = Children(metrics.decisions)
@@ -144,32 +142,38 @@ class Outputs:
         doc = label_document(work, outcome, model=self._model, effort=policy.effort(self._effort),
                              inline_reasoning=self._inline, now=now)
         counter = self._label_count(policy.id, "true" if doc["violation"] else "false", outcome.decided_by)
-        if work.prefilter is not None and self._live is not None:
-            self._observe(work, outcome, doc)
+        count = counter.inc
+        if work.prefilter is not None and outcome.decided_by != "prefilter" and policy.id in work.prefilter:
+            count = self._observed(work, outcome, doc, counter.inc)
         topic = self._shadow if policy.meta.shadow else self._labels
-        work.records.append(OutRecord(topic, self._encode(doc, "label", topic), counter.inc))
+        work.records.append(OutRecord(topic, self._encode(doc, "label", topic), count))
         if self._separate:
             record = ReasoningRecord(label_id=doc["label_id"], event_id=doc["event_id"], policy_id=policy.id,
                                      reasoning=outcome.reasoning)
             work.records.append(OutRecord(self._reasoning, self._encode(record, "reasoning", self._reasoning)))
         return doc
 
-    def _observe(self, work: Work, outcome: Outcome, doc: dict[str, Any]) -> None:
-        """Tell the prefilter's controller how a scored pair ended (the model's verdict, if any)."""
-        assert work.prefilter is not None and self._live is not None
-        scored = work.prefilter.get(outcome.policy.id)
-        if scored is None or outcome.decided_by == "prefilter":  # skipped pairs are reported when decided
-            return
-        score, audited, flags, novel = scored
-        violation = bool(doc["violation"])
-        if audited and violation:  # the prefilter would have let this violation through
-            self._audit_misses(outcome.policy.id).inc()
-            log.warning("prefilter audit miss policy=%s label_id=%s event_id=%s score=%.4f topic=%s partition=%d "
-                        "offset=%d (a violation the prefilter would have decided; counted against its recall)",
-                        outcome.policy.id, doc["label_id"], doc["event_id"], score, work.tp[0], work.tp[1],
-                        work.offset)
+    def _observed(self, work: Work, outcome: Outcome, doc: dict[str, Any], count: Callable[[], None]
+                  ) -> Callable[[], None]:
+        """The label's count, which also tells the prefilter's controller how the scored pair ended
+        (the model's verdict): once, when the label is delivered (a build retried during an outage,
+        or an aborted transaction, tells it nothing)."""
+        assert work.prefilter is not None
+        score, audited, flags, novel, control = work.prefilter[outcome.policy.id]
+        violation, policy_id = bool(doc["violation"]), outcome.policy.id
         kind = "flagged" if flags else "audited" if audited else "sent"
-        self._live.outcome(outcome.policy.id, score, kind, violation, novel=novel)
+        label_id, event_id, (topic, partition), offset = doc["label_id"], doc["event_id"], work.tp, work.offset
+
+        def delivered() -> None:
+            count()
+            if audited and violation:  # the prefilter would have let this violation through
+                self._audit_misses(policy_id).inc()
+                log.warning("prefilter audit miss policy=%s label_id=%s event_id=%s score=%.4f topic=%s "
+                            "partition=%d offset=%d (a violation the prefilter would have decided; counted against "
+                            "its recall)", policy_id, label_id, event_id, score, topic, partition, offset)
+            if control is not None:
+                control.outcome(score, kind, violation, novel=novel)
+        return delivered
 
     def dead_letter(self, work: Work, exc: PoisonError, *, policy_id: str | None = None, attempts: int = 1) -> None:
         """Append a dead letter for the event (or for one policy's evaluation of it)."""

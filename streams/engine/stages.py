@@ -139,11 +139,13 @@ class Prefilter:
                                                   coverage=control.coverage_p05 is not None)
         novel = coverage < control.coverage_p05 if coverage is not None and control.coverage_p05 is not None \
             else np.zeros(len(pairs), dtype=bool)
-        drifting = control.scored(novel) if control.enabled else np.zeros(len(pairs), dtype=bool)
+        drifting = control.scored(novel)
+        if not control.enabled:  # the drift is measured (the gauge), audits stay at audit_rate
+            drifting = np.zeros(len(pairs), dtype=bool)
         threshold, novel_threshold = control.threshold, control.novel_threshold
         verdict = self._verdict(policy_id, threshold)
         novel_verdict = self._verdict(policy_id, novel_threshold)
-        scores = np.round(scores, 4)
+        send_all_novel = self._drift_below >= 2**32  # drift_audit_rate 1: nothing is sampled, all are sent
         sent = audited = 0
         skipped: list[int] = []
         for i, ((work, policy), score, new, drift) in enumerate(zip(pairs, scores.tolist(), novel.tolist(),
@@ -152,18 +154,18 @@ class Prefilter:
             if work.prefilter is None:
                 work.prefilter = {}
             if flags:
-                work.prefilter[policy_id] = (score, False, flags, new)
+                work.prefilter[policy_id] = (score, False, flags, new, control)
                 for flag in flags:
                     self._evasion(policy_id, flag).inc()
                 sent += 1
-            elif not score < (novel_threshold if new else threshold):  # a NaN score is never a skip
-                work.prefilter[policy_id] = (score, False, flags, new)
+            elif not score < (novel_threshold if new else threshold) or (new and drift and send_all_novel):
+                work.prefilter[policy_id] = (score, False, flags, new, control)  # (a NaN score is never a skip)
                 sent += 1
             elif self._audited(work, policy, self._drift_below if new and drift else self._audit_below):
-                work.prefilter[policy_id] = (score, True, flags, new)
+                work.prefilter[policy_id] = (score, True, flags, new, control)
                 audited += 1
             else:
-                work.prefilter[policy_id] = (score, False, flags, new)
+                work.prefilter[policy_id] = (score, False, flags, new, control)
                 skipped.append(i)
                 self._decide(work, policy, novel_verdict if new else verdict)
         control.skipped(scores[skipped], novel[skipped])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
@@ -56,8 +57,9 @@ class Work:
     pending: int = 0  # requests running on the replicas
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     records: list[OutRecord] = field(default_factory=list)
-    # From the prefilter stage: policy id -> (score, audited, evasion flags, novel text); the text it scored.
-    prefilter: dict[str, tuple[float, bool, tuple[str, ...], bool]] | None = None
+    # From the prefilter stage: policy id -> (score, audited, evasion flags, novel text, the controller the
+    # pair's end is reported to); and the text it scored.
+    prefilter: dict[str, tuple[float, bool, tuple[str, ...], bool, Any]] | None = None
     normalised: tuple[str, tuple[str, ...]] | None = None
 
     @property

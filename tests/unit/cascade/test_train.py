@@ -27,8 +27,8 @@ from streams.policy.model import STARTER_POLICIES, load_policies
 
 POLICIES = load_policies(STARTER_POLICIES)
 JSON_KEYS = {"policy_id", "policy_version", "n_train", "n_holdout", "positives", "threshold", "holdout_recall",
-             "holdout_pass_rate", "out", "recall_lower_bound", "holdout_positives", "target_recall", "target_met",
-             "confidence"}
+             "holdout_pass_rate", "out", "recall_lower_bound", "holdout_positives", "holdout_positives_effective",
+             "target_recall", "target_met", "confidence"}
 
 
 def golden(policy_id: str) -> list[Example]:
@@ -144,3 +144,34 @@ def test_the_cli_reports_the_certificate_and_refuses_an_uncertifiable_target(tmp
     ev = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
     found = ev["positives"] - ev["skipped_violations"]
     assert ev["recall_lower_bound"] == round(bounds.lower(found, ev["positives"]), 4) and "recall" in ev
+
+
+def test_a_history_behind_a_cascade_is_weighted_by_what_each_audit_stands_for() -> None:
+    """Behind a cascade the history holds every sent pair but only the audited 2% of skipped ones.
+    Counted once each, the few audited misses vanish among the sent violations and the bound
+    certifies recall the stream never had; weighted by 1 / audit_rate, they count as the misses
+    they stand for."""
+    rng = np.random.default_rng(5)
+    sent = rng.uniform(1.0, 6.0, 9500)  # violations the prefilter sent (found)
+    audited_misses = rng.uniform(-6.0, -1.0, 10)  # 2% of the 500 it skipped: found only by the audit
+    scores = np.concatenate([sent, audited_misses])
+    labels = np.ones(len(scores), dtype=int)
+    weights = np.concatenate([np.ones(len(sent)), np.full(len(audited_misses), 1 / 0.02)])
+    unweighted = certify(scores, labels, 0.99, certify_available=True)
+    weighted = certify(scores, labels, 0.99, weights=weights, certify_available=True)
+    assert unweighted is not None and weighted is not None
+    # counted once each, 10 misses among 9,510 violations certify 0.99 above every miss: all skipped
+    assert unweighted.target_met and unweighted.threshold > float(audited_misses.max())
+    # weighted, skipping them all is 0.95 recall: at most one may be skipped, every other one is sent
+    assert weighted.target_met and weighted.threshold <= float(np.sort(audited_misses)[1])
+    assert bounds.weighted_lower(9500, 10000, 9500 + 10 * 50**2) < 0.95
+    assert weighted.effective_positives < len(scores)
+
+
+def test_unit_weights_give_the_exact_bound() -> None:
+    scores = np.linspace(-3, 3, 400)
+    labels = (np.arange(400) % 2).astype(int)
+    a = certify(scores, labels, 0.95)
+    b = certify(scores, labels, 0.95, weights=np.ones(400))
+    assert a == b and a is not None
+    assert bounds.weighted_lower(180, 200, 200) == pytest.approx(bounds.lower(180, 200))

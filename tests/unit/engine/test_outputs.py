@@ -108,3 +108,29 @@ def test_every_configured_action_is_exported_at_zero_before_any_decision() -> No
     exported = {s.labels["action"]: s.value for m in metrics.registry.collect() if m.name == "safeguard_decisions"
                 for s in m.samples if s.name == "safeguard_decisions_total"}
     assert exported == {"allow": 0.0, "review": 0.0, "remove": 0.0}
+
+
+def test_a_scored_pair_reports_its_end_to_its_controller_once_and_only_when_delivered(caplog) -> None:
+    """A build retried (a Schema Registry outage clears the records and builds again) tells the
+    prefilter's controller nothing; the delivered label tells it once, with the model's verdict."""
+    from streams.cascade.control import RecallControl
+
+    out, metrics = outputs()
+    control = RecallControl("spam", 0.0, 0.99, enabled=False)  # measure only: a miss would move the threshold
+    w = work(Outcome(SPAM, Verdict(True, "SP2"), "cot", "model", 5, 6))
+    w.prefilter = {"spam": (-1.23456, True, (), False, control)}  # audited: the prefilter would have skipped it
+    for _ in range(3):
+        w.records.clear()
+        out.build(w)
+    [(_, label)] = decoded(w)
+    assert label["prefilter_score"] == -1.2346 and label["audit"] is True and label["prefilter_flags"] == []
+    control.evaluate(force=True)
+    assert control.last is None  # nothing delivered, nothing observed
+    assert sample(metrics, "safeguard_prefilter_audit_misses_total", policy="spam") == 0
+    [rec] = w.records
+    assert rec.count is not None
+    rec.count()
+    control.evaluate(force=True)
+    assert control.last is not None and control.last.audit_misses == 1 and control.last.audited == 1
+    assert sample(metrics, "safeguard_prefilter_audit_misses_total", policy="spam") == 1
+    assert caplog.text.count("prefilter audit miss policy=spam label_id=" + label["label_id"]) == 1

@@ -116,7 +116,9 @@ def test_the_prefilter_decides_below_its_threshold_and_sends_the_rest() -> None:
     assert [(o.policy.id, o.decided_by, o.verdict.violation) for o in calm.outcomes] == [("spam", "prefilter", False)]
     assert [r.policies[0].id for r in calm.requests] == ["fake-reviews"]  # no prefilter for that one
     assert loud.outcomes == [] and [r.policies[0].id for r in loud.requests] == ["spam", "fake-reviews"]
-    assert calm.prefilter == {"spam": (-1.0, False, (), False)} and loud.prefilter == {"spam": (3.0, False, (), False)}
+    assert calm.prefilter is not None and loud.prefilter is not None
+    assert calm.prefilter["spam"][:4] == (-1.0, False, (), False)
+    assert loud.prefilter["spam"][:4] == (3.0, False, (), False)
     sample = metrics.registry.get_sample_value
     assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "skipped"}) == 1
     assert sample("safeguard_prefilter_decisions_total", {"policy": "spam", "outcome": "sent"}) == 1
@@ -163,3 +165,16 @@ def test_text_with_an_evasion_signal_is_never_decided_by_the_prefilter() -> None
         assert metrics.registry.get_sample_value("safeguard_prefilter_evasion_total",
                                                  {"policy": "spam", "flag": flag}) >= 1
     assert invisible.normalised is not None and invisible.normalised[0] == "calm"  # what the prefilter scored
+
+
+def test_a_score_at_the_threshold_is_sent_whatever_its_rounding() -> None:
+    """The label shows the score to 4 decimals; the decision compares the unrounded one (a threshold
+    can sit closer than 5e-5 below a violation's score)."""
+    stage, _ = prefilter_stage(threshold=1.23453)
+    registry = PolicyRegistry(POLICIES, [], ["spam"])
+    works = decoded({"event_id": "a", "text": "x"})
+    Route(registry, "separate")(works)
+    model = stage._prefilters.current(POLICIES["spam"])
+    model.score_normalised = lambda texts, coverage=False: (np.array([1.23454] * len(texts)), None)
+    stage(works)
+    assert works[0].outcomes == [] and works[0].prefilter["spam"][0] == 1.23454  # sent to the model
