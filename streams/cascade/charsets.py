@@ -106,8 +106,9 @@ def _hooked() -> dict[str, str]:
     for lo, hi in FOLD_RANGES:
         for ch in map(chr, range(lo, hi + 1)):
             words = unicodedata.name(ch, "").split()
-            if (len(words) >= 5 and words[0] == "LATIN" and words[1] in ("SMALL", "CAPITAL") and words[2] == "LETTER" and len(words[3]) == 1 and words[4] in ("WITH", "BAR")
-                    and "LETTER" not in words[4:] and len(unicodedata.normalize("NFD", ch)) == 1):
+            if (len(words) >= 5 and words[:3] in (["LATIN", "SMALL", "LETTER"], ["LATIN", "CAPITAL", "LETTER"])
+                    and len(words[3]) == 1 and words[4] in ("WITH", "BAR") and "LETTER" not in words[4:]
+                    and len(unicodedata.normalize("NFD", ch)) == 1):
                 table[ch] = words[3].lower()
     return table
 

@@ -6,27 +6,42 @@ text. :func:`prepare` gives the prefilter one canonical spelling (its *skeleton*
 evasion tricks the original text shows, so the cascade sends flagged text to the model (which
 always reads the original) instead of skipping it.
 
-Skeleton: NFKC; invisible characters removed; Latin, Greek and Cyrillic diacritics stripped
+Skeleton: NFKC (parenthesised letters first: "⒡" is "f"); invisible characters removed; emoji and
+symbols between two Latin letters removed ("fr🔥ee"); Latin, Greek and Cyrillic diacritics stripped
 (as NFD then dropping the marks would, but without decomposing other scripts: Hangul, kana and
-Indic text keep their form); confusable letters mapped to the Latin letter they imitate (a curated
-subset of Unicode UTS #39 ``confusables.txt``); case-folded; runs of three or more single letters
-with single separators joined ("f r e e  m o n e y" -> "free money").
+Indic text keep their form); hooked and stroked Latin letters NFD keeps whole ("ƒ", "đ") and
+confusable letters mapped to the Latin letter they imitate (a curated subset of Unicode UTS #39
+``confusables.txt``); case-folded; leetspeak spelt out in words of two or more letters ("fr33
+m0n3y", "vi@gra", "$pam"; numbers, prices, times, units and ordinals such as "5pm", codes with
+other digits such as "covid19", two letters and a digit such as "mp3", and e-mail addresses kept);
+runs of three or more single letters joined, apart by one mixed separator or by the same separator
+(spaces, a line break, punctuation, dashes, bullets, an ellipsis) each time ("f r e e  m o n e y",
+"f,r,e,e", "f. r. e. e." -> "free money", "free", "free.").
 
 Flags (:data:`FLAGS`), each chosen to be rare on genuine text in any language, since a flag costs a
 model call: ``invisible_chars`` (an invisible character outside the places scripts, emoji and
 bidirectional text need one), ``mixed_script`` (one word mixing scripts that UTS #39's moderately
 restrictive level forbids, or a whole word, or whole text, spelt only in look-alikes),
-``spaced_letters`` (a joined run; short dotted abbreviations such as "U.S.A." are joined but not
-flagged), ``styled_letters`` (two or more mathematical, fullwidth, circled, superscript or small
-capital letters in a word, or one glued to plain letters; fullwidth forms are native in CJK text),
+``spaced_letters`` (a joined run; short dotted abbreviations such as "U.S.A." or "J. R. R." and
+lists of consecutive letters such as "a, b, c" or "x/y/z" are joined but not flagged),
+``styled_letters`` (two or more mathematical, fullwidth, circled, parenthesised, superscript or
+small capital letters in a word, or one glued to plain letters, fullwidth forms being native in CJK
+text; or a hooked letter in a word of plain letters, "ƒree", except the letters of living
+orthographies, đ ł ħ ø ŧ ɓ ɗ ƙ ƴ, and in text using the African reference alphabet),
 ``unusual_chars`` (private use, unassigned in this Python's Unicode version outside the emoji and
 CJK planes, lone surrogates, marks stacked on one base, plain Latin letters carrying marks that no
-precomposed letter has, or many plain letters followed by separate marks).
+precomposed letter has, many plain letters followed by separate marks, or an emoji or symbol
+between two letters of a word). Leetspeak raises no flag: it is common in casual text.
+
+Known limits, left open: reversed text, words split in chunks of two or more letters ("fr ee"),
+regional indicator letters ("🇫🇷🇪🇪"), leetspeak in three-letter words that start or end with
+the digit ("7he", "th3": read as "7th" and "mp3") and in spaced-out letters ("f r 3 3").
 
 Contract: pure, deterministic, no I/O, and total: any ``str`` (empty, lone surrogates, control
 characters, megabytes) gives a result and never raises, because it runs on every event of the hot
 path. ASCII text takes a fast path (lower-casing and one regex); other text pays per distinct
-character, not per character.
+character, not per character; leetspeak and single letters are looked for on a byte "shape" of
+the text first.
 """
 
 from __future__ import annotations
@@ -36,15 +51,19 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from streams.cascade.charsets import AFRICAN_LETTERS as _AFRICAN_LETTERS
 from streams.cascade.charsets import BEFORE_NFKC as _BEFORE_NFKC
 from streams.cascade.charsets import CJK as _CJK
 from streams.cascade.charsets import CONFUSABLE_SCRIPTS as _CONFUSABLE_SCRIPTS
 from streams.cascade.charsets import FOLD as _FOLD
+from streams.cascade.charsets import HOOKED as _HOOKED
 from streams.cascade.charsets import INVISIBLE_RANGES as _INVISIBLE_RANGES
 from streams.cascade.charsets import MARK_RANGES as _MARK_RANGES
 from streams.cascade.charsets import MARKS as _MARKS
 from streams.cascade.charsets import NAME_SCRIPT as _NAME_SCRIPT
+from streams.cascade.charsets import NATIVE_HOOKED as _NATIVE_HOOKED
 from streams.cascade.charsets import STYLED as _STYLED
+from streams.cascade.spelling import finish
 
 __all__ = ["FLAGS", "evasion_flags", "prepare", "skeleton"]
 
@@ -53,14 +72,8 @@ FLAGS: tuple[str, ...] = ("invisible_chars", "mixed_script", "spaced_letters", "
 _WHOLE_TEXT_MIN = 20  # look-alike letters a text needs before "all of them are look-alikes" is a signal
 _WHOLE_GREEK_MIN = 32  # Greek shares most letters with Latin: genuine short Greek passes that test
 
-_SEP = " .\\-_*|/\u00b7"
-_RUN = f"(?<![^\\W_])[a-z](?:[{_SEP}][a-z]){{2,}}(?![^\\W_])"
-_SPACED = re.compile(f"{_RUN}(?:[ \\t]{{2,}}{_RUN})*")
-_SHAPES = bytes.maketrans(bytes(range(256)), bytes(b"a"[0] if chr(c).isascii() and chr(c).isalnum() else b"-"[0]
-                                                    for c in range(256)))
-_SEP_CHARS = re.compile(f"[{_SEP}]")
-_GAP = re.compile("[ \\t]{2,}")
-_WIDE_GAP = re.compile(" {2,}")
+_IN_WORD = re.compile(r"(?<=[^\W\d_])[^\w\s]+(?=[^\W\d_])")  # punctuation or symbols inside a word
+_FLAGGED_HOOKS = frozenset(_HOOKED) - _NATIVE_HOOKED
 _UNIT = re.compile(r"[pnμumkMGT]?[Ωω]|μ[a-zA-Z]{1,3}")  # micro and ohm signs (NFKC makes them Greek)
 
 
@@ -96,7 +109,7 @@ def _letters_by_script() -> dict[str, frozenset[str]]:
     return {script: frozenset(letters) for script, letters in found.items()}
 
 
-_INVISIBLE, _STYLE, _UNUSUAL, _MARK, _EARLY = 1, 2, 4, 8, 16
+_INVISIBLE, _STYLE, _UNUSUAL, _MARK, _EARLY, _SYMBOL, _HOOK = 1, 2, 4, 8, 16, 32, 64
 
 
 @functools.lru_cache(maxsize=8192)
@@ -124,6 +137,10 @@ def _char_info(ch: str) -> int:
         bits |= _MARK
     if cp in _BEFORE_NFKC:
         bits |= _EARLY
+    if ch in _FLAGGED_HOOKS:
+        bits |= _HOOK
+    if _symbol(ch):
+        bits |= _SYMBOL
     category = unicodedata.category(ch)
     if category in ("Co", "Cs") or (category == "Cn" and not (0x1F000 <= cp <= 0x1FAFF or 0x20000 <= cp <= 0x3FFFF)):
         bits |= _UNUSUAL
@@ -273,43 +290,31 @@ def _word_scripts(word: str) -> set[str | None]:
     return scripts
 
 
-def _abbreviation(run: str, following: str) -> bool:
-    """"u.s.a." or "a.k.a.": up to four letters, dotted, with the closing dot."""
-    return following == "." and run.count(".") <= 3 and all(sep == "." for sep in _SEP_CHARS.findall(run))
+def _split_words(base: str) -> tuple[str, bool]:
+    """Symbols and emoji between two Latin letters ("fr🔥ee") removed, and whether there was one."""
+    split = False
+
+    def drop(m: re.Match[str]) -> str:
+        nonlocal split
+        run = m.group()
+        if all(_symbol(ch) and ord(ch) > 0xFF for ch in run) and _latin_letter(base[m.start() - 1]) \
+                and _latin_letter(base[m.end()]):
+            split = True
+            return ""
+        return run
+
+    return _IN_WORD.sub(drop, base), split
 
 
-def _join_spaced(text: str) -> tuple[str, bool]:
-    """Runs of single letters joined (and then gaps of spaces narrowed to one), and whether one of
-    them was a sign of evasion rather than an abbreviation, which is joined for scoring alone."""
-    flagged = False
-
-    def join(m: re.Match[str]) -> str:
-        nonlocal flagged
-        runs = _GAP.split(m.group())
-        if len(runs) > 1 or not _abbreviation(m.group(), text[m.end():m.end() + 1]):
-            flagged = True
-        return " ".join(_SEP_CHARS.sub("", run) for run in runs)
-
-    joined = _SPACED.sub(join, text)
-    return (_WIDE_GAP.sub(" ", joined) if flagged else joined), flagged
+def _latin_letter(ch: str) -> bool:
+    """A Latin letter or a look-alike of one."""
+    return ch.isalpha() and (ch.isascii() or ch in _LOOKALIKE or _script(ch) == "LATIN")
 
 
-def _may_be_spaced(folded: str) -> bool:
-    """A cheap necessary condition for a run of single letters: three one-character tokens
-    between separators (any non-ASCII character counts as one, except the middle dot)."""
-    if "\u00b7" in folded:
-        return True
-    shape = f"-{folded}-".encode("utf-8", "surrogatepass").translate(_SHAPES)
-    return b"-a-a-a-" in shape
-
-
-def _spaced(folded: str, flags: set[str]) -> str:
-    if not _may_be_spaced(folded) or _SPACED.search(folded) is None:
-        return folded
-    joined, spaced = _join_spaced(folded)
-    if spaced:
-        flags.add("spaced_letters")
-    return joined
+def _hooked_flag(base: str) -> bool:
+    """A hooked or stroked letter in a word otherwise of plain ASCII letters ("ƒree")."""
+    return any(not word.isascii() and _ASCII_LETTER.search(word) is not None
+               and all(ch.isascii() or ch in _FLAGGED_HOOKS for ch in word) for word in _WORD.findall(base))
 
 
 def prepare(text: str) -> tuple[str, tuple[str, ...]]:
@@ -324,10 +329,8 @@ def prepare(text: str) -> tuple[str, tuple[str, ...]]:
     """
     flags: set[str] = set()
     if text.isascii():  # the common case: no invisible, styled, foreign or accented letter
-        folded = text.lower()
-        if b"-a-a-a-" not in f"-{folded}-".encode("ascii").translate(_SHAPES):
-            return folded, ()
-        return _spaced(folded, flags), tuple(flags)
+        folded = finish(text.lower(), flags)
+        return folded, tuple(flags)
     chars = set(text)
     has_latin = not chars.isdisjoint(_ASCII_LETTERS)
     chars.difference_update(_ASCII_SET)
@@ -350,8 +353,14 @@ def prepare(text: str) -> tuple[str, tuple[str, ...]]:
         flags.add("unusual_chars")
     if letters and _mixed_flag(base, letters, has_latin):
         flags.add("mixed_script")
+    if bits & _HOOK and _AFRICAN_LETTERS.isdisjoint(letters) and _hooked_flag(base):
+        flags.add("styled_letters")
+    if bits & _SYMBOL:
+        base, split = _split_words(base)
+        if split:
+            flags.add("unusual_chars")
     folded = (base.translate(_FOLD) if not _FOLDED.isdisjoint(chars) else base).casefold()
-    return _spaced(folded, flags), tuple(sorted(flags))
+    return finish(folded, flags), tuple(sorted(flags))
 
 
 def skeleton(text: str) -> str:

@@ -50,14 +50,20 @@ async def test_obfuscated_violations_all_reach_the_model(kafka_bootstrap, topics
     history = [Example(r.text, r.label) for r in writer.batch(2500, "A", 0.3)]
     policies, prefilters, threshold = _setup(tmp_path, "fake-reviews", history, 0.95)
     rng = random.Random(5)
-    tricks = sorted(TRICKS)
-    combos = [[t] for t in tricks] + [[a, b] for a in tricks for b in tricks if a < b] + [tricks[:3], tricks[2:]]
-    rows, evil, events = [], set(), []
+    tricks = sorted(set(TRICKS) - {"leet"})  # leetspeak raises no flag (casual text is full of it): see below
+    combos = [[t] for t in tricks] + [[a, b] for a in tricks for b in tricks if a < b] + [tricks[:3], tricks[3:6]]
+    rows, evil, events, leet = [], set(), [], {}
     for k in range(240):
         text = obfuscate(writer.review("A", violation=True).text, rng, combos[k % len(combos)])
         evil.add(f"o{k}")
         rows.append({"text": text, "label": 1})  # the reasoner sees through the tricks
         events.append((f"o{k}".encode(), orjson.dumps({"event_id": f"o{k}", "kind": "review", "text": text})))
+    for k in range(40):  # leetspeak alone: not flagged, but spelt back, so it scores as the plain text does
+        plain = writer.review("A", violation=True).text
+        text = obfuscate(plain, rng, ["leet"])
+        leet[f"l{k}"] = plain
+        rows.append({"text": text, "label": 1})
+        events.append((f"l{k}".encode(), orjson.dumps({"event_id": f"l{k}", "kind": "review", "text": text})))
     for k, review in enumerate(writer.batch(160, "A", 0.0)):  # ordinary safe traffic beside them
         rows.append({"text": review.text, "label": 0})
         events.append((f"s{k}".encode(), orjson.dumps({"event_id": f"s{k}", "kind": "review", "text": review.text})))
@@ -80,6 +86,13 @@ async def test_obfuscated_violations_all_reach_the_model(kafka_bootstrap, topics
     texts = [orjson.loads(v)["text"] for k, v in events if k.decode() in evil]
     before, _ = prefilter.score_normalised([unicodedata.normalize("NFKC", t).casefold() for t in texts])
     assert (before < threshold).mean() > 0.8, (before < threshold).mean()
+    plain_scores = prefilter.scores(list(leet.values()))
+    assert any(orjson.loads(v)["text"] != leet[k.decode()] for k, v in events if k.decode() in leet)
+    for (event_id, _), plain_score in zip(leet.items(), plain_scores.tolist(), strict=True):
+        # leetspeak buys nothing: a violation it rewrites is skipped only where its plain spelling is
+        # ("1" spells i or l, so the scores are close, not equal)
+        assert labels[event_id]["decided_by"] == "model" or plain_score < threshold, (event_id, plain_score)
+        assert abs(labels[event_id]["prefilter_score"] - plain_score) < 1.5
     safe = [lab for e, lab in labels.items() if e.startswith("s")]
     assert not any(lab["prefilter_flags"] for lab in safe)  # ordinary text raises no flag...
     assert sum(lab["decided_by"] == "prefilter" for lab in safe) >= 0.8 * len(safe)  # ...and is still skipped
@@ -88,6 +101,7 @@ async def test_obfuscated_violations_all_reach_the_model(kafka_bootstrap, topics
                for s in m.samples if s.name.endswith("_total")}
     assert sum(flagged.values()) >= len(evil)
     assert set(flagged) == {"invisible_chars", "mixed_script", "spaced_letters", "styled_letters", "unusual_chars"}
+    assert len(labels) == 240 + 40 + 160
 
 
 def _shift_stream(writer: ReviewWriter) -> tuple[list[tuple[bytes, bytes]], dict[str, int], list[dict]]:

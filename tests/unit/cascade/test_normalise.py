@@ -14,7 +14,19 @@ from hypothesis import strategies as st
 
 from streams.authoring.datasets import load_dataset
 from streams.cascade.normalise import FLAGS, evasion_flags, prepare, skeleton
-from streams.devtools.obfuscate import TRICKS, diacritics, homoglyphs, obfuscate, spaced, styled, zero_width
+from streams.devtools.obfuscate import (
+    TRICKS,
+    diacritics,
+    homoglyphs,
+    hooks,
+    leet,
+    obfuscate,
+    separators,
+    spaced,
+    styled,
+    symbols,
+    zero_width,
+)
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -27,7 +39,8 @@ PHRASES = (
 )
 SEEDS = range(6)
 TRICK_FLAG = {"zero_width": "invisible_chars", "homoglyphs": "mixed_script", "spaced": "spaced_letters",
-              "styled": "styled_letters"}
+              "styled": "styled_letters", "symbols": "unusual_chars", "separators": "spaced_letters",
+              "hooks": "styled_letters"}
 
 
 def test_flag_names_are_the_contract() -> None:
@@ -57,6 +70,101 @@ def test_accents_fold_back_and_decoration_is_unusual(phrase: str) -> None:
         assert set(evasion_flags(light)) <= {"unusual_chars"}
 
 
+@pytest.mark.parametrize("phrase", PHRASES)
+def test_leetspeak_folds_back_without_a_flag(phrase: str) -> None:
+    """Leetspeak is common in casual text: the skeleton spells it out, and no flag is raised."""
+    for seed in SEEDS:
+        attacked = leet(phrase, random.Random(seed))
+        assert attacked != phrase
+        assert prepare(attacked) == (skeleton(phrase), ())
+
+
+@pytest.mark.parametrize(("text", "plain"), [
+    ("fr33 m0n3y", "free money"), ("p0rn", "porn"), ("s3x", "sex"), ("v1agra", "viagra"), ("vi@gra", "viagra"),
+    ("$pam", "spam"), ("fr\U0001d7d1\U0001d7d1", "free"), ("l33t h4x0r", "leet haxor"), ("ca$h", "cash"),
+    ("banknot3$", "banknotes"), ("5muggle", "smuggle"), ("FR33 M0N3Y!", "free money!"), ("d1e.", "die."),
+])
+def test_leetspeak_words_are_spelt_out(text: str, plain: str) -> None:
+    assert prepare(text) == (plain, ())
+
+
+@pytest.mark.parametrize("text", [
+    "paid $5 at 10:30, then $12.50 for 2 mp3 files, a 4k tv and a ps5 on the 1st at 5pm (10kg, 3rd, 4th)",
+    "covid19 b2b h264 x86 i18n rtx3080 order #a-1234 v1.2.3 call 555-1234 or +44 20 7946 0958",
+    "mail john@example.com or @john, 100% sure, 3x faster, 1990s, 24/7, 3d",
+])
+def test_numbers_prices_times_and_short_codes_are_kept(text: str) -> None:
+    assert prepare(text) == (text, ())
+
+
+@pytest.mark.parametrize("text", ["f\U0001f525r\U0001f525e\U0001f525e", "fr\U0001f525ee", "fr\u2764\ufe0fee",
+                                  "fr\U0001f44d\U0001f3fdee", "fr\U0001f468\u200d\U0001f4bbee", "fr\u2b50ee",
+                                  "fr\u2764\ufe0f\u200bee"])
+def test_emoji_inside_a_word_is_removed_and_unusual(text: str) -> None:
+    normalised, flags = prepare(text)
+    assert normalised == "free"
+    assert "unusual_chars" in flags
+
+
+@pytest.mark.parametrize("text", [
+    "f,r,e,e", "f+r+e+e", "f~r~e~e", "f'r'e'e", "f:r:e:e", "f\u2013r\u2013e\u2013e", "f\u2010r\u2010e\u2010e",
+    "f\u2022r\u2022e\u2022e", "f\u30fbr\u30fbe\u30fbe", "f\u2044r\u2044e\u2044e", "f\u2026r\u2026e\u2026e",
+    "f\nr\ne\ne", "f\tr\te\te", "f  r  e  e", "f\u1680r\u1680e\u1680e", "f - r - e - e", "f, r, e, e",
+    "f\uff65r\uff65e\uff65e", "f\u3000r\u3000e\u3000e",
+])
+def test_letters_apart_by_any_separator_are_joined_and_flagged(text: str) -> None:
+    assert prepare(text) == ("free", ("spaced_letters",))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("f. r. e. e.", ("free.", ("spaced_letters",))),
+    ("f  r  e  e    m  o  n  e  y", ("free money", ("spaced_letters",))),
+    ("f.r-e e", ("free", ("spaced_letters",))),  # separators a run may mix
+    ("J. R. R. Tolkien", ("jrr. tolkien", ())),  # initials
+    ("pick a, b, c or x/y/z", ("pick abc or xyz", ())),  # a list of letters in order is no word
+    ("options a, b, or c", ("options a, b, or c", ())),
+    ("I am a b", ("i am a b", ())),
+])
+def test_separators_and_lists(text: str, expected: tuple[str, tuple[str, ...]]) -> None:
+    assert prepare(text) == expected
+
+
+@pytest.mark.parametrize(("text", "plain", "flags"), [
+    ("\u0192ree", "free", ("styled_letters",)), ("\u0271oney", "money", ("styled_letters",)),
+    ("\u0282ex", "sex", ("styled_letters",)), ("\u01a5orn", "porn", ("styled_letters",)),
+    ("\u028biagra", "viagra", ("styled_letters",)), ("\u01adits \u0288ime", "tits time", ("styled_letters",)),
+    ("\u0180\u0188\u0257\u0260\u0266\u0199\u026b\u0272\u02a0\u024d\u2c73\u01b4\u0225",
+     "bcdghklnqrwyz", ()),  # no plain letter in the word
+    ("\u0111rugs", "drugs", ()), ("\u0127ot", "hot", ()), ("\u0167its", "tits", ()), ("\u0253itch", "bitch", ()),
+    ("\u24a1\u24ad\u24a0\u24a0", "free", ("styled_letters",)),
+    ("\U0001f115\U0001f121\U0001f114\U0001f114", "free", ("styled_letters",)),
+])
+def test_hooked_and_parenthesised_letters_fold_back(text: str, plain: str, flags: tuple[str, ...]) -> None:
+    assert prepare(text) == (plain, flags)
+
+
+@pytest.mark.parametrize("text", [
+    "Đang đi học ở Hà Nội, đến đó rồi đi đâu? Đây là đồ ăn ngon nhất tôi từng thử.",  # Vietnamese
+    "Łódź jest piękna, ale dojazd był długi; właściciel był miły i pomocny.",  # Polish
+    "Đakovo je lijep grad, a đački dom je odmah uz crkvu. Hvala na pomoći!",  # Croatian
+    "Ħafna grazzi għall-għajnuna tiegħek, il-ħanut kien tajjeb ħafna.",  # Maltese
+    "Smørrebrød og øl på Ærø, det var en dejlig dag ved søen.",  # Danish
+    "Na gode da taimakon ku, ƙasar Najeriya tana da kyau, ɗan uwa ya ɓata lokaci.",  # Hausa
+    "Mawu ƒe nya ɖe ŋu, eye wòʋu ʋɔtru la.",  # Ewe
+    "Camera at ƒ/2.8, 1/250 s; the function ƒ(x) = x².",
+    "I \u2764\ufe0f my dog \U0001f436 and Привет\u2764\ufe0fдруг, 好吃\U0001f60b推荐, Apple\u2122 products",
+])
+def test_real_text_with_hooked_letters_or_emoji_raises_no_flag(text: str) -> None:
+    assert evasion_flags(text) == ()
+
+
+def test_known_limits_stay_open() -> None:
+    """Documented in the module: reversed text, chunks of two letters and regional indicator letters."""
+    assert prepare("eerf yenom") == ("eerf yenom", ())
+    assert prepare("fr ee mo ney") == ("fr ee mo ney", ())
+    assert skeleton("\U0001f1eb\U0001f1f7\U0001f1ea\U0001f1ea") != "free"
+
+
 def test_accented_spelling_of_a_plain_word_is_the_plain_word_without_a_flag() -> None:
     assert prepare("fréé mönéy") == ("free money", ())
     assert prepare("FRÉÉ") == ("free", ())
@@ -74,7 +182,7 @@ def test_combined_tricks_fold_back_and_are_flagged(combo: tuple[str, ...]) -> No
             assert "spaced_letters" in flags
         if "zero_width" in combo and any(ch in attacked for ch in "\u200b\u200c\u200d\u2060\ufeff"):
             assert "invisible_chars" in flags
-        if "homoglyphs" in combo and "spaced" not in combo and _has_lookalike(attacked):
+        if "homoglyphs" in combo and not {"spaced", "separators"} & set(combo) and _has_lookalike(attacked):
             assert "mixed_script" in flags, (combo, seed, attacked)
 
 
@@ -239,3 +347,13 @@ def test_tricks_leave_text_readable() -> None:
     assert unicodedata.normalize("NFKC", styled(phrase, rng)) == phrase
     assert "".join(ch for ch in unicodedata.normalize("NFD", diacritics(phrase, rng))
                    if not unicodedata.combining(ch)) == phrase
+    assert len(leet(phrase, rng)) == len(phrase) == len(hooks(phrase, rng))
+    assert "".join(ch for ch in symbols(phrase, rng) if ch.isascii()) == phrase
+    assert " ".join("".join(ch for ch in w if ch.isalpha()) for w in separators(phrase, rng).split("   ")) == phrase
+
+
+def test_separators_and_spacing_go_first() -> None:
+    rng = random.Random(4)
+    attacked = obfuscate(PHRASES[0], rng, ["leet", "separators", "symbols"])
+    assert prepare(attacked)[0] == skeleton(PHRASES[0])
+    assert "spaced_letters" in prepare(attacked)[1]
