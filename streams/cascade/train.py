@@ -13,8 +13,9 @@ lower confidence bound on hold-out recall (:mod:`streams.cascade.bounds`) still 
 so at most ``max_misses`` hold-out positives fall below it. It sits halfway between the lowest
 positive that must be sent and the next hold-out score below, so nothing but the bound decides.
 Too few hold-out positives to certify the target is an error, no file, unless the caller accepts
-the best bound the data supports (``certify_available``: every hold-out positive sent, the file
-says the target was not met). Too few positives in either part to train at all is an error too.
+the best bound the data supports (``certify_available``: every hold-out positive sent, with
+``UNCERTIFIED_MARGIN`` below the lowest, and the file says the target was not met). Too few
+positives in either part to train at all is an error too.
 
 A label history collected behind a running cascade is not a sample of the stream: it holds every
 pair the prefilter sent but only the audited share of those it skipped. Each audited example
@@ -41,6 +42,9 @@ from streams.inference.cache import normalise
 from streams.policy.model import Policy
 
 MIN_POSITIVES = 5  # in each of the training and the hold-out parts
+# Log-odds below the lowest held-out violation when the target cannot be certified (--certify-available):
+# too few violations to know the tail, so a violation a little below all of them still goes to the model.
+UNCERTIFIED_MARGIN = 1.0
 COVERAGE_QUANTILE = 5  # percentile of hold-out coverage stamped as the live drift reference
 EPOCHS = 300
 STEP = 0.5
@@ -155,6 +159,8 @@ def certify(scores: np.ndarray, labels: np.ndarray, target: float, *, weights: n
     threshold = threshold_for(scores, labels, misses)
     sent = scores[positive] >= threshold
     reached = bounds.weighted_lower(float(w[sent].sum()), total, sum_sq)
+    if reached < target:  # the data cannot vouch for the tail below its lowest violation: keep a margin
+        threshold = min(threshold, float(scores[positive].min()) - UNCERTIFIED_MARGIN)
     return Certificate(threshold, n, int(sent.sum()), reached, target, reached >= target, total * total / sum_sq)
 
 

@@ -175,3 +175,18 @@ def test_unit_weights_give_the_exact_bound() -> None:
     b = certify(scores, labels, 0.95, weights=np.ones(400))
     assert a == b and a is not None
     assert bounds.weighted_lower(180, 200, 200) == pytest.approx(bounds.lower(180, 200))
+
+
+def test_an_uncertified_threshold_keeps_a_margin_below_the_lowest_violation() -> None:
+    """Ten held-out violations cannot certify 0.99: every one is sent, and with nothing known of the
+    tail below them the threshold sits a margin under the lowest; a certified one needs no margin."""
+    from streams.cascade.train import UNCERTIFIED_MARGIN
+
+    scores = np.concatenate([np.linspace(1.0, 3.0, 10), np.linspace(-4.0, 0.5, 30)])
+    labels = np.concatenate([np.ones(10, dtype=int), np.zeros(30, dtype=int)])
+    cert = certify(scores, labels, 0.99, certify_available=True)
+    assert cert is not None and not cert.target_met
+    assert cert.threshold == pytest.approx(1.0 - UNCERTIFIED_MARGIN)
+    many = np.concatenate([np.linspace(1.0, 3.0, 400), np.linspace(-4.0, 0.5, 400)])
+    certified = certify(many, np.repeat([1, 0], 400), 0.99)
+    assert certified is not None and certified.target_met and certified.threshold > 1.0 - UNCERTIFIED_MARGIN
