@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 embedders[name] = load_embedder(name, args.threads)
             except Missing as exc:
-                print(f"embeddings_probe: {exc}", file=sys.stderr)
+                sys.stderr.write(f"embeddings_probe: {exc}\n")
                 return 2
 
     from streams.cascade import bounds
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"ngram then {name}"] = row
     out["candidates"] = results
     out["loadavg_end"] = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
-    print(table(out))
+    sys.stdout.write(table(out) + "\n")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)
