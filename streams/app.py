@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -32,8 +31,8 @@ from streams.interventions.actions import check_rules
 from streams.kafka.admin import existing_topics, require_topics
 from streams.kafka.config import transactional_id
 from streams.kafka.producer import OutputProducer
-from streams.ops.health import health_app, start_health_server
 from streams.ops.metrics import Children, Metrics, build_metrics, register_cache
+from streams.ops.service import background, serving
 from streams.policy.model import Policy, load_policies
 from streams.policy.registry import DirectoryWatcher, PolicyRegistry
 from streams.policy.topic import PolicyTopicReader
@@ -220,51 +219,29 @@ async def run_consumer(
     await loop.run_in_executor(None, lambda: require_topics(settings.kafka, output_topics(settings, shadow=shadow)))
     encoder = Encoder(settings.output, settings.schema_registry)
     await loop.run_in_executor(None, lambda: register_output_schemas(settings, encoder, shadow=shadow))
-    background: list[asyncio.Task[None]] = []
-    if settings.kafka.policies_topic:
-        reader = PolicyTopicReader(settings.kafka, policies)
-        await loop.run_in_executor(None, reader.catch_up)
-        background.append(asyncio.create_task(reader.run()))
-    check_rules(settings.actions, policies.policies)  # after the policies topic: rules may name its policies
-    if settings.policies.reload_interval_s > 0:
-        watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
-        background.append(asyncio.create_task(watcher.run()))
-    prefilters = load_prefilters(settings, metrics)
-    if prefilters is not None and settings.policies.reload_interval_s > 0:
-        background.append(asyncio.create_task(prefilters.run(settings.policies.reload_interval_s)))
-    try:
-        async with ReplicaPool(settings.replicas, reaction_s=settings.batching.io_batch_ms / 1000,
-                               observer=pool_observer(metrics)) as pool:
-            for url in settings.replicas.urls:
-                metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
-                metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
-                metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
-            pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
-            metrics.ready.set_function(lambda: float(pipeline.ready))
-            if on_pipeline is not None:
-                on_pipeline(pipeline)
-            await _serve(settings, pipeline, metrics, until_idle)
-    finally:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def _serve(settings: Settings, pipeline: Pipeline, metrics: Metrics, until_idle: float | None) -> None:
-    loop = asyncio.get_running_loop()
-    http = None
-    if settings.metrics.port:
-        http = await start_health_server(health_app(metrics.registry, lambda: pipeline.ready), settings.metrics.port)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, pipeline.stop)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # undone in reverse, whatever raises
+        if settings.kafka.policies_topic:
+            reader = PolicyTopicReader(settings.kafka, policies)
+            await loop.run_in_executor(None, reader.catch_up)
+            background(stack, reader.run())
+        check_rules(settings.actions, policies.policies)  # after the policies topic: rules may name its policies
+        if settings.policies.reload_interval_s > 0:
+            watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
+            background(stack, watcher.run())
+        prefilters = load_prefilters(settings, metrics)
+        if prefilters is not None and settings.policies.reload_interval_s > 0:
+            background(stack, prefilters.run(settings.policies.reload_interval_s))
+        pool = await stack.enter_async_context(ReplicaPool(settings.replicas,
+                                                           reaction_s=settings.batching.io_batch_ms / 1000,
+                                                           observer=pool_observer(metrics)))
+        for url in settings.replicas.urls:
+            metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
+            metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
+            metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
+        pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
+        metrics.ready.set_function(lambda: float(pipeline.ready))
+        if on_pipeline is not None:
+            on_pipeline(pipeline)
+        await stack.enter_async_context(serving(pipeline.stop, port=settings.metrics.port, registry=metrics.registry,
+                                                ready=lambda: pipeline.ready))
         await pipeline.run(until_idle=until_idle)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
-        if http is not None:
-            await http.cleanup()

@@ -24,3 +24,8 @@ def rate(v: str) -> float:
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return x
+
+
+# The local brokers of the demo, the bench and ``safeguard broker`` (built by streams.devtools.broker,
+# which a production import must not load: the list lives here).
+BROKER_KINDS = ("embedded", "kafka")

@@ -10,16 +10,16 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from streams.cli.args import positive_float, positive_int
+from streams.cli.args import BROKER_KINDS, positive_float, positive_int
 from streams.errors import ConfigError
 
 
 def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
     b = sub.add_parser("bench", help="benchmark against the ideal, a naive loop, faust and raw Kafka",
-                       description="One run, one machine: embedded broker, simulated replicas (same profile, time "
-                       "scale and events for every mode). Modes: ideal, pipeline, naive, faust, passthrough, cascade "
-                       "(a prefilter in front of the model over steady, shifted and obfuscated phases, with and "
-                       "without its controller); --mode picks some.")
+                       description="One run, one machine: one local broker (--broker), simulated replicas (same "
+                       "profile, time scale and events for every mode). Modes: ideal, pipeline, naive, faust, "
+                       "passthrough, cascade (a prefilter in front of the model over steady, shifted and "
+                       "obfuscated phases, with and without its controller); --mode picks some.")
     b.add_argument("--quick", action="store_true", help="smaller runs (under 4 minutes on 2 cores)")
     b.add_argument("--mode", type=_modes, action="extend", dest="modes", metavar="MODE[,MODE...]",
                    help="run only these modes (repeatable or a comma list; default all): "
@@ -33,6 +33,9 @@ def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
                    "with the capacity model's prediction beside each run (docs/scale.md)")
     b.add_argument("--runs", type=_scale_runs, metavar="NxM[xP],...",
                    help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
+    b.add_argument("--broker", choices=BROKER_KINDS, default="embedded",
+                   help="embedded: the Tansu broker (default, no Java); kafka: Apache Kafka from the launcher "
+                   "(Java 17 and Maven; docs/performance.md compares the two)")
     b.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     b.set_defaults(func=lambda args: _cmd_bench(args, emit_json))
 
@@ -75,12 +78,12 @@ def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> in
         raise ConfigError(f"unknown bench mode {', '.join(unknown)}; choose from {', '.join(MODES)}")
     result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
                        replicas=args.replicas, progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
-                       **({"modes": args.modes} if args.modes else {}))
+                       broker_kind=args.broker, **({"modes": args.modes} if args.modes else {}))
     if args.json:
         emit_json(result)
         return 0
     con = Console()
-    table = Table(title="safeguard bench")
+    table = Table(title=f"safeguard bench ({result['config']['broker_version']})")
     for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
         table.add_column(col, justify="right" if col != "mode" else "left")
     for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
@@ -127,7 +130,8 @@ def _short(v: Any) -> str:
 def _bench_scale(args: argparse.Namespace, err: Console, emit_json: Callable[[Any], None]) -> int:
     from streams.devtools.bench.scale import run_scale
 
-    result = run_scale(quick=args.quick, time_scale=args.time_scale or 4.0, profile=args.profile, runs=args.runs,
+    result = run_scale(quick=args.quick, time_scale=args.time_scale or 4.0, profile=args.profile,
+                       runs=args.runs, broker_kind=args.broker,
                        progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
     if args.json:
         emit_json(result)

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams import __version__
-from streams.cli.args import positive_float, positive_int, rate
+from streams.cli.args import BROKER_KINDS, positive_float, positive_int, rate
 from streams.cli.replicas import add_replica_options, replica_settings
 from streams.errors import ConfigError, FatalError, PoisonError, RetryableError
 
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--cascade", action="store_true",
                    help="train a prefilter per policy on its golden set first, and report how many (event, "
                    "policy) pairs never reached a GPU and how many violations were still caught")
+    d.add_argument("--broker", choices=BROKER_KINDS, default="embedded",
+                   help="embedded: the Tansu broker (default, no Java); kafka: Apache Kafka started from Maven "
+                   "Central jars (Java 17 and Maven, first start downloads them), as in the test suite")
     d.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
     d.set_defaults(func=_cmd_demo)
 
@@ -143,9 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--exec", dest="run", action="store_true", help="run it instead of printing it")
     sv.set_defaults(func=_cmd_serve)
 
-    from streams.cli import bench, capacity, evaluation, policies, prefilter
+    from streams.cli import bench, broker, capacity, evaluation, policies, prefilter
 
     bench.add_command(sub, _emit_json)
+    broker.add_command(sub, _emit_json)
     capacity.add_command(sub, _emit_json)
     evaluation.add_command(sub, _emit_json)
     policies.add_commands(sub)
@@ -280,7 +284,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     result = asyncio.run(run_demo(events=args.events, replicas=args.replicas, time_scale=args.time_scale,
-                                  profile=args.profile, cascade=args.cascade))
+                                  profile=args.profile, cascade=args.cascade,
+                                  broker_kind=args.broker))
     summary = result.summary()
     con = Console(stderr=args.json, width=None if sys.stdout.isatty() else 190)
     _render_labels(con, result)

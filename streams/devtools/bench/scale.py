@@ -36,7 +36,7 @@ from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate, steady_rate
 from streams.devtools.bench.probes import proc_cpu
 from streams.devtools.bench.runner import _Bench
-from streams.devtools.broker import EmbeddedBroker
+from streams.devtools.broker import local_broker
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
 from streams.ops.capacity import STEADY_SHARE, Workload, predict_run
@@ -60,15 +60,16 @@ def bench_workload(profile: str) -> Workload:
 
 def run_scale(*, quick: bool, time_scale: float = 4.0, profile: str = "gpt-oss-safeguard-20b@h100",
               runs: list[tuple[int, int, int]] | None = None, seconds: float | None = None,
-              progress: Callable[[str], None] = print) -> dict[str, Any]:
+              progress: Callable[[str], None] = print, broker_kind: str = "embedded") -> dict[str, Any]:
     prof = PROFILES[profile]
     runs = runs or (QUICK_RUNS if quick else FULL_RUNS)
     seconds = seconds or (25.0 if quick else 45.0)
     inflight = prof.max_num_seqs + prof.max_num_seqs // 8
     model = bench_workload(profile)
     out: dict[str, Any] = {"runs": [], "time_scale": time_scale, "profile": profile,
-                           "inflight_per_consumer": inflight, "window": f"middle {STEADY_SHARE:.0%} of completions"}
-    with tempfile.TemporaryDirectory(prefix="safeguard-scale-") as tmp, EmbeddedBroker() as broker:
+                           "inflight_per_consumer": inflight,
+                           "broker": broker_kind, "window": f"middle {STEADY_SHARE:.0%} of completions"}
+    with tempfile.TemporaryDirectory(prefix="safeguard-scale-") as tmp, local_broker(broker_kind) as broker:
         bench = _Bench(broker.bootstrap, prof.model, Path(tmp), prof.max_num_seqs)
         one = predict_run(model, consumers=1, replicas=1, partitions=1, inflight_per_consumer=prof.max_num_seqs,
                           time_scale=time_scale)

@@ -3,9 +3,10 @@
 Everything about per-partition order, settlement, watermarks and commits is in this package (the
 index and its watermarks in :mod:`~streams.engine.delivery.ledger`, the two strategies in
 :mod:`~streams.engine.delivery.strategies`); the pipeline only
-calls :class:`Delivery` (``complete`` a finished event, ``tick`` between polls, ``revoke``/``lose``
-from the rebalance callbacks, ``drain``/``close`` at shutdown). Both strategies run on the
-pipeline's event-loop thread and share one :class:`Ledger`.
+calls :class:`Delivery` (``start`` once with the consumer, before subscribing; ``complete`` a
+finished event, ``tick`` between polls, ``revoke``/``lose`` from the rebalance callbacks,
+``drain``/``close`` at shutdown). Both strategies run on the pipeline's event-loop thread (``start``
+off it: it may block) and share one :class:`Ledger`.
 
 **At-least-once** (:class:`AtLeastOnce`, the default):
   1. Every output record of an event (labels, reasoning records, dead letters) is produced as soon

@@ -1,5 +1,8 @@
 """The two delivery strategies over one :class:`~streams.engine.delivery.ledger.Ledger` (the commit
-protocol they follow, step by step, is in :mod:`streams.engine.delivery`)."""
+protocol they follow, step by step, is in :mod:`streams.engine.delivery`).
+
+A strategy is bound to its consumer once, by :meth:`Delivery.start`, before the pipeline subscribes;
+every later call commits, rewinds or reads group metadata through that consumer."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class Delivery:
         self._producer = producer
         self._interval = commit_interval_s
         self._last_commit = time.monotonic()
+        self._consumer: Consumer | None = None
         self.flush_timeout_s = 5.0  # how long a revoke waits for acknowledgements (less at shutdown)
 
     @property
@@ -36,22 +40,30 @@ class Delivery:
         """An output was not delivered: the pipeline must stop without committing past its event."""
         return self._producer.failure
 
-    def start(self) -> None:
-        """Prepare the producer (blocking: call it off the event loop)."""
+    @property
+    def consumer(self) -> Consumer:
+        """The consumer bound by :meth:`start`, whose offsets this strategy commits."""
+        if self._consumer is None:
+            raise RuntimeError("delivery not started: call start(consumer) first")
+        return self._consumer
+
+    def start(self, consumer: Consumer) -> None:
+        """Bind the consumer and prepare the producer (blocking: call it off the event loop)."""
+        self._consumer = consumer
 
     def complete(self, work: Work) -> None:
         """The event is decided and ``work.records`` holds all its outputs."""
         raise NotImplementedError
 
-    def tick(self, now: float, consumer: Consumer) -> None:
+    def tick(self, now: float) -> None:
         """Between polls: serve what is due, commit every ``commit_interval_s``."""
         raise NotImplementedError
 
-    def revoke(self, keys: list[TopicPartitionKey], consumer: Consumer) -> None:
+    def revoke(self, keys: list[TopicPartitionKey]) -> None:
         """Partitions are being revoked: commit what is settled for them, drop the rest."""
         raise NotImplementedError
 
-    def lose(self, keys: list[TopicPartitionKey], consumer: Consumer | None = None) -> None:
+    def lose(self, keys: list[TopicPartitionKey]) -> None:
         """Partitions were lost (another member may own them already): drop without committing."""
         self.ledger.drop(keys)
 
@@ -68,7 +80,7 @@ class Delivery:
             self.serve_acks()
             await asyncio.sleep(0.02)
 
-    def close(self, consumer: Consumer, deadline: float, *, commit: bool) -> None:
+    def close(self, deadline: float, *, commit: bool) -> None:
         """Shutdown: a last commit of what settled (unless ``commit`` is False: a fatal error)."""
         raise NotImplementedError
 
@@ -106,34 +118,34 @@ class AtLeastOnce(Delivery):
     def serve_acks(self) -> None:
         self._producer.poll(0)
 
-    def tick(self, now: float, consumer: Consumer) -> None:
+    def tick(self, now: float) -> None:
         self._producer.poll(0)
         if self._due(now):
-            self._commit(consumer, self.ledger.take_commits(), asynchronous=True)
+            self._commit(self.ledger.take_commits(), asynchronous=True)
 
-    def revoke(self, keys: list[TopicPartitionKey], consumer: Consumer) -> None:
+    def revoke(self, keys: list[TopicPartitionKey]) -> None:
         self._producer.flush(self.flush_timeout_s)  # acknowledgements of the revoked partitions' records settle them
         # Asynchronous: the rebalance waits for this callback, and a synchronous commit issued inside
         # it was seen to wait on the rebalance in turn (a loaded CI box, the embedded broker) until the
         # callback's own bound broke the deadlock. Sent now, it reaches the coordinator ahead of this
         # member's next JoinGroup on the same connection, so the next owner normally starts after it;
         # if it is lost, the next owner labels those events again (duplicates, never a gap).
-        self._commit(consumer, self.ledger.take_commits(keys), asynchronous=True)
+        self._commit(self.ledger.take_commits(keys), asynchronous=True)
         self.ledger.drop(keys)
 
-    def close(self, consumer: Consumer, deadline: float, *, commit: bool) -> None:
+    def close(self, deadline: float, *, commit: bool) -> None:
         remaining = self._producer.flush(max(0.0, deadline - time.monotonic()) + 1.0)
         if remaining:
             log.error("shutdown with %d outputs unacknowledged: their events stay uncommitted", remaining)
         if commit:
-            self._commit(consumer, self.ledger.take_commits(), asynchronous=False)
+            self._commit(self.ledger.take_commits(), asynchronous=False)
 
-    def _commit(self, consumer: Consumer, positions: dict[TopicPartitionKey, int], *, asynchronous: bool) -> None:
+    def _commit(self, positions: dict[TopicPartitionKey, int], *, asynchronous: bool) -> None:
         if not positions:
             return
         offsets = [TopicPartition(t, p, pos) for (t, p), pos in positions.items()]
         try:
-            consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:
             self.ledger.uncommitted(positions)
             log.warning("commit failed (retried with the next commit) error=%s", exc)
@@ -152,37 +164,37 @@ class ExactlyOnce(Delivery):
         self._committing = False  # a commit failed retriably: retried next tick, nothing produced meanwhile
         self.aborts = 0
 
-    def start(self) -> None:
-        p = self._producer.producer
+    def start(self, consumer: Consumer) -> None:
+        super().start(consumer)
         try:
-            p.init_transactions(30)  # also aborts a transaction left open by a crashed predecessor
-            p.begin_transaction()
+            self._producer.init_transactions(30)  # also aborts a transaction left open by a crashed predecessor
+            self._producer.begin_transaction()
         except KafkaException as exc:
             raise FatalError(f"cannot start transactions: {exc}") from exc
 
     def complete(self, work: Work) -> None:
         self._decided.add(work)  # released in offset order by _release()
 
-    def tick(self, now: float, consumer: Consumer) -> None:
+    def tick(self, now: float) -> None:
         self._release()
         self._producer.poll(0)
         if self._committing or (self._due(now) and self._dirty):
-            self._commit(consumer)
+            self._commit()
 
-    def revoke(self, keys: list[TopicPartitionKey], consumer: Consumer) -> None:
+    def revoke(self, keys: list[TopicPartitionKey]) -> None:
         """Commit the transaction (offsets travel in it: all partitions at once). If it cannot be
         committed now, abort it: the revoked partitions' records must not become visible later under
         a generation that no longer owns them; the kept partitions are rewound and consumed again."""
         self._release()
-        if self._dirty and not self._commit(consumer) and self._dirty:
-            self._abort_and_rewind(consumer, skip=keys)
+        if self._dirty and not self._commit() and self._dirty:
+            self._abort_and_rewind(skip=keys)
         self._drop(keys)
 
-    def lose(self, keys: list[TopicPartitionKey], consumer: Consumer | None = None) -> None:
+    def lose(self, keys: list[TopicPartitionKey]) -> None:
         """The open transaction may hold records of the lost partitions, whose offsets this member
         can no longer commit: abort it and rewind the partitions still owned."""
-        if (self._dirty or self._committing) and consumer is not None:
-            self._abort_and_rewind(consumer, skip=keys)
+        if self._dirty or self._committing:
+            self._abort_and_rewind(skip=keys)
         self._drop(keys)
 
     async def drain(self, deadline: float) -> None:
@@ -191,11 +203,11 @@ class ExactlyOnce(Delivery):
             await asyncio.sleep(0.02)
         self._release()
 
-    def close(self, consumer: Consumer, deadline: float, *, commit: bool) -> None:
-        if commit and (self._dirty or self._committing) and self._commit(consumer):
+    def close(self, deadline: float, *, commit: bool) -> None:
+        if commit and (self._dirty or self._committing) and self._commit():
             return
         try:
-            self._producer.producer.abort_transaction(10)
+            self._producer.abort_transaction(10)
         except KafkaException as exc:
             log.warning("abort on close failed: %s", exc)
 
@@ -213,27 +225,27 @@ class ExactlyOnce(Delivery):
                 self.ledger.settle(head)
                 self._dirty = True
 
-    def _commit(self, consumer: Consumer) -> bool:
+    def _commit(self) -> bool:
         """Commit the open transaction with the settled positions. A retriable failure is tried
         again at the next tick (never by sleeping on the event loop); an abortable one aborts and
         rewinds; anything else is fatal. True when committed."""
-        p = self._producer.producer
+        producer = self._producer
         try:
             if not self._committing:
                 positions = self.ledger.take_commits()
                 if positions:
                     offsets = [TopicPartition(t, part, pos) for (t, part), pos in positions.items()]
                     try:
-                        p.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+                        producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
                     except KafkaException:
                         self.ledger.uncommitted(positions)
                         raise
-            p.commit_transaction(30)
+            producer.commit_transaction(30)
         except KafkaException as exc:
             err = exc.args[0]
             if getattr(err, "txn_requires_abort", lambda: False)():
                 log.warning("transaction aborted, rewinding to committed offsets error=%s", err)
-                self._abort_and_rewind(consumer)
+                self._abort_and_rewind()
                 return False
             if err.retriable():
                 self._committing = True
@@ -244,28 +256,28 @@ class ExactlyOnce(Delivery):
             count()
         self._counts.clear()
         self._dirty = self._committing = False
-        p.begin_transaction()
+        producer.begin_transaction()
         return True
 
-    def _abort_and_rewind(self, consumer: Consumer, skip: Iterable[TopicPartitionKey] = ()) -> None:
+    def _abort_and_rewind(self, skip: Iterable[TopicPartitionKey] = ()) -> None:
         """Abort the open transaction, drop every event in flight, and seek each assigned partition
         (but ``skip``: revoked or lost) back to its committed offset to consume it again."""
-        p = self._producer.producer
         self.aborts += 1
         try:
-            p.abort_transaction(30)
+            self._producer.abort_transaction(30)
         except KafkaException as exc:
             raise FatalError(f"cannot abort transaction: {exc}") from exc
         self._counts.clear()
         self._dirty = self._committing = False
         self._drop(self.ledger.partitions())
         gone = set(skip)
+        consumer = self.consumer
         kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in gone]
         if kept:
             default = OFFSET_BEGINNING if self._reset == "earliest" else OFFSET_END
             for tp in consumer.committed(kept, timeout=10):
                 consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else default))
-        p.begin_transaction()
+        self._producer.begin_transaction()
 
     def _drop(self, keys: Iterable[TopicPartitionKey]) -> None:
         gone = set(keys)

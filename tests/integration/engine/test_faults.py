@@ -7,15 +7,26 @@ were down, and (exactly_once) every label seen exactly once by a read_committed 
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.integration.helpers import produce, read_all, read_to_end, read_until, write_config
+from streams.devtools.broker import free_port
+from tests.integration.helpers import (
+    frozen,
+    group_committed,
+    open_transaction_records,
+    produce,
+    read_all,
+    read_to_end,
+    read_until,
+    wait_metric,
+    write_config,
+)
 
 N_KILL = 2000
 
@@ -34,26 +45,46 @@ def label_ids(bootstrap: str, topic: str, distinct: int, *, isolation: str, time
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
-def test_three_sigkills_at_random_points(delivery, kafka_bootstrap, topics, sims, consumers, broker_hides_aborted,
-                                        tmp_path: Path) -> None:
-    """Kills land mid-stream (on progress: a number of events labelled), and each restart re-labels
-    only what was not committed yet: fewer events than were labelled before the kill."""
+def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, consumers, broker_hides_aborted,
+                                   tmp_path: Path) -> None:
+    """Each kill lands on progress the test controls, so no machine can finish before it or miss it.
+    The input is released a quarter at a time, so the stream cannot end before the last kill. At
+    least once: each kill comes while the replicas are frozen (SIGSTOP) holding requests of the
+    consumer. Exactly once: each kill comes while the labels topic holds records of the consumer's
+    open transaction (behind the last stable offset), and the test checks they were there after it.
+    Each restart re-labels only what was not committed yet: fewer events than were labelled before."""
     names = topics(partitions=3)
-    urls = sims(2, time_scale=2.0).urls
-    produce(kafka_bootstrap, names["input"], events(N_KILL))
-    config = write_config(tmp_path, kafka_bootstrap, names, urls, delivery=delivery,
+    replicas = sims(2, time_scale=2.0)
+    stream = events(N_KILL)
+    chunk = N_KILL // 4
+    port = free_port()
+    exactly_once = delivery == "exactly_once"
+    config = write_config(tmp_path, kafka_bootstrap, names, replicas.urls, delivery=delivery,
                           kafka=_kafka(kafka_bootstrap, names, transactional_id=f"tx-{names['input']}"),
-                          batching={"commit_interval_s": 0.3})
-    isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
+                          batching={"commit_interval_s": 2.0 if exactly_once else 0.3}, metrics={"port": port})
+    isolation = "read_committed" if exactly_once else "read_uncommitted"
+    produce(kafka_bootstrap, names["input"], stream[:chunk])
     consumer = consumers(config)
-    rng = random.Random(4)
     kills: list[tuple[set[str], dict[int, int]]] = []  # per kill: events labelled before it, label log ends
-    for threshold in sorted(rng.sample(range(N_KILL // 10, N_KILL * 7 // 10), 3)):
-        seen = label_ids(kafka_bootstrap, names["labels"], threshold, isolation=isolation)
-        consumer.kill()
+    in_transaction = []  # per kill (exactly once): records its open transaction held
+    for k in range(3):
+        released = (k + 1) * chunk
+        label_ids(kafka_bootstrap, names["labels"], released - chunk // 2, isolation="read_uncommitted")
+        if exactly_once:
+            wait_for(lambda: open_transaction_records(kafka_bootstrap, names["labels"]) > 0,
+                     "labels in an open transaction")
+            consumer.kill()
+            # a dead producer's transaction stays open until its successor's init_transactions aborts it
+            in_transaction.append(open_transaction_records(kafka_bootstrap, names["labels"]))
+            produce(kafka_bootstrap, names["input"], stream[released:released + chunk])
+        else:
+            with frozen([proc.pid for proc in replicas.procs]):
+                produce(kafka_bootstrap, names["input"], stream[released:released + chunk])
+                wait_metric(port, "safeguard_inflight_requests", lambda held: held > 0)  # work in flight
+                consumer.kill()
         before = read_to_end(kafka_bootstrap, names["labels"])  # everything the killed process wrote
         labelled = {orjson.loads(m.value())["event_id"] for m in before}
-        assert len(seen) >= threshold and len(labelled) < N_KILL, "the kill did not land mid-stream"
+        assert 0 < len(labelled) < N_KILL, "the kill did not land mid-stream"
         kills.append((labelled, high_watermarks(before)))
         consumer.start()
     final = label_ids(kafka_bootstrap, names["labels"], N_KILL, isolation=isolation, timeout_s=240)
@@ -66,18 +97,75 @@ def test_three_sigkills_at_random_points(delivery, kafka_bootstrap, topics, sims
         assert len(relabelled) < len(labelled), f"kill {i}: the restart labelled everything again (no commits?)"
     dlq = read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=1)
     assert dlq == []
-    if delivery == "exactly_once":
-        committed = Counter(orjson.loads(m.value())["event_id"]
-                            for m in read_to_end(kafka_bootstrap, names["labels"], isolation="read_committed"))
-        report(f"3 SIGKILLs, {delivery}", N_KILL, committed, len(dlq))
-        exact = max(committed.values()) == 1 and sum(committed.values()) == N_KILL
-        if broker_hides_aborted:
-            assert exact, "a read_committed reader saw a label twice"
-        elif not exact:
-            pytest.xfail(f"{sum(committed.values()) - N_KILL} labels of aborted transactions visible: the embedded "
-                         "broker shows aborted records to read_committed readers (test_broker_conformance)")
-    else:
+    if not exactly_once:
         report(f"3 SIGKILLs, {delivery}", N_KILL, final, len(dlq))
+        return
+    committed = Counter(orjson.loads(m.value())["event_id"]
+                        for m in read_to_end(kafka_bootstrap, names["labels"], isolation="read_committed"))
+    report(f"3 SIGKILLs, {delivery}, label records in the open transaction at each kill {in_transaction}",
+           N_KILL, committed, len(dlq))
+    if not broker_hides_aborted:
+        pytest.xfail("the embedded broker shows aborted records to read_committed readers (test_broker_conformance)")
+    assert sum(in_transaction) > 0, "no kill landed inside a transaction holding labels: nothing was checked"
+    assert max(committed.values()) == 1 and sum(committed.values()) == N_KILL, \
+        f"{sum(committed.values()) - N_KILL} labels seen twice by a read_committed reader"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Poll ``condition``; the timeout is a bound on a broken run, never what the test checks."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.05)
+
+
+def test_a_paused_zombie_is_fenced_and_its_work_never_visible(kafka_bootstrap, topics, sims, consumers,
+                                                              broker_hides_aborted, tmp_path: Path) -> None:
+    """Exactly-once against a zombie: member A labels into a transaction it never commits on its own
+    (commit interval of an hour), is paused (SIGSTOP) so its session expires and B takes its
+    partitions and labels everything, then resumes with its transaction open. A's transaction must be
+    aborted (fenced by the group generation when it tries to commit, or aborted when it learns its
+    partitions were lost): a read_committed reader sees each label exactly once, although A's labels
+    are in the log."""
+    n = 400
+    names = topics(partitions=2)
+    urls = sims(2, time_scale=5.0).urls
+    produce(kafka_bootstrap, names["input"], events(n))
+
+    def config(member: str, interval_s: float) -> Path:
+        return write_config(tmp_path, kafka_bootstrap, names, urls, name=f"-{member}", delivery="exactly_once",
+                            kafka=_kafka(kafka_bootstrap, names, transactional_id=f"tx-{names['input']}-{member}",
+                                         librdkafka={"session.timeout.ms": 6000,
+                                                     "transaction.timeout.ms": 300_000}),
+                            batching={"commit_interval_s": interval_s})
+
+    zombie = consumers(config("a", 3600.0))
+    label_ids(kafka_bootstrap, names["labels"], n // 4, isolation="read_uncommitted")
+    assert zombie.proc is not None
+    group = f"g-{names['input']}"
+    with frozen([zombie.proc.pid]):
+        held = open_transaction_records(kafka_bootstrap, names["labels"])
+        assert held > 0, "the zombie holds no labels in an open transaction: nothing to check"
+        successor = consumers(config("b", 0.3))
+        # B takes the partitions once A's session expires, labels everything, and commits its input
+        # offsets in its transactions. (A read_committed reader cannot see B's labels yet: A's open
+        # transaction holds the last stable offset back.)
+        wait_for(lambda: group_committed(kafka_bootstrap, group, names["input"]) >= n,
+                 "the successor committing the whole input", timeout_s=180)
+    # A runs again from here with its transaction open: it must find out that its partitions are gone.
+    wait_for(lambda: any(s in zombie.log() for s in ("lost partitions", "transaction aborted", "revoked partitions")),
+             "the zombie noticing it lost its partitions", timeout_s=60)
+    assert zombie.terminate() in (0, 1)
+    assert successor.terminate() == 0
+    visible = Counter(orjson.loads(m.value())["event_id"]
+                      for m in read_to_end(kafka_bootstrap, names["labels"], isolation="read_committed"))
+    everything = read_to_end(kafka_bootstrap, names["labels"])
+    report("zombie paused past its session, then resumed", n, visible, 0)
+    assert len(everything) >= n + held, "the zombie's labels are not in the log: nothing was checked"
+    if not broker_hides_aborted:
+        pytest.xfail("the embedded broker shows aborted records to read_committed readers")
+    assert set(visible) == {f"e{i}" for i in range(n)} and max(visible.values()) == 1, \
+        f"{sum(visible.values()) - n} labels visible twice: the zombie's transaction was committed"
 
 
 def high_watermarks(records: list) -> dict[int, int]:

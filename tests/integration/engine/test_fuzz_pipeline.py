@@ -14,7 +14,7 @@ from streams.app import run_consumer
 from streams.config import load_settings
 from streams.errors import PoisonError
 from streams.wire.events import DEAD_LETTER_VALUE_LIMIT, decode_content
-from tests.integration.helpers import produce, read_all, write_config
+from tests.integration.helpers import BIG_RECORDS, produce, read_all, write_config
 
 N = 10_000
 MAX_BYTES = 8192
@@ -70,7 +70,7 @@ def expected_valid(raw: bytes) -> bool:
 
 
 async def test_ten_thousand_hostile_inputs(kafka_bootstrap, topics, sims, tmp_path) -> None:
-    names = topics(partitions=4)
+    names = topics(partitions=4, input_config=BIG_RECORDS)
     inputs = corpus()
     produce(kafka_bootstrap, names["input"], [(str(i).encode(), raw) for i, raw in enumerate(inputs)])
     urls = sims(1, time_scale=100.0).urls

@@ -16,7 +16,7 @@ import orjson
 
 from streams.app import run_consumer
 from streams.config import load_settings
-from tests.integration.helpers import produce, read_all, read_until, safeguard, write_config
+from tests.integration.helpers import BIG_RECORDS, produce, read_all, read_until, safeguard, write_config
 
 
 def event(i: int, text: str, **extra: object) -> tuple[bytes, bytes]:
@@ -64,7 +64,7 @@ async def test_every_event_labelled_per_routed_policy_with_answer_key_verdicts(
 
 async def test_poison_is_dead_lettered_and_the_pipeline_keeps_going(
         kafka_bootstrap, topics, sims, tmp_path) -> None:
-    names = topics(partitions=1)
+    names = topics(partitions=1, input_config=BIG_RECORDS)
     big = orjson.dumps({"event_id": "big", "text": "a" * (1024 * 1024 + 10)})
     items = [
         event(1, "fine before"),

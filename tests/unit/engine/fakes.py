@@ -191,7 +191,8 @@ class FakeKafkaConsumer(FakeConsumer):
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
     def close(self) -> None:
-        self._callbacks["revoke"](self, self.assignment())
+        if self._callbacks:  # subscribed: leaving the group revokes
+            self._callbacks["revoke"](self, self.assignment())
         self.assigned, self.closed = [], True
 
 

@@ -109,6 +109,20 @@ async def test_exactly_once_through_the_loop_commits_offsets_in_the_transaction(
     assert client.calls[-3:] == ["commit", "begin", "abort"]  # shutdown aborts the empty transaction left open
 
 
+async def test_a_producer_that_cannot_start_transactions_stops_the_consumer_before_it_joins() -> None:
+    s = settings(delivery="exactly_once")
+    client = FakeClient(fail_next={"init": KafkaError(KafkaError._FENCED, "fenced")})
+    delivery = ExactlyOnce(Ledger(), output_producer(client), commit_interval_s=0.0, auto_offset_reset="earliest")
+    consumer = FakeKafkaConsumer([FakeMessage("in", 0, 0, event("e0", "hi"))], [("in", 0)])
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, FakePool(answer), build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    with pytest.raises(FatalError, match="cannot start transactions"):
+        await pipeline.run(until_idle=0.3)
+    assert consumer.closed and pipeline.consumed == 0 and not pipeline.assigned
+    assert client.produced == []
+
+
 class Encoding(Encoder):
     """The JSON encoder, failing as ``fail(doc, schema)`` says (an exception to raise, or None)."""
 
@@ -242,9 +256,9 @@ async def test_a_revoke_the_loop_cannot_finish_in_time_is_logged_and_the_rebalan
     import time
 
     class StuckRevoke(AtLeastOnce):
-        def revoke(self, keys: Any, consumer: Any) -> None:
+        def revoke(self, keys: Any) -> None:
             time.sleep(0.5)  # the loop blocked, as by a synchronous call into the broker
-            super().revoke(keys, consumer)
+            super().revoke(keys)
 
     def bound(pipeline: Any) -> None:
         pipeline.callback_bound_s = 0.1
