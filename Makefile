@@ -10,7 +10,7 @@ DEV := $(VENV)/.installed-dev
 VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 IMAGE ?= ghcr.io/example/safeguard-streams:$(VERSION)
 
-.PHONY: demo test unit integration lint bench wheel-check clean k8s tools image
+.PHONY: demo test test-embedded unit integration lint bench wheel-check clean k8s tools image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,22 @@ $(DEV): pyproject.toml | $(BIN)/python
 demo: $(DEMO)
 	$(BIN)/safeguard demo
 
-# promtool and the Prometheus server for the alert tests: installed as root, else how to get them.
-tools:
+# promtool and the Prometheus server for the alert tests, Java 17 and Maven for the Apache Kafka broker
+# the suite runs on: installed as root, else how to get them. Then the broker's jars, gathered once per
+# machine into ~/.cache/safeguard-streams (offline after that; docs/development.md).
+tools: $(DEV)
 	bash .ci/ensure-tools
+	$(BIN)/python -m streams.devtools.apache_kafka
 
-# Integration tests mostly wait on brokers, replicas and timers: three workers on two cores.
+# Integration tests mostly wait on brokers, replicas and timers: three workers on two cores, each with
+# its own Apache Kafka node (the broker order of DESIGN section 10; the first lines name the broker).
 test: $(DEV) tools
 	$(BIN)/python -m pytest -q -n 3 --dist load tests
+
+# The demo's subset (labels, dead letters, decisions, escalation) on the embedded Tansu broker as well,
+# so the demo's default broker keeps working.
+test-embedded: $(DEV) tools
+	SAFEGUARD_TEST_BROKER=tansu $(BIN)/python -m pytest -q -n 3 --dist load -m embedded tests/integration
 
 unit: $(DEV) tools
 	$(BIN)/python -m pytest -q tests/unit

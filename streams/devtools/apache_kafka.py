@@ -400,3 +400,28 @@ def _answers(bootstrap: str) -> bool:
         return True
     except KafkaException:
         return False
+
+
+def main() -> int:
+    """``python -m streams.devtools.apache_kafka``: gather the jars and format the storage template now
+    (``make tools`` does, so the test workers find them ready); prints where they are."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        missing = missing_tools(need_maven=not _complete(_home(KAFKA_VERSION) / "libs"))
+        if missing:
+            raise FatalError(f"the Apache Kafka broker needs {' and '.join(missing)}: {INSTALL_HINT}")
+        libs = gather()
+        java = shutil.which("java")
+        assert java is not None
+        _template(KAFKA_VERSION, libs, java)
+    except FatalError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    sys.stdout.write(f"Apache Kafka {KAFKA_VERSION} ready: {libs}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

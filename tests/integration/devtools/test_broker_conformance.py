@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# the demo's subset: also run on the embedded broker (make test-embedded)
+pytestmark = pytest.mark.embedded
+
 TANSU_ABORTED = ("the embedded Tansu 0.6.0 broker returns no aborted-transaction list, so read_committed "
                  "readers see aborted records; exactly-once after a crash is asserted only on a real Kafka "
                  "(KAFKA_BOOTSTRAP_SERVERS)")

@@ -13,10 +13,14 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streams.app import run_consumer
 from streams.config import load_settings
 from tests.integration.helpers import BIG_RECORDS, produce, read_all, read_until, safeguard, write_config
+
+# the demo's subset: also run on the embedded broker (make test-embedded)
+pytestmark = pytest.mark.embedded
 
 
 def event(i: int, text: str, **extra: object) -> tuple[bytes, bytes]:

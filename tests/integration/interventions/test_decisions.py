@@ -19,6 +19,9 @@ from streams.devtools.broker import create_topics
 from tests.integration.engine.test_faults import high_watermarks
 from tests.integration.helpers import ROOT, produce, read_all, read_until, write_config
 
+# the demo's subset: also run on the embedded broker (make test-embedded)
+pytestmark = pytest.mark.embedded
+
 RULES = [{"policy": "fake-reviews", "violation": True, "action": "hide"},
          {"policy": "spam", "violation": True, "action": "block"}]
 LONG_POLICY = "a policy too long for the replica's context"
