@@ -196,6 +196,8 @@ class EscalationSettings(_Section):
     window_s: int = Field(86_400, gt=0)  # tumbling window, by label event time
     threshold: int = Field(3, ge=1)  # violations of one policy by one actor within one window
     topic: str = Field("safeguard.escalations", min_length=1)
+    # faust's processing guarantee; exactly_once needs a broker with full transactions (not Tansu)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
 
 class MetricsSettings(_Section):

@@ -143,8 +143,9 @@ class EscalationApp:
         self.app = faust.App(
             self.app_id, store="memory://", web_enabled=False, topic_partitions=self.partitions,
             topic_replication_factor=replication, consumer_auto_offset_reset="earliest",
-            processing_guarantee="at_least_once", datadir=datadir, table_standby_replicas=0,
+            processing_guarantee=e.processing_guarantee, datadir=datadir, table_standby_replicas=0,
             stream_wait_empty=True, **_broker_settings(settings))
+        self.app.in_worker = True  # faust reads its processing guarantee only in a worker; this is one
         self.labels = self.app.topic(k.labels_topic, key_serializer="raw", value_serializer="raw")
         self.by_actor = self.app.topic(f"{self.app_id}-by-actor", key_serializer="raw", value_type=Ticket,
                                        partitions=self.partitions, internal=True)

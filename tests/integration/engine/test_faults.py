@@ -72,7 +72,8 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
         label_ids(kafka_bootstrap, names["labels"], released - chunk // 2, isolation="read_uncommitted")
         if exactly_once:
             wait_for(lambda: open_transaction_records(kafka_bootstrap, names["labels"]) > 0,
-                     "labels in an open transaction")
+                     "labels in an open transaction (had the consumer nothing left to label? input offsets "
+                     "committed past labels that a kill aborted lose those events)")
             consumer.kill()
             # a dead producer's transaction stays open until its successor's init_transactions aborts it
             in_transaction.append(open_transaction_records(kafka_bootstrap, names["labels"]))
