@@ -292,7 +292,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     con.print(
         f"[bold]{summary['events']}[/] events -> [bold]{summary['labels']}[/] labels "
         f"({summary['violations']} violations, {summary['dead_letters']} dead letters) in "
-        f"{summary['elapsed_s']:.1f}s = [bold]{summary['events_per_s']}[/] events/s; "
+        f"{summary['elapsed_s']:.1f}s = [bold]{summary['events_per_s']}[/] events/s on {summary['broker']}; "
         f"agreement with expected verdicts {summary['agreement']:.1%}", highlight=False)
     if result.cascade is not None:
         c = summary["cascade"]

@@ -85,6 +85,7 @@ class DemoResult:
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by event id
     escalations: list[dict[str, Any]] = field(default_factory=list)
     actors: dict[str, str] = field(default_factory=dict)  # event id -> its author_id
+    broker: str = ""  # which local broker ran it ("kafka 4.4.0", "embedded tansu 0.6.0")
 
     @property
     def complete(self) -> bool:
@@ -114,6 +115,7 @@ class DemoResult:
     def summary(self) -> dict[str, Any]:
         violations = sum(1 for lab in self.labels.values() if lab["violation"])
         return {
+            "broker": self.broker,
             "events": self.events,
             "labels": len(self.labels),
             "dead_letters": len(self.dead_letters),
@@ -267,7 +269,7 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                                 texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
                                        for ev in produced}, cascade=trained,
                                 actors={ev["event_id"]: (ev.get("metadata") or {}).get("author_id", "")
-                                        for ev in produced})
+                                        for ev in produced}, broker=f"{broker.kind} {broker.version}")
             deadline = time.monotonic() + (timeout_s or 120 + events / 5)
             reader = loop.run_in_executor(None, collect, broker.bootstrap, settings, result, deadline, started)
             done, _ = await asyncio.wait({consumer_task, asyncio.ensure_future(reader)},

@@ -121,3 +121,14 @@ def test_gather_into_a_fresh_cache_brings_the_logging_binding(tmp_path: Path,
     assert gather() == libs  # the second call uses the cache
     with pytest.raises(FatalError, match="Maven could not gather Apache Kafka 0.0.1-no-such"):
         gather("0.0.1-no-such")
+
+
+def test_demo_on_apache_kafka() -> None:
+    """``safeguard demo --broker kafka``: the same demo on the launcher's broker (labels, decisions,
+    escalations; exit 0 only when every event got its labels)."""
+    r = subprocess.run([sys.executable, "-m", "streams", "demo", "--broker", "kafka", "--events", "120", "--json"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = orjson.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["broker"] == f"kafka {KAFKA_VERSION}"
+    assert summary["events"] == 120 and summary["labels"] >= 120 and summary["dead_letters"] == 0

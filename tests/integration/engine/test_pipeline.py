@@ -163,6 +163,7 @@ def test_demo_json_summary() -> None:
     assert set(summary) >= {"events", "labels", "dead_letters", "violations", "elapsed_s", "events_per_s"}
     assert summary["events"] == 300 and summary["labels"] >= summary["events"]
     assert summary["dead_letters"] == 0 and summary["violations"] > 0
+    assert summary["broker"].startswith("embedded tansu"), "the demo's default broker is the embedded one"
 
 
 def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap, topics, tmp_path) -> None:
