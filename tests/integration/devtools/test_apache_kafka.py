@@ -132,3 +132,20 @@ def test_demo_on_apache_kafka() -> None:
     summary = orjson.loads(r.stdout.strip().splitlines()[-1])
     assert summary["broker"] == f"kafka {KAFKA_VERSION}"
     assert summary["events"] == 120 and summary["labels"] >= 120 and summary["dead_letters"] == 0
+
+
+def test_safeguard_broker_embedded_kind() -> None:
+    """The same contract for the embedded broker: one JSON line once it serves, exit 0 on SIGINT."""
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "broker", "--kind", "embedded", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        doc = orjson.loads(proc.stdout.readline())
+        assert doc["kind"] == "embedded" and doc["version"].startswith("tansu")
+        assert AdminClient({"bootstrap.servers": doc["bootstrap"]}).list_topics(timeout=10).brokers
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
