@@ -42,7 +42,7 @@ test: $(DEV) tools
 # The demo's subset (labels, dead letters, decisions, escalation) on the embedded Tansu broker as well,
 # so the demo's default broker keeps working.
 test-embedded: $(DEV) tools
-	SAFEGUARD_TEST_BROKER=tansu $(BIN)/python -m pytest -q -n 3 --dist load -m embedded tests/integration
+	STREAMS_TEST_BROKER=tansu $(BIN)/python -m pytest -q -n 3 --dist load -m embedded tests/integration
 
 unit: $(DEV) tools
 	$(BIN)/python -m pytest -q tests/unit

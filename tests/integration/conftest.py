@@ -3,8 +3,9 @@
 Broker order (DESIGN.md section 10): ``KAFKA_BOOTSTRAP_SERVERS`` set -> that broker; else a
 reachable Docker engine -> testcontainers Kafka; else Java and Maven (or the cached jars) -> Apache
 Kafka from Maven Central (:mod:`streams.devtools.apache_kafka`); else the embedded Tansu broker,
-with a warning saying what it does not cover. ``SAFEGUARD_TEST_BROKER=kafka|tansu`` forces the
-launcher or Tansu (CI runs the demo's subset on Tansu too). Never skipped.
+with a warning saying what it does not cover. ``STREAMS_TEST_BROKER=kafka|tansu`` forces the
+launcher or Tansu (CI runs the demo's subset on Tansu too; not a ``SAFEGUARD_`` name: those are
+configuration overrides, and the consumer would refuse an unknown section). Never skipped.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def _docker_reachable() -> bool:
 
 def choose_broker() -> str:
     """``external``, ``container``, ``kafka`` (the launcher) or ``tansu``, in DESIGN section 10's order."""
-    forced = os.environ.get("SAFEGUARD_TEST_BROKER", "")
+    forced = os.environ.get("STREAMS_TEST_BROKER", "")
     if forced in ("kafka", "tansu"):
         return forced
     if forced:
-        raise pytest.UsageError(f"SAFEGUARD_TEST_BROKER={forced!r}: use kafka or tansu")
+        raise pytest.UsageError(f"STREAMS_TEST_BROKER={forced!r}: use kafka or tansu")
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return "external"
     if _docker_reachable():
