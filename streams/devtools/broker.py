@@ -55,6 +55,9 @@ class LocalBroker(Protocol):
     @property
     def running(self) -> bool: ...
 
+    @property
+    def pid(self) -> int | None: ...
+
     def start(self, timeout_s: float = ...) -> LocalBroker: ...
 
     def stop(self) -> None: ...
@@ -106,6 +109,10 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         try:
