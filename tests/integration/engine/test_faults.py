@@ -253,7 +253,8 @@ def test_all_replicas_down_for_20s_pauses_and_resumes(kafka_bootstrap, topics, s
 def test_consumer_added_and_removed_under_load(delivery, kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
     n = 1500
     names = topics(partitions=6)
-    urls = sims(2, time_scale=3.0).urls
+    replicas = sims(2, time_scale=3.0)
+    urls = replicas.urls
     produce(kafka_bootstrap, names["input"], events(n))
     isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
 
@@ -264,10 +265,13 @@ def test_consumer_added_and_removed_under_load(delivery, kafka_bootstrap, topics
 
     group = [consumers(config(i)) for i in range(3)]
     label_ids(kafka_bootstrap, names["labels"], n // 5, isolation=isolation)
-    group.append(consumers(config(3)))  # scale up
-    # Let the scale-up rebalance finish first: on the embedded broker a member leaving during the
-    # second round of a cooperative rebalance was seen to leave revoked partitions unassigned.
-    wait_for_log(group[3], "assigned partitions=in-", timeout_s=120)  # a loaded CI box is slow to rebalance
+    # Scale up with work in flight: the replicas are frozen (SIGSTOP) while the group rebalances, so
+    # the members giving partitions away hold unanswered requests for them. Let the rebalance finish
+    # before the next step: on the embedded broker a member leaving during the second round of a
+    # cooperative rebalance was seen to leave revoked partitions unassigned.
+    with frozen([proc.pid for proc in replicas.procs]):
+        group.append(consumers(config(3)))
+        wait_for_log(group[3], "assigned partitions=in-", timeout_s=120)  # a loaded CI box is slow to rebalance
     label_ids(kafka_bootstrap, names["labels"], n // 2, isolation=isolation)
     assert group[0].terminate() == 0  # scale down: a graceful leave
     final = label_ids(kafka_bootstrap, names["labels"], n, isolation=isolation, timeout_s=240)
