@@ -121,13 +121,19 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 120.0)
 
 
 def test_a_paused_zombie_is_fenced_and_its_work_never_visible(kafka_bootstrap, topics, sims, consumers,
-                                                              broker_hides_aborted, tmp_path: Path) -> None:
+                                                              broker_hides_aborted, broker_kind: str,
+                                                              request: pytest.FixtureRequest,
+                                                              tmp_path: Path) -> None:
     """Exactly-once against a zombie: member A labels into a transaction it never commits on its own
     (commit interval of an hour), is paused (SIGSTOP) so its session expires and B takes its
     partitions and labels everything, then resumes with its transaction open. A's transaction must be
     aborted (fenced by the group generation when it tries to commit, or aborted when it learns its
     partitions were lost): a read_committed reader sees each label exactly once, although A's labels
     are in the log."""
+    if broker_kind == "tansu":  # measured once (a full run on Tansu): not strict, nothing is known to hold there
+        request.applymarker(pytest.mark.xfail(reason="the embedded broker: the successor did not commit the whole "
+                                              "input within 3 minutes while the paused member's transaction was "
+                                              "open, and aborted records are visible to read_committed readers"))
     n = 400
     names = topics(partitions=2)
     urls = sims(2, time_scale=5.0).urls
