@@ -11,12 +11,12 @@ The stage map (docs/architecture.md has the picture)::
 Concurrency model (chosen once): ONE asyncio event loop owns all state. Blocking librdkafka consumer
 calls (``consume``, ``close``, and the rebalance callbacks they trigger) run on a single dedicated
 thread through ``run_in_executor``; every other consumer call (pause, resume, seek, commit) is made
-on the loop thread, between those awaits or while the consumer thread waits for a rebalance
-callback the loop is serving, so the consumer is never used from two threads at once. Rebalance
-callbacks hand their work to the loop with ``run_coroutine_threadsafe`` and wait. Producer calls and
-delivery reports run on the loop thread (:mod:`streams.engine.pump`). Inference requests are asyncio
-tasks over keep-alive HTTP connections, many in flight per replica, so a slow model never stalls
-polling and ``max.poll.interval.ms`` is never exceeded because of inference.
+on the loop thread between those awaits. Rebalance callbacks hand their work to the loop and wait;
+the consumer calls that work makes meanwhile are carried out by the waiting consumer thread
+(:mod:`streams.engine.loop_consumer`), so the consumer is never used from two threads at once.
+Producer calls and delivery reports run on the loop thread (:mod:`streams.engine.pump`). Inference
+requests are asyncio tasks over keep-alive HTTP connections, many in flight per replica, so a slow
+model never stalls polling and ``max.poll.interval.ms`` is never exceeded because of inference.
 
 Backpressure (:mod:`streams.engine.backpressure`) sizes each poll and pauses the partitions when
 memory, the local queue or an outage says so; the loop keeps calling ``consume`` while paused.
@@ -25,7 +25,6 @@ memory, the local queue or an outage says so; the loop keeps calling ``consume``
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import time
@@ -39,6 +38,7 @@ from streams.config import BatchingSettings, KafkaSettings
 from streams.engine.backpressure import FlowControl
 from streams.engine.delivery import Delivery
 from streams.engine.dispatch import Dispatch
+from streams.engine.loop_consumer import LoopConsumer
 from streams.engine.outputs import Outputs
 from streams.engine.pump import serve_reports
 from streams.engine.stages import Stage
@@ -88,7 +88,7 @@ class Pipeline:
         self._last_input = 0.0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: LoopConsumer | None = None
         self.assigned: set[TopicPartitionKey] = set()
         self.consumed = 0
         self._consumed_count = Children(metrics.events_consumed)
@@ -120,7 +120,7 @@ class Pipeline:
         """Consume until stopped or idle; drains, commits and closes. Raises FatalError on fatal errors."""
         self._loop = loop = asyncio.get_running_loop()
         conf = consumer_config(self._kafka) | {"error_cb": self._kafka_error, "stats_cb": self._stats}
-        self._consumer = consumer = self._consumer_factory(conf)
+        self._consumer = consumer = LoopConsumer(self._consumer_factory(conf))
         try:  # binds delivery to the consumer; exactly-once also initialises transactions (blocking)
             await loop.run_in_executor(self._executor, self._delivery.start, consumer)
         except BaseException:
@@ -318,14 +318,11 @@ class Pipeline:
     callback_bound_s = 60.0
 
     def _on_loop(self, coro: Coroutine[Any, Any, None], what: str) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._consumer is not None
         if not self._loop.is_running():
             coro.close()
             return
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            future.result(timeout=self.callback_bound_s)
-        except concurrent.futures.TimeoutError:
+        if not self._consumer.run_on_loop(coro, self._loop, self.callback_bound_s):
             log.error("%s did not finish within %g s (the loop was blocked: a commit or flush waiting on the "
                       "broker); the rebalance goes on without it, and the next owner labels any event it did not "
                       "see committed again", what, self.callback_bound_s)

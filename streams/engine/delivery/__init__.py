@@ -16,8 +16,8 @@ off it: it may block) and share one :class:`Ledger`.
      settles, so nothing at or after it is committed.
   3. Settled events advance their partition's contiguous low watermark (:class:`Ledger`): one slow
      event holds the watermark, never lets it skip.
-  4. Watermarks are committed every ``batching.commit_interval_s``, on revoke (for the revoked
-     partitions, after a bounded flush; sent without waiting, as the rebalance waits on the
+  4. Watermarks are committed every ``batching.commit_interval_s`` (without waiting), on revoke
+     (for the revoked partitions, after a bounded flush, synchronously inside the rebalance
      callback) and on shutdown (synchronously).
   A crash re-delivers everything after the last commit: duplicates (same ``label_id``), never a gap.
 

@@ -125,12 +125,12 @@ class AtLeastOnce(Delivery):
 
     def revoke(self, keys: list[TopicPartitionKey]) -> None:
         self._producer.flush(self.flush_timeout_s)  # acknowledgements of the revoked partitions' records settle them
-        # Asynchronous: the rebalance waits for this callback, and a synchronous commit issued inside
-        # it was seen to wait on the rebalance in turn (a loaded CI box, the embedded broker) until the
-        # callback's own bound broke the deadlock. Sent now, it reaches the coordinator ahead of this
-        # member's next JoinGroup on the same connection, so the next owner normally starts after it;
-        # if it is lost, the next owner labels those events again (duplicates, never a gap).
-        self._commit(self.ledger.take_commits(keys), asynchronous=True)
+        # Synchronous, inside the rebalance callback (the consumer thread carries the call out:
+        # streams.engine.loop_consumer), as Kafka's and librdkafka's documentation recommend: the
+        # member rejoins only after the coordinator has the positions, so the next owner starts from
+        # them, and a failed commit is logged here (the next owner then labels those events again:
+        # duplicates, never a gap).
+        self._commit(self.ledger.take_commits(keys), asynchronous=False)
         self.ledger.drop(keys)
 
     def close(self, deadline: float, *, commit: bool) -> None:

@@ -3,6 +3,9 @@ when (and whether) the broker acknowledges a record, so delivery code runs witho
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,16 +159,54 @@ class FakeMessage:
 
 class FakeKafkaConsumer(FakeConsumer):
     """confluent_kafka.Consumer for the poll loop: assigns its partitions on the first consume and
-    hands out ``messages`` in order; ``close`` revokes like a real leave of the group."""
+    hands out ``messages`` in order; ``close`` revokes like a real leave of the group.
 
-    def __init__(self, messages: list[FakeMessage], partitions: list[tuple[str, int]]) -> None:
+    One thread at a time, as confluent-kafka (2.16 on) enforces: a call from another thread while one
+    is inside ``consume()`` or ``close()`` (their rebalance callbacks included) waits until it returns;
+    a call from the callback's own thread goes through. ``before_consume(self)`` runs at the start of
+    each ``consume()`` (e.g. to :meth:`revoke` partitions there, as a rebalance would)."""
+
+    def __init__(self, messages: list[FakeMessage], partitions: list[tuple[str, int]],
+                 before_consume: Any = None) -> None:
         super().__init__(assigned=[])
         self._queue = list(messages)
         self._partitions = partitions
         self._callbacks: dict[str, Any] = {}
+        self._before_consume = before_consume
+        self._gate = threading.Condition()
+        self._holder: int | None = None
+        self._in_callback = False
+        self.in_callback_calls: list[str] = []  # consumer methods called while a rebalance callback ran
         self.paused: set[tuple[str, int]] = set()
         self.pauses = 0
         self.closed = False
+
+    @contextlib.contextmanager
+    def _held(self, name: str, *, hold: bool = False) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._gate:
+            if self._in_callback:
+                self.in_callback_calls.append(name)
+            if self._holder == me:
+                yield
+                return
+            self._gate.wait_for(lambda: self._holder is None)
+            if hold:
+                self._holder = me
+        try:
+            yield
+        finally:
+            if hold:
+                with self._gate:
+                    self._holder = None
+                    self._gate.notify_all()
+
+    def _callback(self, kind: str, partitions: list[TopicPartition]) -> None:
+        self._in_callback = True
+        try:
+            self._callbacks[kind](self, partitions)
+        finally:
+            self._in_callback = False
 
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -173,27 +214,60 @@ class FakeKafkaConsumer(FakeConsumer):
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         import time
 
-        if not self.assigned:
-            self.assigned = list(self._partitions)
-            self._callbacks["assign"](self, self.assignment())
-        ready = [m for m in self._queue if (m.topic(), m.partition()) not in self.paused][:num_messages]
-        if not ready:
-            time.sleep(min(timeout, 0.01))
-        for m in ready:
-            self._queue.remove(m)
-        return ready
+        with self._held("consume", hold=True):
+            if self._before_consume is not None:
+                self._before_consume(self)
+            if not self.assigned and not self.closed:
+                self.assigned = list(self._partitions)
+                self._callback("assign", self.assignment())
+            ready = [m for m in self._queue if (m.topic(), m.partition()) in self.assigned
+                     and (m.topic(), m.partition()) not in self.paused][:num_messages]
+            if not ready:
+                time.sleep(min(timeout, 0.01))
+            for m in ready:
+                self._queue.remove(m)
+            return ready
 
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.pauses += 1
-        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
-
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+    def revoke(self, partitions: list[tuple[str, int]]) -> None:
+        """A cooperative rebalance takes ``partitions`` away (call it from ``before_consume``)."""
+        self._callback("revoke", [TopicPartition(t, p) for t, p in partitions])
+        self.assigned = [tp for tp in self.assigned if tp not in partitions]
+        self._partitions = list(self.assigned)
 
     def close(self) -> None:
-        if self._callbacks:  # subscribed: leaving the group revokes
-            self._callbacks["revoke"](self, self.assignment())
-        self.assigned, self.closed = [], True
+        with self._held("close", hold=True):
+            if self._callbacks:  # subscribed: leaving the group revokes
+                self._callback("revoke", self.assignment())
+            self.assigned, self.closed = [], True
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        with self._held("commit"):
+            super().commit(offsets, asynchronous)
+
+    def consumer_group_metadata(self) -> str:
+        with self._held("consumer_group_metadata"):
+            return super().consumer_group_metadata()
+
+    def assignment(self) -> list[TopicPartition]:
+        with self._held("assignment"):
+            return super().assignment()
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = 0) -> list[TopicPartition]:
+        with self._held("committed"):
+            return super().committed(partitions, timeout)
+
+    def seek(self, tp: TopicPartition) -> None:
+        with self._held("seek"):
+            super().seek(tp)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        with self._held("pause"):
+            self.pauses += 1
+            self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        with self._held("resume"):
+            self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
 
 class FakePool:

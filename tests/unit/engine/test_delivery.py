@@ -89,7 +89,7 @@ def test_a_failed_delivery_report_is_fatal_and_nothing_is_committed_past_it() ->
     assert consumer.commits == []
 
 
-def test_revoke_commits_the_revoked_partitions_without_waiting_and_drops_work_in_flight() -> None:
+def test_revoke_commits_the_revoked_partitions_and_waits_then_drops_work_in_flight() -> None:
     client, consumer = FakeClient(), FakeConsumer()
     d = at_least_once(client, consumer)
     a0, a1, b0 = decided(0, "labels"), decided(1, "labels"), decided(0, "labels", partition=1)
@@ -100,8 +100,8 @@ def test_revoke_commits_the_revoked_partitions_without_waiting_and_drops_work_in
     d.complete(a0)
     d.complete(b0)
     d.revoke([P0])
-    # Only the revoked partition, before it goes; asynchronous: the rebalance is waiting on this callback.
-    assert consumer.commits == [({P0: 1}, True)]
+    # Only the revoked partition, before it goes; synchronous: the member rejoins after the commit.
+    assert consumer.commits == [({P0: 1}, False)]
     assert running.cancelled and not d.ledger.holds(a1) and d.ledger.holds(b0) is False  # b0 settled, kept
     assert d.ledger.in_flight(P0) == 0 and d.ledger.positions() == {P1: 1}
     d.complete(a1)  # a late completion of revoked work settles nothing and raises nothing

@@ -270,3 +270,38 @@ async def test_a_revoke_the_loop_cannot_finish_in_time_is_logged_and_the_rebalan
               started=bound)
     assert "revoke of in[0] did not finish within 0.1 s" in caplog.text
     assert [lab["event_id"] for lab in outputs(client, s.kafka.labels_topic)] == ["e0"]
+
+
+@pytest.mark.parametrize("mode", ["at_least_once", "exactly_once"])
+async def test_a_revoke_commits_inside_the_rebalance_callback(mode: str, caplog: Any) -> None:
+    """confluent-kafka lets one thread into a consumer at a time, and the thread in ``consume()`` waits
+    in the revoke callback for the loop: the revoke's consumer calls (the commit, the group metadata of
+    the transaction) must run inside that callback, not wait for it to end. A cooperative rebalance
+    takes partition 1 once both events are labelled; nothing was committed before (the interval is an
+    hour), so the revoke is what commits partition 1."""
+    s = settings(delivery=mode)
+    client = FakeClient()
+    producer = output_producer(client)
+    delivery: Delivery = (AtLeastOnce(Ledger(), producer, commit_interval_s=3600.0) if mode == "at_least_once" else
+                          ExactlyOnce(Ledger(), producer, commit_interval_s=3600.0, auto_offset_reset="earliest"))
+
+    def rebalance(consumer: FakeKafkaConsumer) -> None:
+        labels = [r for r in client.produced if r.topic == s.kafka.labels_topic]
+        if sum(r.reported or mode == "exactly_once" for r in labels) == 2 and ("in", 1) in consumer.assigned:
+            consumer.revoke([("in", 1)])
+
+    messages = [FakeMessage("in", 0, 0, event("e0", "hi")), FakeMessage("in", 1, 0, event("e1", "yo"))]
+    consumer = FakeKafkaConsumer(messages, [("in", 0), ("in", 1)], before_consume=rebalance)
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, FakePool(answer), build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    pipeline.callback_bound_s = 2.0
+    await pipeline.run(until_idle=0.3)
+    assert "did not finish" not in caplog.text
+    assert consumer.assigned == [] and consumer.closed
+    if mode == "at_least_once":
+        assert "commit" in consumer.in_callback_calls
+        assert consumer.commits[0] == ({("in", 1): 1}, False)  # synchronous, the revoked partition only
+    else:
+        assert "consumer_group_metadata" in consumer.in_callback_calls
+        assert ("in", 1, 1) in client.offsets_sent[0]
