@@ -161,7 +161,7 @@ def test_a_paused_zombie_is_fenced_and_its_work_never_visible(kafka_bootstrap, t
                  "the successor committing the whole input", timeout_s=180)
     # A runs again from here with its transaction open: it must find out that its partitions are gone.
     wait_for(lambda: any(s in zombie.log() for s in ("lost partitions", "transaction aborted", "revoked partitions")),
-             "the zombie noticing it lost its partitions", timeout_s=60)
+             "the zombie noticing it lost its partitions", timeout_s=180)
     assert zombie.terminate() in (0, 1)
     assert successor.terminate() == 0
     visible = Counter(orjson.loads(m.value())["event_id"]
