@@ -39,7 +39,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
@@ -48,6 +48,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from streams.config import Settings
 from streams.errors import ConfigError, FatalError
 from streams.interventions import faust_fixes
+from streams.interventions.cluster import broker_settings, layout, wait_listed
+from streams.interventions.gate import CommitGate
+from streams.interventions.progress import Progress
 from streams.interventions.tally import count, escalated, event_time, rfc3339, window_start
 from streams.kafka.admin import require_topics
 from streams.ops.service import serving
@@ -84,51 +87,6 @@ class EscalationMetrics:
                            registry=registry)
 
 
-def _layout(settings: Settings, topic: str) -> tuple[int, int]:
-    """(partitions, replication factor) of the labels topic: the internal topics (repartition,
-    changelog) get the same, so they are as parallel and as durable as the labels."""
-    from confluent_kafka.admin import AdminClient
-
-    from streams.kafka.config import admin_config
-
-    meta = AdminClient(admin_config(settings.kafka)).list_topics(topic, timeout=10)
-    found = meta.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise FatalError(f"labels topic {topic!r} cannot be read: {found.error if found else 'it does not exist'}")
-    return len(found.partitions), max(1, len(next(iter(found.partitions.values())).replicas))
-
-
-def _broker_settings(settings: Settings) -> dict[str, Any]:
-    """faust's broker settings from ``kafka`` (bootstrap, security, the session timeout)."""
-    k = settings.kafka
-    conf: dict[str, Any] = {"broker": ",".join(f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(","))}
-    session_ms = k.librdkafka.get("session.timeout.ms")
-    if session_ms is not None:
-        session_s = float(session_ms) / 1000
-        conf.update(broker_session_timeout=session_s, broker_heartbeat_interval=max(0.5, session_s / 6),
-                    broker_rebalance_timeout=max(session_s, 6.0))
-    sec = k.security
-    if sec.protocol != "PLAINTEXT":
-        import ssl
-
-        context = None
-        if sec.protocol in ("SSL", "SASL_SSL"):
-            context = ssl.create_default_context(cafile=sec.ssl_ca_location)
-            if sec.ssl_certificate_location:
-                key_password = sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None
-                context.load_cert_chain(sec.ssl_certificate_location, sec.ssl_key_location, key_password)
-        if sec.protocol.startswith("SASL"):
-            if sec.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-                raise ConfigError(f"safeguard escalate: SASL mechanism {sec.sasl_mechanism} is not supported "
-                                  "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
-            password = sec.sasl_password.get_secret_value() if sec.sasl_password else None
-            conf["broker_credentials"] = faust.SASLCredentials(
-                username=sec.sasl_username, password=password, mechanism=sec.sasl_mechanism, ssl_context=context)
-        else:
-            conf["broker_credentials"] = faust.SSLCredentials(context)
-    return conf
-
-
 class EscalationApp:
     """The faust app and its two agents, built from the settings (see the module doc)."""
 
@@ -138,14 +96,14 @@ class EscalationApp:
             raise ConfigError("escalation.actor_field is not set: name the metadata key that identifies the actor "
                               "(author_id, seller_id, ...)")
         self.settings, self.metrics = settings, metrics
-        self.partitions, replication = _layout(settings, k.labels_topic)
+        self.partitions, replication = layout(settings, k.labels_topic)
         self.app_id = f"{k.group_id}-escalation"
         self.app = faust.App(
             self.app_id, store="memory://", web_enabled=False, topic_partitions=self.partitions,
             topic_replication_factor=replication, consumer_auto_offset_reset="earliest",
             processing_guarantee=e.processing_guarantee, datadir=datadir, table_standby_replicas=0,
-            stream_wait_empty=True, **_broker_settings(settings))
-        self.app.in_worker = True  # faust reads its processing guarantee only in a worker; this is one
+            stream_wait_empty=True, **broker_settings(settings))
+        self.app.in_worker = True  # faust honours processing_guarantee only in a worker: this is one
         self.labels = self.app.topic(k.labels_topic, key_serializer="raw", value_serializer="raw")
         self.by_actor = self.app.topic(f"{self.app_id}-by-actor", key_serializer="raw", value_type=Ticket,
                                        partitions=self.partitions, internal=True)
@@ -153,9 +111,13 @@ class EscalationApp:
         self.out = self.app.topic(e.topic, key_serializer="raw", value_serializer="raw")
         self.tallies = self.app.Table("tallies", default=dict, partitions=self.partitions).tumbling(
             e.window_s, expires=2 * e.window_s).relative_to_field(Ticket.ts)  # type: ignore[arg-type]
-        # Every changelog record the table sends, so that a ticket is done only once they are
-        # acknowledged (see _changelog_acked).
-        self._changelog_sent: list[Any] = []
+        # Writes are confirmed (acknowledged by the broker) per record under at-least-once, before
+        # the label is acked; under exactly-once by the next commit, inside its transaction.
+        import os  # EXPERIMENT
+        self._confirm_at_commit = {"commit": True, "record": False}.get(os.environ.get("SG_EXP_CONFIRM", ""),
+                                                                        self.app.in_transaction)
+        self._at_commit: list[Any] = []
+        self._changelog_sent: list[Any] = []  # the table's writes, captured from its sends
         table = self.tallies.table
         send_changelog = table.send_changelog
 
@@ -165,6 +127,17 @@ class EscalationApp:
             return fut
 
         table.send_changelog = sent_changelog  # type: ignore[method-assign]
+        self._gate = CommitGate()
+        consumer: Any = self.app.consumer
+        force_commit = consumer.force_commit
+
+        async def commit_between_labels(*args: Any, **kwargs: Any) -> bool:
+            async with self._gate.commit():
+                sent, self._at_commit = self._at_commit, []
+                await self._confirmed(sent)
+                return bool(await force_commit(*args, **kwargs))
+
+        consumer.force_commit = commit_between_labels
         self._decode = label_reader(settings, k.labels_topic)
         self._encode = Encoder(settings.output, settings.schema_registry).encode
         self._policies = set(e.policies)
@@ -194,14 +167,23 @@ class EscalationApp:
         return Ticket(actor=str(actor), policy_id=doc["policy_id"], label_id=doc["label_id"],
                       event_id=doc["event_id"], ts=ts)
 
+    @contextlib.asynccontextmanager
+    async def _writes_of(self, stream: Any) -> AsyncIterator[None]:
+        """The block makes the writes the stream's current record causes; the record is acked at
+        its end, and no commit falls in between (the gate: docs/interventions.md)."""
+        event = stream.current_event
+        async with self._gate.step():
+            yield
+            await stream.ack(event)
+
     async def _route(self, stream: Any) -> None:
         async for value in stream:
             self.last_label = time.monotonic()
             self.metrics.last_label.set(time.time())
             ticket = self.ticket(value)
             if ticket is not None:
-                sent = await self.by_actor.send(key=ticket.actor.encode(), value=ticket)
-                await sent  # on the broker before this label counts as processed (see the module doc)
+                async with self._writes_of(stream):
+                    await self._written([await self.by_actor.send(key=ticket.actor.encode(), value=ticket)])
 
     async def _tally(self, stream: Any) -> None:
         e = self.settings.escalation
@@ -213,21 +195,34 @@ class EscalationApp:
                 self.metrics.labels.labels("duplicate").inc()
                 continue
             self.metrics.labels.labels("counted").inc()
-            if counted.reached:
-                await self._escalate(ticket, counted.state)
-                self.tallies[key] = escalated(counted.state)
-            else:
-                self.tallies[key] = counted.state
-            await self._changelog_acked()  # the changelog write on the broker before the ticket is done
+            async with self._writes_of(stream):
+                if counted.reached:
+                    await self._escalate(ticket, counted.state)
+                    self.tallies[key] = escalated(counted.state)
+                else:
+                    self.tallies[key] = counted.state
+                await self._changelog_written()
 
-    async def _changelog_acked(self) -> None:
-        """Wait until the broker has acknowledged the changelog records this ticket wrote. faust's
+    async def _changelog_written(self) -> None:
+        sent, self._changelog_sent = self._changelog_sent, []
+        await self._written(sent)
+
+    async def _written(self, sent: list[Any]) -> None:
+        """Writes a label made: confirmed now (at-least-once) or by the next commit (exactly-once)."""
+        if self._confirm_at_commit:
+            self._at_commit += sent
+        else:
+            await self._confirmed(sent)
+
+    async def _confirmed(self, sent: list[Any]) -> None:
+        """Wait until the broker has acknowledged each write (its send's own future). faust's
         ``producer.flush()`` is not enough: its buffer stops waiting after 0.1 s without a message
         sent, and a record its sender task already holds is in neither the buffer nor the client yet,
-        so under load the flush returned with the write still unsent; a SIGKILL then lost a tally
-        whose ticket was already committed (a CI run missed at least 39 of 300 escalations)."""
-        sent, self._changelog_sent = self._changelog_sent, []
-        await self.app.producer.flush()  # hand what is buffered to the client now rather than later
+        so under load the flush returned with a table write still unsent, and a SIGKILL lost a tally
+        whose label was committed. A failed write raises here: the label is not acked, or the
+        commit does not happen, and the app stops."""
+        if sent:
+            await self.app.producer.flush()  # hand what is buffered to the client now rather than later
         for fut in sent:
             await fut  # resolved by the client's delivery report: on the broker
 
@@ -245,47 +240,39 @@ class EscalationApp:
         log.info("escalation actor=%s policy=%s window_start=%s count=%d id=%s", ticket.actor, ticket.policy_id,
                  doc["window_start"], doc["count"], doc["escalation_id"])
 
+    async def prepare(self) -> None:
+        """Before the app starts: under exactly-once, check that the broker grants a transactional
+        producer (a clear error rather than faust's warnings); then create the internal topics and
+        wait until the cluster's metadata lists them. faust creates them only as the group forms, and
+        a leader whose metadata did not show the repartition topic yet left it unassigned until the
+        next metadata refresh (minutes) on Apache Kafka: labels forwarded, none counted."""
+        from aiokafka.errors import KafkaError
+
+        if self.app.in_transaction:
+            producer: Any = self.app.producer  # faust's own factory: the settings its transactional producers get
+            probe = producer._new_producer(transactional_id=f"{self.app_id}-startup-check")
+            try:
+                await probe.start()
+            except KafkaError as exc:
+                raise FatalError(f"escalation.processing_guarantee is exactly_once but the broker refused a "
+                                 f"transactional producer ({exc!r}); use at_least_once with this broker (the "
+                                 "tallies are idempotent, a crash can repeat an escalation under its id) or a "
+                                 "broker with Kafka transactions") from exc
+            finally:
+                await probe.stop()
+        await self.app.producer.maybe_start()
+        topics = [self.by_actor, self.tallies.table.changelog_topic]
+        for topic in topics:
+            await topic.maybe_declare()
+        names = [t.get_topic_name() for t in topics]
+        await asyncio.get_running_loop().run_in_executor(None, lambda: wait_listed(self.settings, names,
+                                                                                   self.partitions))
+
     @property
     def ready(self) -> bool:
         """Recovered (the tables restored from their changelogs) and consuming."""
         recovery = getattr(self.app.tables, "recovery", None)
         return bool(recovery is not None and recovery.completed.is_set() and self.app.consumer is not None)
-
-
-class Progress:
-    """Whether the app's group has committed everything there is to read on its input topics (the
-    labels and the repartition topic), from the broker's side: committed offsets of the app's group
-    against the partitions' high watermarks. ``--until-idle`` waits for it, so that a restart that
-    has not fetched anything yet (a group join takes seconds) does not count as idle."""
-
-    def __init__(self, settings: Settings, group: str, topics: list[str]) -> None:
-        from confluent_kafka import Consumer
-
-        from streams.kafka.config import reader_config
-
-        self._consumer = Consumer(reader_config(settings.kafka, group))
-        self._topics = topics
-
-    def behind(self) -> list[str]:
-        """The partitions whose committed offset is short of the high watermark, as
-        ``topic[partition] committed/high`` (empty: caught up)."""
-        from confluent_kafka import TopicPartition
-
-        out: list[str] = []
-        for topic in self._topics:
-            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is None or meta.error is not None:
-                out.append(f"{topic}: {meta.error if meta is not None else 'not found'}")
-                continue
-            parts = [TopicPartition(topic, p) for p in meta.partitions]
-            for tp in self._consumer.committed(parts, timeout=10):
-                high = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
-                if high > 0 and tp.offset < high:
-                    out.append(f"{topic}[{tp.partition}] {max(tp.offset, -1)}/{high}")
-        return out
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 async def run_escalation(settings: Settings, *, until_idle: float | None = None,
@@ -310,9 +297,11 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
                      "window_s=%d topic=%s", service.app_id, k.labels_topic, service.partitions, e.actor_field,
                      e.threshold, e.window_s, e.topic)
             app = service.app
-            progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()])
+            progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()],
+                                isolation="read_committed" if app.in_transaction else "read_uncommitted")
             stack.callback(progress.close)
             stack.push_async_callback(app.stop)  # waits for the streams to drain, then commits (faust's on_stop)
+            await service.prepare()
             await app.start()
             await _until_stopped(service, progress, stop, until_idle)
 

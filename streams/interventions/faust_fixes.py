@@ -1,8 +1,8 @@
-"""Two faust-streaming 0.15 defects that lose or re-read labels, worked around in place.
+"""Three faust-streaming 0.15 defects that lose or re-read labels, worked around in place.
 
-Both were found with probes on the real broker (docs/interventions.md, "faust-streaming on the
-broker") and each has an integration test that fails without its fix. ``apply()`` is idempotent;
-the escalation service calls it at import.
+Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
+broker") and has an integration test that fails without its fix. ``apply()`` is idempotent; the
+escalation service calls it at import.
 
 1. **Seek after resume** (``Recovery.on_recovery_completed`` and ``Recovery._resume_streams``).
    Once the tables are restored, faust resumes fetching the input partitions and only then seeks
@@ -23,6 +23,17 @@ the escalation service calls it at import.
    the offset to commit is computed, the duplicates and the already-committed offsets are dropped
    from the list. Nothing else changes: an offset is still committed only once it and all before
    it are acknowledged.
+3. **Transactions follow the record being processed** (``TransactionManager.send``, exactly-once
+   only). faust keeps one transactional producer per (topic group, partition) of the assignment and
+   commits a partition's offsets in that producer's transaction, but it sends each record through
+   the producer named after the partition the record is *sent to*. A ticket read from labels
+   partition 0 and sent to repartition partition 2 went into partition 2's transaction, committed
+   separately from (or, with no offsets of partition 2 to commit, long after) the label's offset:
+   a crash between the two lost the ticket although its label was committed, and a destination
+   partition this member does not own had no producer at all. A record sent while an event is
+   processed now goes through the producer of the event's own partition; a record sent outside
+   one (a table's changelog write, from faust's buffer task) keeps faust's choice, which is the
+   same producer because a changelog partition is its source partition.
 """
 
 from __future__ import annotations
@@ -41,11 +52,11 @@ def apply() -> None:
     """Install both fixes (once). A faust whose internals moved is refused by name rather than
     run unpatched."""
     from faust.tables.recovery import Recovery
-    from faust.transport.consumer import Consumer
+    from faust.transport.consumer import Consumer, TransactionManager
 
     needed = [(Recovery, "on_recovery_completed"), (Recovery, "_resume_streams"), (Consumer, "_new_offset"),
               (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
-              (Consumer, "_is_changelog_tp")]
+              (Consumer, "_is_changelog_tp"), (TransactionManager, "send")]
     missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
     if missing:
         import faust
@@ -54,6 +65,7 @@ def apply() -> None:
                            "service's fixes are written for faust-streaming 0.15 (docs/interventions.md)")
     _seek_before_resume()
     _commit_progress()
+    _transactions_follow_the_record()
 
 
 def _seek_before_resume() -> None:
@@ -133,3 +145,27 @@ def _commit_progress() -> None:
 
     setattr(_new_offset, _MARK, True)
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+def _transactions_follow_the_record() -> None:
+    from faust import current_event
+    from faust.transport.consumer import TransactionManager
+
+    original = TransactionManager.send
+    if getattr(original, _MARK, False):
+        return
+
+    async def send(self: Any, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
+        event = current_event()
+        if event is None:
+            return await original(self, topic, key, value, partition, timestamp, headers,
+                                  transactional_id=transactional_id)
+        source = event.message.tp
+        group = self.app.assignor.group_for_topic(source.topic)
+        return await self.producer.send(topic, key, value, self.consumer.key_partition(topic, key, partition),
+                                        timestamp, headers,
+                                        transactional_id=f"{self.app.conf.id}-{group}-{source.partition}")
+
+    setattr(send, _MARK, True)
+    TransactionManager.send = send  # type: ignore[method-assign]

@@ -122,3 +122,13 @@ def test_static_membership_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("SAFEGUARD_KAFKA__GROUP_INSTANCE_ID", "safeguard-consumer-3")
     conf = consumer_config(load_settings(None).kafka)
     assert conf["group.instance.id"] == "safeguard-consumer-3" and conf["group.id"] == "safeguard"
+
+
+def test_escalation_processing_guarantee_is_at_least_once_unless_chosen(tmp_path) -> None:
+    assert load_settings(None).escalation.processing_guarantee == "at_least_once"
+    f = tmp_path / "c.yaml"
+    f.write_text("escalation:\n  processing_guarantee: exactly_once\n")
+    assert load_settings(f).escalation.processing_guarantee == "exactly_once"
+    f.write_text("escalation:\n  processing_guarantee: at_most_once\n")
+    with pytest.raises(ConfigError, match="processing_guarantee"):
+        load_settings(f)

@@ -1,5 +1,6 @@
-"""The two faust-streaming fixes, on a stand-in consumer: what is resumed when, and what commits.
-The integration tests (tests/integration/interventions/test_escalation.py) show each on the broker."""
+"""The faust-streaming fixes, on stand-ins: what is resumed when, what commits, which transaction a
+record joins. The integration tests (tests/integration/interventions/test_escalation.py) show each
+on the broker."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, TransactionManager
 from faust.types import TP
 
 from streams.interventions import faust_fixes
@@ -51,9 +52,10 @@ async def faust_order(recovery: Any) -> None:
 
 def test_apply_is_idempotent_and_marks_what_it_patched() -> None:
     faust_fixes.apply()
-    first = (Recovery.on_recovery_completed, Recovery._resume_streams, Consumer._new_offset)
+    first = (Recovery.on_recovery_completed, Recovery._resume_streams, Consumer._new_offset, TransactionManager.send)
     faust_fixes.apply()
-    assert (Recovery.on_recovery_completed, Recovery._resume_streams, Consumer._new_offset) == first
+    assert (Recovery.on_recovery_completed, Recovery._resume_streams, Consumer._new_offset,
+            TransactionManager.send) == first
     assert all(getattr(f, "safeguard_patched", False) for f in first)
 
 
@@ -86,3 +88,42 @@ def test_commit_offset_ignores_duplicate_and_already_committed_acks() -> None:
         _acked={tp: [5, 5, 3, 6, 6, 7]}, _acked_index={tp: {3, 5, 6, 7}}, _committed_offset={tp: 5}, _gap={tp: None})
     # 5, 6, 7 acknowledged: commit 8 (faust's own answer is 4, the first run of [3, 5, 5, ...], a step back)
     assert Consumer._new_offset(consumer, tp) == 8
+
+
+class StandInTransactions:
+    """What faust's TransactionManager.send reads: the app id, the assignor's topic groups, the
+    consumer's partitioner, and a producer that records the transaction each record joins."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None, str | None]] = []
+        self.app = SimpleNamespace(conf=SimpleNamespace(id="app"),
+                                   assignor=SimpleNamespace(group_for_topic=lambda topic: {"labels": 1}.get(topic, 1)))
+        self.consumer = SimpleNamespace(key_partition=lambda topic, key, partition: 2)  # the record goes to partition 2
+        self.producer = SimpleNamespace(send=self._send)
+
+    async def _send(self, topic: str, key: Any, value: Any, partition: int | None, timestamp: Any, headers: Any, *,
+                    transactional_id: str | None = None) -> None:
+        self.sent.append((topic, partition, transactional_id))
+
+
+def test_a_record_sent_while_an_event_is_processed_joins_the_transaction_of_the_event_partition() -> None:
+    import weakref
+
+    from faust.streams import _current_event
+
+    faust_fixes.apply()
+    transactions = StandInTransactions()
+    event = type("Event", (), {"message": SimpleNamespace(tp=TP("labels", 0))})()  # weakly referenceable
+
+    async def send_while_processing() -> None:
+        _current_event.set(weakref.ref(event))
+        await TransactionManager.send(transactions, "by-actor", b"k", b"v", None, None, None)
+
+    async def send_outside_any_event() -> None:  # a changelog write from faust's buffer task
+        _current_event.set(None)
+        await TransactionManager.send(transactions, "app-tallies-changelog", b"k", b"v", 2, None, None)
+
+    asyncio.run(send_while_processing())
+    asyncio.run(send_outside_any_event())
+    # sent to partition 2, in the transaction that commits labels partition 0's offsets (faust: app-1-2)
+    assert transactions.sent == [("by-actor", 2, "app-1-0"), ("app-tallies-changelog", 2, "app-1-2")]
