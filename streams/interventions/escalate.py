@@ -12,7 +12,8 @@ Two agents in one faust app (id ``<kafka.group_id>-escalation``):
    ``escalation.threshold`` it produces one escalation on ``escalation.topic`` (key: the actor),
    waits for the broker's acknowledgement, and only then marks the tally escalated.
 
-Exactly one escalation per (actor, policy, window), under faust's at-least-once processing:
+Exactly one escalation per (actor, policy, window). Under ``escalation.processing_guarantee``
+``at_least_once`` (the default):
 
 - a label read twice (a restart, a rebalance, a duplicate label) counts once: a tally holds the
   label ids it counted;
@@ -26,10 +27,22 @@ Exactly one escalation per (actor, policy, window), under faust's at-least-once 
   possible duplicate, and one a reader dedupes by id); a crash before the escalation was
   acknowledged leaves the tally unescalated, so it is never lost.
 
-Waiting per record costs a broker round trip per violating label with an actor (about a thousand
-per second per partition on a LAN), never per label. It also means every changelog batch holds one
-record, which keeps recovery exact on brokers that report a partition's end offset as the start
-of its last batch plus one (Tansu 0.6, the embedded test broker: docs/interventions.md).
+Under ``exactly_once`` the same steps run inside faust's transactions (one transactional producer
+per partition of the assignment, read_committed consumers): a label's ticket, its tally's changelog
+record and its escalation commit with the label's offset or not at all, so a read_committed reader
+of the escalation topic sees each escalation once across crashes and restarts (across rebalances
+among several members faust can still commit a few twice: docs/interventions.md). faust needs
+three things for that which it does not do by itself: the app must count as a worker
+(``in_worker``) or the guarantee is silently ignored; a record must join the transaction of the
+partition whose label caused it (``faust_fixes``); and a commit must never fall between a label's
+writes and its ack (the commit gate, :mod:`streams.interventions.gate`). A broker that refuses
+aiokafka's transactional producer stops the service at start-up.
+
+Each write is acknowledged before the next (a broker round trip per violating label with an actor,
+never per label), so each changelog batch holds one record: recovery stays exact on brokers that
+report a partition's end offset as the start of its last batch plus one (Tansu 0.6, the embedded
+broker), and docs/interventions.md has what confirming writes at the commit instead did on Apache
+Kafka.
 """
 
 from __future__ import annotations
@@ -111,12 +124,6 @@ class EscalationApp:
         self.out = self.app.topic(e.topic, key_serializer="raw", value_serializer="raw")
         self.tallies = self.app.Table("tallies", default=dict, partitions=self.partitions).tumbling(
             e.window_s, expires=2 * e.window_s).relative_to_field(Ticket.ts)  # type: ignore[arg-type]
-        # Writes are confirmed (acknowledged by the broker) per record under at-least-once, before
-        # the label is acked; under exactly-once by the next commit, inside its transaction.
-        import os  # EXPERIMENT
-        self._confirm_at_commit = {"commit": True, "record": False}.get(os.environ.get("SG_EXP_CONFIRM", ""),
-                                                                        self.app.in_transaction)
-        self._at_commit: list[Any] = []
         self._changelog_sent: list[Any] = []  # the table's writes, captured from its sends
         table = self.tallies.table
         send_changelog = table.send_changelog
@@ -133,8 +140,6 @@ class EscalationApp:
 
         async def commit_between_labels(*args: Any, **kwargs: Any) -> bool:
             async with self._gate.commit():
-                sent, self._at_commit = self._at_commit, []
-                await self._confirmed(sent)
                 return bool(await force_commit(*args, **kwargs))
 
         consumer.force_commit = commit_between_labels
@@ -183,7 +188,7 @@ class EscalationApp:
             ticket = self.ticket(value)
             if ticket is not None:
                 async with self._writes_of(stream):
-                    await self._written([await self.by_actor.send(key=ticket.actor.encode(), value=ticket)])
+                    await self._confirmed([await self.by_actor.send(key=ticket.actor.encode(), value=ticket)])
 
     async def _tally(self, stream: Any) -> None:
         e = self.settings.escalation
@@ -205,22 +210,15 @@ class EscalationApp:
 
     async def _changelog_written(self) -> None:
         sent, self._changelog_sent = self._changelog_sent, []
-        await self._written(sent)
-
-    async def _written(self, sent: list[Any]) -> None:
-        """Writes a label made: confirmed now (at-least-once) or by the next commit (exactly-once)."""
-        if self._confirm_at_commit:
-            self._at_commit += sent
-        else:
-            await self._confirmed(sent)
+        await self._confirmed(sent)
 
     async def _confirmed(self, sent: list[Any]) -> None:
         """Wait until the broker has acknowledged each write (its send's own future). faust's
         ``producer.flush()`` is not enough: its buffer stops waiting after 0.1 s without a message
         sent, and a record its sender task already holds is in neither the buffer nor the client yet,
         so under load the flush returned with a table write still unsent, and a SIGKILL lost a tally
-        whose label was committed. A failed write raises here: the label is not acked, or the
-        commit does not happen, and the app stops."""
+        whose label was committed. A failed write raises here: the label is not acked and the app
+        stops."""
         if sent:
             await self.app.producer.flush()  # hand what is buffered to the client now rather than later
         for fut in sent:

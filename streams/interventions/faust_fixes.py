@@ -1,4 +1,4 @@
-"""Three faust-streaming 0.15 defects that lose or re-read labels, worked around in place.
+"""Three faust-streaming 0.15 defects that lose, re-read or duplicate labels, worked around in place.
 
 Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
 broker") and has an integration test that fails without its fix. ``apply()`` is idempotent; the
