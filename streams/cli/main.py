@@ -179,8 +179,37 @@ def _cmd_escalate(args: argparse.Namespace) -> int:
     from streams.interventions.escalate import run_escalation
 
     settings = load_settings(args.config)
-    run(run_escalation(settings, until_idle=args.until_idle))
+    try:
+        run(run_escalation(settings, until_idle=args.until_idle))
+    except BaseException as exc:
+        _exit_without_lingering_threads(exc)
+        raise
+    _exit_without_lingering_threads(None)
     return 0
+
+
+def _exit_without_lingering_threads(error: BaseException | None, grace_s: float = 10.0) -> None:
+    """faust runs its Kafka consumer on a non-daemon thread; a stop that fails half-way leaves it
+    rejoining the group forever and the interpreter waiting for it, so SIGTERM would never end the
+    process. Give such threads ``grace_s``, then exit without them (status 1, saying which)."""
+    import logging
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t.name for t in threading.enumerate()
+                 if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if lingering:
+        logging.getLogger("streams.interventions.escalate").error(
+            "threads still running %.0fs after the escalation app stopped (%s): exiting without them; the "
+            "next start re-reads whatever was not committed%s", grace_s, ", ".join(lingering),
+            f" (the app stopped on: {error!r})" if error is not None else "")
+        logging.shutdown()
+        os._exit(1)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

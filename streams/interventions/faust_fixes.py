@@ -1,4 +1,5 @@
-"""Three faust-streaming 0.15 defects that lose, re-read or duplicate labels, worked around in place.
+"""Four faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
+worked around in place.
 
 Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
 broker") and has an integration test that fails without its fix. ``apply()`` is idempotent; the
@@ -34,10 +35,20 @@ escalation service calls it at import.
    processed now goes through the producer of the event's own partition; a record sent outside
    one (a table's changelog write, from faust's buffer task) keeps faust's choice, which is the
    same producer because a changelog partition is its source partition.
+4. **A commit finds a transaction open** (``Producer.commit_transactions``, exactly-once only).
+   faust commits a transaction and begins the next one as two steps; a commit cut short between
+   them (cancelled as the app stops, or failed) leaves that producer outside any transaction, and
+   the next commit's ``send_offsets_to_transaction`` raises ``IllegalOperation``. At shutdown that
+   broke faust's consumer stop half-way: its thread kept rejoining the group after the event loop
+   had closed and the process never exited after SIGTERM (the rebalance test on Apache Kafka, one
+   run in three). Now a commit first waits for a commit or abort still under way and begins a
+   transaction on a producer that has none, with a warning; records cannot have been sent through
+   such a producer (a send outside a transaction raises), so its offsets are committed alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -53,10 +64,11 @@ def apply() -> None:
     run unpatched."""
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer, TransactionManager
+    from faust.transport.drivers.aiokafka import Producer
 
     needed = [(Recovery, "on_recovery_completed"), (Recovery, "_resume_streams"), (Consumer, "_new_offset"),
               (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
-              (Consumer, "_is_changelog_tp"), (TransactionManager, "send")]
+              (Consumer, "_is_changelog_tp"), (TransactionManager, "send"), (Producer, "commit_transactions")]
     missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
     if missing:
         import faust
@@ -66,6 +78,7 @@ def apply() -> None:
     _seek_before_resume()
     _commit_progress()
     _transactions_follow_the_record()
+    _commits_find_a_transaction_open()
 
 
 def _seek_before_resume() -> None:
@@ -169,3 +182,34 @@ def _transactions_follow_the_record() -> None:
 
     setattr(send, _MARK, True)
     TransactionManager.send = send  # type: ignore[method-assign]
+
+
+def _commits_find_a_transaction_open() -> None:
+    import logging
+
+    from faust.transport.drivers.aiokafka import Producer
+
+    original = Producer.commit_transactions
+    if getattr(original, _MARK, False):
+        return
+    log = logging.getLogger("streams.interventions.escalate")
+
+    async def commit_transactions(self: Any, tid_to_offset_map: Any, group_id: str,
+                                  start_new_transaction: bool = True) -> None:
+        for tid in tid_to_offset_map:
+            producer = self._transaction_producers.get(tid)
+            if producer is None or producer._txn_manager.is_in_transaction():
+                continue
+            async with self._trn_locks[tid]:
+                manager = producer._txn_manager
+                waiter = manager.wait_for_transaction_end()
+                if waiter is not None and not waiter.done():  # a commit or abort cut short: let it end
+                    await asyncio.shield(waiter)
+                if not manager.is_in_transaction():
+                    log.warning("transaction %s was not open at a commit (state %s, a commit cut short): "
+                                "beginning one for its offsets", tid, manager.state.name)
+                    await producer.begin_transaction()
+        await original(self, tid_to_offset_map, group_id, start_new_transaction=start_new_transaction)
+
+    setattr(commit_transactions, _MARK, True)
+    Producer.commit_transactions = commit_transactions  # type: ignore[method-assign]

@@ -209,6 +209,34 @@ def open_transaction_records(bootstrap: str, topic: str) -> int:
     return sum(high - stable for high, stable in zip(ends["read_uncommitted"], ends["read_committed"], strict=True))
 
 
+class TransactionProbe:
+    """``open_transaction_records`` with its two consumers kept open, for a test that looks often
+    (each look is a few watermark requests rather than two client start-ups)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        import uuid
+
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.consumers = [Consumer({"bootstrap.servers": bootstrap, "group.id": f"lso-{uuid.uuid4().hex[:8]}",
+                                    "isolation.level": isolation, "enable.auto.commit": False})
+                          for isolation in ("read_uncommitted", "read_committed")]
+        parts = self.consumers[0].list_topics(topic, timeout=10).topics[topic].partitions
+        self.parts = [TopicPartition(topic, p) for p in sorted(parts)]
+
+    def open_records(self) -> int:
+        high, stable = ([c.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.parts]
+                        for c in self.consumers)
+        return sum(h - s for h, s in zip(high, stable, strict=True))
+
+    def __enter__(self) -> TransactionProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for c in self.consumers:
+            c.close()
+
+
 def group_committed(bootstrap: str, group: str, topic: str) -> int:
     """The sum of ``group``'s committed offsets on ``topic`` (what it will not consume again)."""
     from confluent_kafka import Consumer, TopicPartition

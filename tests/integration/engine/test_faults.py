@@ -17,6 +17,7 @@ import pytest
 
 from streams.devtools.broker import free_port
 from tests.integration.helpers import (
+    TransactionProbe,
     frozen,
     group_committed,
     open_transaction_records,
@@ -48,46 +49,62 @@ def label_ids(bootstrap: str, topic: str, distinct: int, *, isolation: str, time
 def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, consumers, broker_hides_aborted,
                                    tmp_path: Path) -> None:
     """Each kill lands on progress the test controls, so no machine can finish before it or miss it.
-    The input is released a quarter at a time, so the stream cannot end before the last kill. At
-    least once: each kill comes while the replicas are frozen (SIGSTOP) holding requests of the
-    consumer. Exactly once: each kill comes while the labels topic holds records of the consumer's
-    open transaction (behind the last stable offset), and the test checks they were there after it.
-    Each restart re-labels only what was not committed yet: fewer events than were labelled before."""
+    The input comes in five parts: one at the start, one just before each kill (so the consumer has
+    work when it dies) and the last only after the third, so the stream cannot end before it. Before
+    each kill the group must have committed input offsets since the restart (so the restart has less
+    to do). At least once: each kill comes while the replicas are frozen (SIGSTOP) holding requests
+    of the consumer. Exactly once: the consumer is frozen while the test looks at the labels topic,
+    and killed frozen once that topic holds records of its open transaction (behind the last stable
+    offset): the kill lands inside a transaction by construction, not by luck. Each restart
+    re-labels only what was not committed yet: fewer events than were labelled before."""
     names = topics(partitions=3)
     replicas = sims(2, time_scale=2.0)
     stream = events(N_KILL)
-    chunk = N_KILL // 4
+    part = N_KILL // 5
     port = free_port()
     exactly_once = delivery == "exactly_once"
+    group = f"g-{names['input']}"
     config = write_config(tmp_path, kafka_bootstrap, names, replicas.urls, delivery=delivery,
                           kafka=_kafka(kafka_bootstrap, names, transactional_id=f"tx-{names['input']}"),
                           batching={"commit_interval_s": 2.0 if exactly_once else 0.3}, metrics={"port": port})
     isolation = "read_committed" if exactly_once else "read_uncommitted"
-    produce(kafka_bootstrap, names["input"], stream[:chunk])
+    produce(kafka_bootstrap, names["input"], stream[:part])
     consumer = consumers(config)
     kills: list[tuple[set[str], dict[int, int]]] = []  # per kill: events labelled before it, label log ends
     in_transaction = []  # per kill (exactly once): records its open transaction held
+    committed_at_kill = 0  # input offsets the group had committed when the last consumer died
     for k in range(3):
-        released = (k + 1) * chunk
-        label_ids(kafka_bootstrap, names["labels"], released - chunk // 2, isolation="read_uncommitted")
+        released = (k + 1) * part
+        label_ids(kafka_bootstrap, names["labels"], released - part // 2, isolation="read_uncommitted")
+        wait_for(lambda floor=committed_at_kill: group_committed(kafka_bootstrap, group, names["input"]) > floor,
+                 "the group commit input offsets since the restart")
         if exactly_once:
-            wait_for(lambda: open_transaction_records(kafka_bootstrap, names["labels"]) > 0,
-                     "labels in an open transaction (had the consumer nothing left to label? input offsets "
-                     "committed past labels that a kill aborted lose those events)")
-            consumer.kill()
-            # a dead producer's transaction stays open until its successor's init_transactions aborts it
-            in_transaction.append(open_transaction_records(kafka_bootstrap, names["labels"]))
-            produce(kafka_bootstrap, names["input"], stream[released:released + chunk])
+            produce(kafka_bootstrap, names["input"], stream[released:released + part])
+            assert consumer.proc is not None
+            with TransactionProbe(kafka_bootstrap, names["labels"]) as probe:
+                deadline = time.monotonic() + 120
+                while True:
+                    with frozen([consumer.proc.pid]):
+                        held = probe.open_records()
+                        if held:
+                            consumer.kill()  # frozen: it dies holding exactly what the probe saw
+                            break
+                    assert time.monotonic() < deadline, "never saw labels in an open transaction while the " \
+                        "consumer had a part of the input to label (are labels written outside transactions?)"
+                    time.sleep(0.05)
+            in_transaction.append(held)
         else:
             with frozen([proc.pid for proc in replicas.procs]):
-                produce(kafka_bootstrap, names["input"], stream[released:released + chunk])
+                produce(kafka_bootstrap, names["input"], stream[released:released + part])
                 wait_metric(port, "safeguard_inflight_requests", lambda held: held > 0)  # work in flight
                 consumer.kill()
         before = read_to_end(kafka_bootstrap, names["labels"])  # everything the killed process wrote
         labelled = {orjson.loads(m.value())["event_id"] for m in before}
         assert 0 < len(labelled) < N_KILL, "the kill did not land mid-stream"
         kills.append((labelled, high_watermarks(before)))
+        committed_at_kill = group_committed(kafka_bootstrap, group, names["input"])
         consumer.start()
+    produce(kafka_bootstrap, names["input"], stream[4 * part:])
     final = label_ids(kafka_bootstrap, names["labels"], N_KILL, isolation=isolation, timeout_s=240)
     assert set(final) == {f"e{i}" for i in range(N_KILL)}, "an event has no label"
     assert consumer.terminate() == 0

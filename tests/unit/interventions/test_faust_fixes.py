@@ -127,3 +127,74 @@ def test_a_record_sent_while_an_event_is_processed_joins_the_transaction_of_the_
     asyncio.run(send_outside_any_event())
     # sent to partition 2, in the transaction that commits labels partition 0's offsets (faust: app-1-2)
     assert transactions.sent == [("by-actor", 2, "app-1-0"), ("app-tallies-changelog", 2, "app-1-2")]
+
+
+class StandInTransactionState:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class StandInTransactionProducer:
+    """aiokafka's transactional producer as far as a commit goes: offsets only inside a transaction."""
+
+    def __init__(self, state: str) -> None:
+        self._txn_manager = self
+        self.state = StandInTransactionState(state)
+        self.calls: list[str] = []
+
+    def is_in_transaction(self) -> bool:
+        return self.state.name == "IN_TRANSACTION"
+
+    def wait_for_transaction_end(self) -> None:
+        return None
+
+    async def begin_transaction(self) -> None:
+        assert not self.is_in_transaction()
+        self.state = StandInTransactionState("IN_TRANSACTION")
+        self.calls.append("begin")
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        from aiokafka.errors import IllegalOperation
+
+        if not self.is_in_transaction():
+            raise IllegalOperation("Not in the middle of a transaction")
+        self.calls.append(f"offsets {dict(offsets)}")
+
+    async def commit_transaction(self) -> None:
+        self.state = StandInTransactionState("READY")
+        self.calls.append("commit")
+
+
+def test_a_commit_after_one_cut_short_begins_a_transaction_before_sending_offsets() -> None:
+    """A commit cut short between committing and beginning the next transaction left the producer
+    outside any; faust's next commit (at shutdown: the one that ends the transactions) raised there,
+    and its consumer thread outlived the app."""
+    from collections import defaultdict
+
+    from faust.transport.drivers.aiokafka import Producer
+
+    faust_fixes.apply()
+    cut_short, open_ = StandInTransactionProducer("READY"), StandInTransactionProducer("IN_TRANSACTION")
+    producer = SimpleNamespace(_transaction_producers={"app-0-0": cut_short, "app-0-1": open_},
+                               _trn_locks=defaultdict(asyncio.Lock))
+    offsets = {"app-0-0": {TP("labels", 0): 7}, "app-0-1": {TP("labels", 1): 9}}
+    asyncio.run(Producer.commit_transactions(producer, offsets, "app", start_new_transaction=False))
+    assert cut_short.calls == ["begin", f"offsets {{{TP('labels', 0)!r}: 7}}", "commit"]
+    assert open_.calls == [f"offsets {{{TP('labels', 1)!r}: 9}}", "commit"]
+
+
+def test_escalate_exits_when_a_thread_outlives_the_app() -> None:
+    """SIGTERM must end ``safeguard escalate`` even when faust's stop fails half-way and leaves its
+    consumer thread (non-daemon) running: after a grace period the process exits, status 1, naming it."""
+    import subprocess
+    import sys
+
+    script = ("import threading, time\n"
+              "from streams.cli.main import _exit_without_lingering_threads\n"
+              "threading.Thread(target=time.sleep, args=(3600,), name='faust-consumer-thread').start()\n"
+              "_exit_without_lingering_threads(RuntimeError('stop failed'), grace_s=0.2)\n"
+              "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert "not reached" not in done.stdout
+    assert "faust-consumer-thread" in done.stderr and "stop failed" in done.stderr, done.stderr
