@@ -238,10 +238,14 @@ class TransactionProbe:
 
 
 def group_committed(bootstrap: str, group: str, topic: str) -> int:
-    """The sum of ``group``'s committed offsets on ``topic`` (what it will not consume again)."""
+    """The sum of ``group``'s committed offsets on ``topic`` (what it will not consume again).
+    Read uncommitted: librdkafka's default (read_committed) asks for stable offsets, and the broker
+    keeps answering "unstable" while a transaction holding the group's offsets is open, as a
+    SIGKILLed exactly-once consumer's stays until its successor starts."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted"})
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=10))
