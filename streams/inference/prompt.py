@@ -4,12 +4,16 @@ Chat Completions layout prescribed by the model's guide: system message = policy
 = the content. The policy always comes first so every request sharing a policy shares a cacheable
 prefix on the replica (vLLM prefix caching). Content is never concatenated into the policy: text
 that tries to instruct the model stays in the user turn (instruction hierarchy: developer > user).
-Chats are rendered as a plain transcript so the model classifies the conversation instead of
-answering it.
+Chats are rendered as a transcript so the model classifies the conversation instead of answering
+it: one JSON object per turn, so no text inside a turn can open another (a line break in content is
+``\n`` inside a JSON string, a quote is ``\"``). Control-token openers (``<|``, which starts every
+special token of Harmony, ChatML and Llama 3) never reach the replica literally, in chats or text:
+a tokenizer would read ``<|start|>`` in content as the real control token.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from streams.policy.model import Policy
@@ -29,11 +33,34 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 
 
+CHAT_HEADER = "Conversation to classify, one JSON object per message, oldest first:"
+CONTROL_OPENER = "<|"
+CONTROL_OPENER_SAFE = "<\uff5c"  # FULLWIDTH VERTICAL LINE: reads alike, is no tokenizer's control token
+
+
+# json.dumps leaves these raw; each is escaped inside the JSON strings (the only place they can be):
+# the control-token opener, and the line breaks beyond \n that some readers split lines on.
+_JSON_UNSAFE = [(CONTROL_OPENER, "<\\u007c"), ("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")]
+
+
 def render_content(event: ContentEvent) -> str:
-    """The user message for an event: its text, or a chat as one ``role: text`` line per turn."""
+    """The user message for an event: its text, or a chat as a header line and one JSON object per
+    message (``{"role": ..., "content": ...}``), with control-token openers made inert."""
     if event.kind == "chat" and event.messages:
-        return "\n".join(f"{m.role}: {m.content}" for m in event.messages)
-    return event.text or ""
+        turns = (json.dumps({"role": m.role, "content": m.content}, ensure_ascii=False) for m in event.messages)
+        rendered = "\n".join([CHAT_HEADER, *turns])
+        for raw, escaped in _JSON_UNSAFE:  # "<\u007c" in a JSON string is "<|" again for a parser, never the token
+            if raw in rendered:
+                rendered = rendered.replace(raw, escaped)
+        return rendered
+    return inert(event.text or "")
+
+
+def inert(text: str) -> str:
+    """``text`` with every control-token opener ``<|`` written ``<\uff5c`` (a full-width bar): the
+    words stay readable to the model, and no tokenizer of a Harmony, ChatML or Llama 3 model turns
+    them into a turn boundary or a channel switch."""
+    return text.replace(CONTROL_OPENER, CONTROL_OPENER_SAFE) if CONTROL_OPENER in text else text
 
 
 def build_request(

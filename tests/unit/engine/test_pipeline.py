@@ -72,7 +72,8 @@ async def test_a_batch_goes_through_every_stage_and_is_committed_to_its_end() ->
         "e0": (True, "model"), "e1": (False, "model"), "e2": (True, "cache"), "e4": (True, "model")}
     assert labels["e0"]["source"] == {"topic": "in", "partition": 0, "offset": 0}
     assert labels["e2"]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
-    assert pool.requests[-1]["messages"][1]["content"] == "user: buy now please"  # the chat as a transcript
+    assert pool.requests[-1]["messages"][1]["content"].splitlines()[1:] == [  # the chat as a transcript
+        '{"role": "user", "content": "buy now please"}']
     letters = {(d["source"]["partition"], d["source"]["offset"]): d["error_type"]
                for d in outputs(client, s.kafka.dead_letter_topic)}
     assert letters == {(0, 1): "invalid_json", (1, 2): "unknown_policy"}

@@ -15,6 +15,7 @@ from streams.engine.work import Work
 from streams.errors import ErrorType
 from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler
+from streams.inference.prompt import CHAT_HEADER
 from streams.inference.verdict import Verdict
 from streams.policy.model import STARTER_POLICIES, load_policies, parse_policy
 from streams.policy.registry import PolicyRegistry
@@ -37,7 +38,8 @@ def test_decode_keeps_the_event_and_the_text_the_model_reads() -> None:
     works = decoded({"event_id": "a", "text": "hi"},
                     {"event_id": "b", "kind": "chat", "messages": [{"role": "user", "content": "u"},
                                                                   {"role": "assistant", "content": "a"}]})
-    assert [w.content for w in works] == ["hi", "user: u\nassistant: a"]
+    assert [w.content for w in works] == ["hi", "\n".join([CHAT_HEADER, '{"role": "user", "content": "u"}',
+                                                             '{"role": "assistant", "content": "a"}'])]
     bad = batch(b"[1, 2]")
     Decode(Decoder(InputSettings(), SchemaRegistrySettings()))(bad)
     assert bad[0].failure is not None and bad[0].failure.error_type == ErrorType.SCHEMA_VIOLATION
