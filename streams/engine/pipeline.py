@@ -46,7 +46,7 @@ from streams.engine.waiting import Waiting
 from streams.engine.work import TopicPartitionKey, Work
 from streams.errors import ErrorType, FatalError, PoisonError, RetryableError
 from streams.inference.labeler import Labeler
-from streams.inference.replicas.pool import ReplicaPool
+from streams.inference.replicas.backend import Capacity
 from streams.kafka.config import consumer_config
 from streams.ops.logutil import RateLimitedLog
 from streams.ops.metrics import Children, Metrics, lags_from_stats
@@ -62,7 +62,7 @@ class Pipeline:
     """
 
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, *, stages: Sequence[Stage],
-                 labeler: Labeler, outputs: Outputs, delivery: Delivery, flow: FlowControl, pool: ReplicaPool,
+                 labeler: Labeler, outputs: Outputs, delivery: Delivery, flow: FlowControl, pool: Capacity,
                  metrics: Metrics, decided: Callable[[], int],
                  consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
         """``decided()``: decisions made so far (replica answers plus cache hits: the rate backpressure

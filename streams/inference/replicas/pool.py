@@ -32,6 +32,7 @@ from typing import Any
 from streams.config import ReplicaSettings
 from streams.errors import RetryableError
 from streams.inference.replicas.adaptive import AimdLimit
+from streams.inference.replicas.backend import Backend, ClientFactory
 from streams.inference.replicas.client import ChatResult, ReplicaClient
 from streams.ops.logutil import RateLimitedLog
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class _Replica:
-    client: ReplicaClient
+    client: Backend
     aimd: AimdLimit
     inflight: int = 0
     failures: int = 0
@@ -66,11 +67,14 @@ class ReplicaPool:
         backoff_base_s: float = 0.2,
         backoff_max_s: float = 5.0,
         probe_interval_s: float = 1.0,
+        client_factory: ClientFactory | None = None,
     ) -> None:
         """``settings``: the ``replicas`` section (URLs, in-flight maximum, timeout, API key, adaptive
         limit). ``reaction_s``: how late the caller notices a completion (its I/O batching, see
         :mod:`streams.inference.replicas.adaptive`). ``retry_limit``: give up after that many retries
-        (interactive tools); None retries for as long as it takes (the consumer)."""
+        (interactive tools); None retries for as long as it takes (the consumer). ``client_factory``:
+        makes each replica's backend from its URL (default: vLLM's HTTP API with the settings'
+        timeout and API key)."""
         self._urls = list(settings.urls)
         self._cap = settings.max_inflight_per_replica
         self._timeout = settings.request_timeout_s
@@ -92,11 +96,14 @@ class ReplicaPool:
         self._rr = 0
         self.health_changed = asyncio.Event()
         self._retry_log = RateLimitedLog(log)
+        self._client_factory = client_factory or self._http_client
+
+    def _http_client(self, url: str) -> Backend:
+        return ReplicaClient(url, api_key=self._api_key, timeout_s=self._timeout)
 
     async def __aenter__(self) -> ReplicaPool:
         self._replicas = [
-            _Replica(ReplicaClient(u, api_key=self._api_key, timeout_s=self._timeout),
-                     AimdLimit(maximum=self._cap, reaction_s=self._reaction_s))
+            _Replica(self._client_factory(u), AimdLimit(maximum=self._cap, reaction_s=self._reaction_s))
             for u in self._urls
         ]
         if self._adaptive:
