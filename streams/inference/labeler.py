@@ -93,7 +93,7 @@ class Labeler:
         for attempt in range(1, self._max_attempts + 1):
             result = await self._pool.chat(body)
             try:
-                verdict = parse_verdict(result.content, result.finish_reason)
+                verdict = parse_verdict(result.content, result.finish_reason, output=policy.meta.output)
             except PoisonError as exc:
                 last = exc
                 log.warning("unusable model answer policy=%s replica=%s attempt=%d error_type=%s",

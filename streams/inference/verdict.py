@@ -1,28 +1,32 @@
 """Verdict parsing: the model's final answer to a label, pure and tolerant.
 
-Accepted answers (docs/policies.md): binary ``0``/``1``; the guide's JSON forms
-``{"violation": 0|1, "policy_category": ..., "rule_ids": [...], "confidence": ..., "rationale": ...}``.
-Tolerated: code fences, surrounding prose, whitespace, extra keys, ``"violation": "1"`` or ``true``,
-``category`` for ``policy_category``, a string for ``rule_ids``, a list of bullets for
-``rationale``, and the ``VALID``/``INVALID`` words of OpenAI's example spam policy.
-Anything else raises :class:`PoisonError` (``unparseable_output``); a final answer missing because
-generation stopped on the length limit raises ``truncated_reasoning``. Callers retry both before
-dead-lettering, since sampling may produce a usable answer next time.
+Accepted answers (docs/policies.md): the guide's JSON forms ``{"violation": 0|1, "policy_category":
+..., "rule_ids": [...], "confidence": ..., "rationale": ...}``; for ``output: binary`` policies also
+``0``/``1`` and the ``VALID``/``INVALID`` words of OpenAI's example spam policy, each as a whole
+token: alone on the answer's first line (markdown emphasis, quotes, a final period tolerated; lines
+after it ignored). ``1st rule applies`` is no verdict. Tolerated around JSON: code fences,
+surrounding prose, whitespace, extra keys, ``"violation": "1"`` or ``true``, ``category`` for
+``policy_category``, a string for ``rule_ids``, a list of bullets for ``rationale``.
+Anything else raises :class:`PoisonError` (``unparseable_output``). An answer from a generation
+that stopped on the length limit is never read, even when it looks complete: it was cut, and what
+remains of it can say anything (``truncated_reasoning``). Callers retry both before dead-lettering,
+since sampling may produce a usable answer next time.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from streams.errors import ErrorType, PoisonError
 
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*|\s*```$")
-_BINARY = re.compile(r"^\W*([01])(?!\d)")
-_WORD = re.compile(r"^\W*(INVALID|VALID)\b", re.IGNORECASE)
+_DECOR = r"[\s*_`'\"]*"  # markdown emphasis, code ticks, quotes
+_BINARY = re.compile(rf"^{_DECOR}([01]){_DECOR}\.?{_DECOR}$")  # the whole first line
+_WORD = re.compile(rf"^{_DECOR}(INVALID|VALID)(?:\s*\+\s*ESCALATE)?{_DECOR}\.?{_DECOR}$")
 _TRUE = {"1", "true", "yes", "violation", "violates", "invalid"}
 _FALSE = {"0", "false", "no", "none", "safe", "valid"}
 _CONFIDENCE = {"low", "medium", "high"}
@@ -39,26 +43,33 @@ class Verdict:
     rationale: str | None = None
 
 
-def parse_verdict(content: str | None, finish_reason: str | None = None) -> Verdict:
-    """Parse a final answer.
+def parse_verdict(content: str | None, finish_reason: str | None = None, *,
+                  output: Literal["json", "binary"] | None = None) -> Verdict:
+    """Parse a final answer. ``output``: the policy's declared format; ``json`` accepts only a
+    JSON object, ``binary`` (or None: unknown) also the whole-token forms.
 
     Raises:
         PoisonError: ``truncated_reasoning`` or ``unparseable_output``.
     """
+    if finish_reason == "length":
+        what = "before a final answer" if content is None or not content.strip() else "inside the final answer"
+        raise PoisonError(ErrorType.TRUNCATED_REASONING, f"generation hit the length limit {what}")
     if content is None or not content.strip():
-        if finish_reason == "length":
-            raise PoisonError(ErrorType.TRUNCATED_REASONING, "generation hit the length limit before a final answer")
         raise PoisonError(ErrorType.UNPARSEABLE_OUTPUT, "model returned no final answer")
     text = _unfenced(content)
     obj = json_object(text)
     if obj is not None:
         return _from_json(obj, content)
-    match = _BINARY.match(text)
+    if output == "json":
+        raise PoisonError(ErrorType.UNPARSEABLE_OUTPUT,
+                          f"the policy answers in JSON and the final answer holds no JSON object: {_clip(content)}")
+    first = text.splitlines()[0] if text else ""
+    match = _BINARY.match(first)
     if match:
         return Verdict(violation=match.group(1) == "1")
-    word = _WORD.match(text)
+    word = _WORD.match(first)
     if word:
-        return Verdict(violation=word.group(1).upper() == "INVALID")
+        return Verdict(violation=word.group(1) == "INVALID")
     raise PoisonError(ErrorType.UNPARSEABLE_OUTPUT, f"cannot read a verdict from the final answer: {_clip(content)}")
 
 
@@ -125,9 +136,10 @@ def parse_combined(content: str | None, policy_ids: list[str], finish_reason: st
     A policy missing from the answer, or with an unreadable value, gets a PoisonError of its own;
     the others still count.
     """
-    if content is None or not content.strip():
+    if finish_reason == "length" or content is None or not content.strip():
         err = PoisonError(ErrorType.TRUNCATED_REASONING if finish_reason == "length" else ErrorType.UNPARSEABLE_OUTPUT,
-                          "model returned no final answer")
+                          "generation hit the length limit" if finish_reason == "length"
+                          else "model returned no final answer")
         return dict.fromkeys(policy_ids, err)
     obj = json_object(_unfenced(content))
     if obj is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +69,16 @@ def test_verdict_parser_never_crashes(text: str) -> None:
         assert exc.error_type == "unparseable_output"
         return
     assert isinstance(v, Verdict) and isinstance(v.violation, bool)
+
+
+@FAST
+@given(st.sampled_from("01"), st.from_regex(r"[A-Za-z0-9][^{}\n]{0,80}", fullmatch=True),
+       st.sampled_from(["stop", "length", None]))
+def test_a_digit_run_into_other_text_is_never_a_verdict(digit: str, rest: str, finish: str | None) -> None:
+    """A random model's text that starts with 0 or 1 and goes on in the same word or line is not a
+    binary answer (a binary answer is the whole token)."""
+    with pytest.raises(PoisonError):
+        parse_verdict(digit + rest, finish)
 
 
 def check_verdict(v: Verdict) -> None:

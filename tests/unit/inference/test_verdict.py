@@ -19,7 +19,11 @@ from streams.inference.verdict import parse_verdict
         ('{"violation": "false"}', False),
         ("INVALID", True),
         ("VALID", False),
+        ("INVALID + ESCALATE", True),
         ('{"label": 1}', True),
+        ("**1**", True),
+        ("`0`.", False),
+        ("1\nThe text offers a cheat loader.", True),  # the whole first line, then an explanation
     ],
 )
 def test_accepted_shapes(content: str, violation: bool) -> None:
@@ -40,11 +44,31 @@ def test_odd_field_types_are_tolerated() -> None:
 
 
 @pytest.mark.parametrize("content", ["maybe", "", "{\"violation\": 2}", "{\"policy_category\": \"x\"}",
-                                     "10", "{\"violation\": [1]}"])
+                                     "10", "{\"violation\": [1]}",
+                                     # seen from a random model on the real vLLM server: read as verdicts before
+                                     "1st rule applies to the text", "0ne of the users",
+                                     "1 apple and 2 pears", "0.5", "Valid point, the user asks", "VALIDATE",
+                                     "invalid", "- 1"])
 def test_unparseable(content: str) -> None:
     with pytest.raises(PoisonError) as exc:
         parse_verdict(content, "stop")
     assert exc.value.error_type == "unparseable_output"
+
+
+def test_an_answer_cut_by_the_length_limit_is_never_read() -> None:
+    for cut in ("1", '{"violation": 1, "policy_category": "GC1"}', "INVALID", "1st rule"):
+        with pytest.raises(PoisonError) as exc:
+            parse_verdict(cut, "length")
+        assert exc.value.error_type == "truncated_reasoning"
+
+
+def test_a_json_policy_reads_only_json() -> None:
+    assert parse_verdict('{"violation": 0}', "stop", output="json").violation is False
+    for plain in ("1", "INVALID", "0"):
+        with pytest.raises(PoisonError) as exc:
+            parse_verdict(plain, "stop", output="json")
+        assert exc.value.error_type == "unparseable_output"
+    assert parse_verdict('{"violation": 1}', "stop", output="binary").violation is True  # explicit JSON is fine
 
 
 def test_truncated_reasoning() -> None:
