@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,19 +49,28 @@ class SimRequest:
     admit_g: float = 0.0
     finish_g: float = 0.0
     seq: int = 0
+    priority: int = 0  # vLLM's request priority: lower is served first, under the priority policy only
     handle: Any = field(default=None, repr=False)
 
 
 class BatchEngine:
     """The scheduler state; drive it with :meth:`submit`, :meth:`advance` and :meth:`next_event_in`."""
 
-    def __init__(self, profile: Profile, *, prefix_cache_entries: int = 4096, answer_headroom: int = 400):
+    def __init__(self, profile: Profile, *, prefix_cache_entries: int = 4096, answer_headroom: int = 400,
+                 scheduling_policy: str = "fcfs"):
+        """``scheduling_policy``: vLLM's ``--scheduling-policy``. ``fcfs`` serves the waiting queue in
+        arrival order and ignores a request's priority (as vLLM 0.32 does, silently); ``priority``
+        serves the lowest priority first, arrival order within one. Running requests are never
+        preempted for a waiting one, under either (measured on the real engine: docs/development.md)."""
+        if scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling_policy must be fcfs or priority, not {scheduling_policy!r}")
+        self.scheduling_policy = scheduling_policy
         self.profile = profile
         self.t = 0.0
         self.g = 0.0
         self.stall = 0.0
         self._running: list[tuple[float, int, SimRequest]] = []
-        self._waiting: deque[SimRequest] = deque()
+        self._waiting: list[tuple[int, int, SimRequest]] = []  # a heap: (priority or 0, arrival seq, request)
         self._prefix_cache: OrderedDict[int, int] = OrderedDict()
         self._prefix_cache_entries = prefix_cache_entries
         self._headroom = answer_headroom
@@ -93,15 +102,18 @@ class BatchEngine:
         finished = self.advance(now)
         req.arrival = now
         req.seq = next(self._seq)
-        self._waiting.append(req)
+        heapq.heappush(self._waiting, (req.priority if self.scheduling_policy == "priority" else 0, req.seq, req))
         self._admit()
         return finished
 
     def abort(self, req: SimRequest) -> None:
         """Drop a request (client went away), freeing its slot like vLLM's abort."""
-        if req in self._waiting:
-            self._waiting.remove(req)
-            return
+        for i, (_, _, r) in enumerate(self._waiting):
+            if r is req:
+                self._waiting[i] = self._waiting[-1]
+                self._waiting.pop()
+                heapq.heapify(self._waiting)
+                return
         for i, (_, _, r) in enumerate(self._running):
             if r is req:
                 self._running[i] = self._running[-1]
@@ -158,10 +170,10 @@ class BatchEngine:
     def _admit(self) -> None:
         p = self.profile
         while self._waiting and len(self._running) < p.max_num_seqs:
-            req = self._waiting[0]
+            req = self._waiting[0][2]
             if self._running and self.kv_tokens() + req.prompt_tokens + self._headroom > p.kv_capacity_tokens:
                 break
-            self._waiting.popleft()
+            heapq.heappop(self._waiting)
             cached = self._lookup_prefix(req)
             req.cached_tokens = cached
             self.prompt_tokens_total += req.prompt_tokens

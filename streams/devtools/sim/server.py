@@ -65,6 +65,7 @@ class SimConfig:
     answer_key: AnswerKey | None = None
     faults: Faults = field(default_factory=Faults)
     reasoning_field: str = "reasoning"
+    scheduling_policy: str = "fcfs"  # vLLM's --scheduling-policy: fcfs (priority ignored) or priority
 
 
 def estimate_tokens(text: str) -> int:
@@ -154,7 +155,7 @@ class SimServer:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.engine = BatchEngine(config.profile)
+        self.engine = BatchEngine(config.profile, scheduling_policy=config.scheduling_policy)
         self.runner = EngineRunner(self.engine, config.time_scale)
         self.registry = CollectorRegistry()
         self.registry.register(_VllmCollector(self.engine, config.model))
@@ -211,6 +212,13 @@ class SimServer:
         effort = body.get("reasoning_effort") or "medium"
         if effort not in self.config.profile.reasoning_median:
             return _error(400, "BadRequestError", f"invalid reasoning_effort {effort!r}")
+        # vLLM 0.32 validates both fields as integers; priority is then ignored unless the server runs
+        # --scheduling-policy priority, silently (measured on the real engine: docs/development.md)
+        priority, max_tokens = body.get("priority", 0), body.get("max_tokens")
+        if not _is_int(priority):
+            return _error(400, "BadRequestError", "Input should be a valid integer", param="body.priority")
+        if max_tokens is not None and (not _is_int(max_tokens) or int(max_tokens) < 1):
+            return _error(400, "BadRequestError", "max_tokens must be at least 1", param="max_tokens")
 
         f, roll = self.config.faults, self._fault_rng.random()
         if roll < f.error_rate:
@@ -239,17 +247,34 @@ class SimServer:
         policy_tokens = estimate_tokens(policy)
         prompt_tokens = HARMONY_OVERHEAD_TOKENS + policy_tokens + estimate_tokens(user)
         limit = self.config.profile.max_model_len
+        if max_tokens is not None and int(max_tokens) > limit:
+            return _error(400, "BadRequestError", f"max_tokens={int(max_tokens)} cannot be greater than "
+                          f"max_model_len={limit}. Please request fewer output tokens.", param="max_tokens")
         if prompt_tokens >= limit:  # vLLM refuses a prompt that leaves no room to generate
             return _error(400, "BadRequestError", f"This model's maximum context length is {limit} tokens. However, "
-                          f"your request has {prompt_tokens} input tokens. Please reduce the length of the input "
-                          "messages.")
-        output_tokens = reasoning_tokens if truncated else reasoning_tokens + final_tokens
+                          f"your prompt contains at least {prompt_tokens} input tokens, so it cannot be processed. "
+                          "Please reduce the length of the input messages.", param="input_tokens")
+        if truncated:  # the fault: the reasoning ran to the length limit, no final answer
+            final, output_tokens = "", reasoning_tokens
+        else:
+            output_tokens = reasoning_tokens + final_tokens
+        # The output budget: max_tokens, silently clamped to what the context leaves (vLLM 0.32 answers
+        # 200 with finish_reason "length" rather than 400 when prompt + max_tokens exceed the context).
+        budget = limit - prompt_tokens if max_tokens is None else min(int(max_tokens), limit - prompt_tokens)
+        if output_tokens > budget:
+            truncated = True
+            if budget > reasoning_tokens and final:  # cut inside the final answer: what was written of it
+                final = final[:max(0, int((budget - reasoning_tokens) * CHARS_PER_TOKEN))]
+            else:
+                reasoning_tokens, final = budget, ""
+            output_tokens = budget
         req = SimRequest(
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
             prefix_key=_digest(policy),
             prefix_tokens=HARMONY_OVERHEAD_TOKENS + policy_tokens,
             prompt_key=_digest(policy + "\x1f" + user),
+            priority=int(priority),
         )
         await self.runner.generate(req)
         wall = time.monotonic() - started
@@ -257,7 +282,7 @@ class SimServer:
         if req.admitted is not None:
             self._queue.labels(self.config.model).observe(max(0.0, req.admitted - req.arrival) / self.config.time_scale)
         reasoning = _reasoning_text(answer, reasoning_tokens)
-        message: dict[str, Any] = {"role": "assistant", "content": None if truncated else final,
+        message: dict[str, Any] = {"role": "assistant", "content": final or None,
                                    self.config.reasoning_field: reasoning, "tool_calls": []}
         return _json({
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -347,8 +372,13 @@ def _json(doc: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
-def _error(status: int, kind: str, message: str) -> web.Response:
-    return _json({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+def _error(status: int, kind: str, message: str, *, param: str | None = None) -> web.Response:
+    return _json({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+
+
+def _is_int(value: Any) -> bool:
+    """What pydantic's lax int accepts from JSON: an integer, or a float with no fraction."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:

@@ -133,3 +133,46 @@ def test_drives_to_idle_whatever_the_float_residue(seqs: int) -> None:
         steps += 1
         assert steps < 1000
     assert all(r.finished is not None for r in reqs)
+
+
+def _full_engine(policy: str) -> tuple[BatchEngine, list[SimRequest]]:
+    """An engine whose running slots are all taken, then three waiting requests: priorities 5, 0, -1."""
+    small = replace(P20, max_num_seqs=2)
+    e = BatchEngine(small, scheduling_policy=policy)
+    for _ in range(2):
+        e.submit(req(out=100), 0.0)
+    waiting = []
+    for priority in (5, 0, -1):
+        r = req(out=10)
+        r.priority = priority
+        e.submit(r, 0.0)
+        waiting.append(r)
+    assert e.running == 2 and e.waiting == 3
+    return e, waiting
+
+
+def test_priority_policy_serves_the_lowest_priority_first_without_preempting_running_ones() -> None:
+    e, (p5, p0, p_minus1) = _full_engine("priority")
+    run_until_idle(e)
+    assert all(r.admitted is not None for r in (p5, p0, p_minus1))
+    assert p_minus1.admitted <= p0.admitted <= p5.admitted  # type: ignore[operator]
+    assert p_minus1.admitted > 0  # it waited for a running request to finish: no preemption
+
+
+def test_fcfs_ignores_priority_silently_as_vllm_does() -> None:
+    e, (p5, p0, p_minus1) = _full_engine("fcfs")
+    run_until_idle(e)
+    assert p5.admitted <= p0.admitted <= p_minus1.admitted  # type: ignore[operator]  # arrival order
+
+
+def test_an_aborted_waiting_request_leaves_the_priority_queue() -> None:
+    e, (p5, p0, p_minus1) = _full_engine("priority")
+    e.abort(p_minus1)
+    assert e.waiting == 2
+    run_until_idle(e)
+    assert p_minus1.admitted is None and p0.admitted <= p5.admitted  # type: ignore[operator]
+
+
+def test_an_unknown_scheduling_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="fcfs or priority"):
+        BatchEngine(P20, scheduling_policy="lifo")
