@@ -89,11 +89,22 @@ class ConsumerProcess:
         self.command = [command, *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ConsumerProcess:
+    def start(self, *, failpoints: str = "") -> ConsumerProcess:
+        """Start (again); ``failpoints``: names the process stops itself at (streams/ops/failpoints.py)."""
         log = self.log_path.open("ab")
+        env = {**os.environ, "STREAMS_FAILPOINTS": failpoints}
         self.proc = subprocess.Popen([sys.executable, "-m", "streams", *self.command, "--config", str(self.config)],
-                                     stdout=log, stderr=log)
+                                     stdout=log, stderr=log, env=env)
         return self
+
+    def stopped(self) -> bool:
+        """Stopped by a signal (a failpoint's SIGSTOP): the state letter in /proc/PID/stat is T."""
+        assert self.proc is not None
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat[stat.rindex(")") + 2] == "T"
 
     def wait(self, timeout: float = 120) -> int:
         assert self.proc is not None

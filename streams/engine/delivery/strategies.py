@@ -18,6 +18,7 @@ from streams.engine.delivery.ledger import Ledger
 from streams.engine.work import TopicPartitionKey, Work
 from streams.errors import FatalError
 from streams.kafka.producer import OutputProducer
+from streams.ops import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ class ExactlyOnce(Delivery):
                     except KafkaException:
                         self.ledger.uncommitted(positions)
                         raise
+                    failpoints.stop_here("eos-offsets-sent")  # the crash tests kill here: both or neither
             producer.commit_transaction(30)
         except KafkaException as exc:
             err = exc.args[0]

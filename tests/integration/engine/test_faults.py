@@ -50,13 +50,16 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
                                    tmp_path: Path) -> None:
     """Each kill lands on progress the test controls, so no machine can finish before it or miss it.
     The input comes in five parts: one at the start, one just before each kill (so the consumer has
-    work when it dies) and the last only after the third, so the stream cannot end before it. Before
-    each kill the group must have committed input offsets since the restart (so the restart has less
-    to do). At least once: each kill comes while the replicas are frozen (SIGSTOP) holding requests
-    of the consumer. Exactly once: the consumer is frozen while the test looks at the labels topic,
-    and killed frozen once that topic holds records of its open transaction (behind the last stable
-    offset): the kill lands inside a transaction by construction, not by luck. Each restart
-    re-labels only what was not committed yet: fewer events than were labelled before."""
+    work when it dies) and the last only after the third, so the stream cannot end before it. At
+    least once: before each kill the group has committed input offsets since the restart (so the
+    restart has less to do), and the kill comes while the replicas are frozen (SIGSTOP) holding
+    requests of the consumer. Exactly once: kills one and three likewise wait for a commit, then the
+    consumer is frozen while the test looks at the labels topic and killed frozen once that topic
+    holds records of its open transaction (behind the last stable offset). Kill two lands inside a
+    commit: the consumer's second life stops itself at a failpoint after the input offsets went into
+    the transaction and before it commits, and dies there; the offsets and the labels must go
+    together (a consumer committing offsets outside the transaction loses those events here). Each
+    restart re-labels only what was not committed yet: fewer events than were labelled before."""
     names = topics(partitions=3)
     replicas = sims(2, time_scale=2.0)
     stream = events(N_KILL)
@@ -75,12 +78,20 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
     committed_at_kill = 0  # input offsets the group had committed when the last consumer died
     for k in range(3):
         released = (k + 1) * part
-        label_ids(kafka_bootstrap, names["labels"], released - part // 2, isolation="read_uncommitted")
-        wait_for(lambda floor=committed_at_kill: group_committed(kafka_bootstrap, group, names["input"]) > floor,
-                 "the group commit input offsets since the restart")
-        if exactly_once:
+        in_commit = exactly_once and k == 1
+        assert consumer.proc is not None
+        if in_commit:
             produce(kafka_bootstrap, names["input"], stream[released:released + part])
-            assert consumer.proc is not None
+            wait_for(lambda: consumer.stopped() or not consumer.alive(), "the consumer stop at its failpoint")
+            assert consumer.alive() and "failpoint eos-offsets-sent reached" in consumer.log()
+            in_transaction.append(open_transaction_records(kafka_bootstrap, names["labels"]))
+            consumer.kill()
+        else:
+            label_ids(kafka_bootstrap, names["labels"], released - part // 2, isolation="read_uncommitted")
+            wait_for(lambda floor=committed_at_kill: group_committed(kafka_bootstrap, group, names["input"]) > floor,
+                     f"the group commit input offsets since the restart (kill {k + 1}, above {committed_at_kill})")
+        if exactly_once and not in_commit:
+            produce(kafka_bootstrap, names["input"], stream[released:released + part])
             with TransactionProbe(kafka_bootstrap, names["labels"]) as probe:
                 deadline = time.monotonic() + 120
                 while True:
@@ -93,7 +104,7 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
                         "consumer had a part of the input to label (are labels written outside transactions?)"
                     time.sleep(0.05)
             in_transaction.append(held)
-        else:
+        elif not exactly_once:
             with frozen([proc.pid for proc in replicas.procs]):
                 produce(kafka_bootstrap, names["input"], stream[released:released + part])
                 wait_metric(port, "safeguard_inflight_requests", lambda held: held > 0)  # work in flight
@@ -103,7 +114,7 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
         assert 0 < len(labelled) < N_KILL, "the kill did not land mid-stream"
         kills.append((labelled, high_watermarks(before)))
         committed_at_kill = group_committed(kafka_bootstrap, group, names["input"])
-        consumer.start()
+        consumer.start(failpoints="eos-offsets-sent" if exactly_once and k == 0 else "")
     produce(kafka_bootstrap, names["input"], stream[4 * part:])
     final = label_ids(kafka_bootstrap, names["labels"], N_KILL, isolation=isolation, timeout_s=240)
     assert set(final) == {f"e{i}" for i in range(N_KILL)}, "an event has no label"
@@ -124,7 +135,7 @@ def test_three_sigkills_mid_stream(delivery, kafka_bootstrap, topics, sims, cons
            N_KILL, committed, len(dlq))
     if not broker_hides_aborted:
         pytest.xfail("the embedded broker shows aborted records to read_committed readers (test_broker_conformance)")
-    assert sum(in_transaction) > 0, "no kill landed inside a transaction holding labels: nothing was checked"
+    assert all(in_transaction), f"a kill landed outside a transaction holding labels: {in_transaction}"
     assert max(committed.values()) == 1 and sum(committed.values()) == N_KILL, \
         f"{sum(committed.values()) - N_KILL} labels seen twice by a read_committed reader"
 
