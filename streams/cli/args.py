@@ -29,3 +29,7 @@ def rate(v: str) -> float:
 # The local brokers of the demo, the bench and ``safeguard broker`` (built by streams.devtools.broker,
 # which a production import must not load: the list lives here).
 BROKER_KINDS = ("embedded", "kafka")
+
+# The tiny models of the real vLLM engine (``safeguard engine``, built by streams.devtools.vllm_engine,
+# which a production import must not load either).
+ENGINE_MODELS = ("llama", "gpt-oss")
