@@ -183,7 +183,9 @@ def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap
     async def completions(request: web.Request) -> web.Response:
         body = await request.json()
         seen.append(body)
-        answer = "1" if "scam" in body["messages"][-1]["content"] else "0"
+        flag = "1" if "scam" in body["messages"][-1]["content"] else "0"
+        # the starter policies answer in JSON: a bare 0/1 is no verdict for them
+        answer = f'{{"violation": {flag}, "policy_category": null}}'
         return web.json_response({"choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": answer}}]})
 

@@ -50,11 +50,14 @@ def setup(tmp_path: Path, kafka_bootstrap: str, topics: Any, sims: Any, answer_k
     policies.mkdir()
     for pid in ("spam", "fake-reviews"):
         shutil.copy(ROOT / f"policies/{pid}.md", policies / f"{pid}.md")
-    (policies / "long.md").write_text(f"---\nid: long\n---\n# {LONG_POLICY}\n\n" + "Rule text. " * 2500)
+    # 'long' is about 41,000 tokens: over the 32,768 context, where the other policies' prompts leave
+    # room for any reasoning (the server clamps generation to the context: a short context would cut
+    # their long reasoning too, as vLLM does)
+    (policies / "long.md").write_text(f"---\nid: long\n---\n# {LONG_POLICY}\n\n" + "Rule text. " * 15000)
     spam, fake = (load_dataset(ROOT / f"policies/{p}.golden.jsonl").items for p in ("spam", "fake-reviews"))
     key = [{"text": i.text, "label": i.label, "category": i.category, "policy": "spam"} for i in spam]
     key += [{"text": i.text, "label": i.label, "category": i.category, "policy": "fake-reviews"} for i in fake]
-    urls = sims(1, answer_key=answer_key(key), time_scale=time_scale, extra_args=["--max-model-len", "2000"]).urls
+    urls = sims(1, answer_key=answer_key(key), time_scale=time_scale, extra_args=["--max-model-len", "32768"]).urls
     produce(kafka_bootstrap, names["input"], content_events(n)[:release])
     path = write_config(tmp_path, kafka_bootstrap, names, urls,
                         policies={"dir": str(policies), "default": ["spam", "fake-reviews"]},
