@@ -14,8 +14,10 @@ from streams.errors import FatalError
 from streams.inference.replicas.client import root_url
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 20.0) -> None:
-    """Block until ``GET /health`` answers 200 (``url`` is the ``/v1`` base)."""
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 120.0) -> None:
+    """Block until ``GET /health`` answers 200 (``url`` is the ``/v1`` base). A simulator that exits
+    fails at once; the timeout only bounds one that hangs (a start takes about a second on an idle
+    machine, and was seen to take over 20 s with the load average above 20)."""
     root = root_url(url)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
