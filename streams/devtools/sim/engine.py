@@ -13,6 +13,10 @@ What it models, after vLLM's scheduler:
 Not modelled: preemption/recompute under KV pressure (admission keeps headroom instead), speculative
 decoding, and the CPU overheads that ``--async-scheduling`` hides.
 
+Counters follow vLLM 0.32's (checked against the real engine, docs/development.md): generated tokens
+count as they are produced, so an aborted request keeps the tokens it had generated; prompt tokens and
+prefix-cache queries count at admission (prefill).
+
 Event-driven: between two events (an arrival, a completion, the end of a prefill stall) the batch
 size is constant, so the virtual step counter ``G`` advances linearly with time. Each running
 sequence finishes at ``G_admit + output_tokens``; a heap keyed on that gives the next completion
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +84,7 @@ class BatchEngine:
         self._sum_admit_g = 0.0
         # counters, exported as vLLM metrics
         self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
+        self._generated_done = 0  # tokens of the requests that left the batch (finished or aborted)
         self.prefix_queries_total = 0
         self.prefix_hits_total = 0
 
@@ -90,6 +95,11 @@ class BatchEngine:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def generation_tokens_total(self) -> int:
+        """Tokens generated so far, those of the running requests included (vLLM counts every step)."""
+        return self._generated_done + int(len(self._running) * self.g - self._sum_admit_g + _EPS)
 
     def kv_tokens(self) -> float:
         return self._sum_prompt + len(self._running) * self.g - self._sum_admit_g
@@ -107,7 +117,8 @@ class BatchEngine:
         return finished
 
     def abort(self, req: SimRequest) -> None:
-        """Drop a request (client went away), freeing its slot like vLLM's abort."""
+        """Drop a request (client went away), freeing its slot like vLLM's abort; the tokens it generated
+        stay counted."""
         for i, (_, _, r) in enumerate(self._waiting):
             if r is req:
                 self._waiting[i] = self._waiting[-1]
@@ -121,6 +132,8 @@ class BatchEngine:
                 heapq.heapify(self._running)
                 self._sum_prompt -= r.prompt_tokens
                 self._sum_admit_g -= r.admit_g
+                # rounded up, so that the exported counter never steps back at an abort
+                self._generated_done += min(r.output_tokens, math.ceil(self.g - r.admit_g - _EPS))
                 self._admit()
                 return
 
@@ -149,7 +162,7 @@ class BatchEngine:
                     r.finished = self.t
                     self._sum_prompt -= r.prompt_tokens
                     self._sum_admit_g -= r.admit_g
-                    self.generation_tokens_total += r.output_tokens
+                    self._generated_done += r.output_tokens
                     finished.append(r)
                 self._admit()
             else:

@@ -6,7 +6,9 @@ and ``usage``), ``GET /metrics`` with vLLM's metric names. Requests wait on the 
 engine (:mod:`streams.devtools.sim.engine`), scaled by ``time_scale`` (10 = ten times faster than the GPU).
 
 Metric values are what happened on this server: gauges read the engine at scrape time, latency
-histograms record wall-clock seconds as clients saw them.
+histograms record wall-clock seconds as clients saw them. Request checks, error bodies and response
+fields are vLLM 0.32's (:mod:`streams.devtools.sim.vllm_api`); a client that goes away aborts its
+request, as on vLLM (the handler is cancelled, the engine frees the slot).
 """
 
 from __future__ import annotations
@@ -19,26 +21,33 @@ import math
 import random
 import re
 import time
-import uuid
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from streams.devtools.sim.answers import Answer, AnswerKey, policy_examples
 from streams.devtools.sim.engine import BatchEngine, SimRequest
+from streams.devtools.sim.vllm_api import (
+    LATENCY_BUCKETS,
+    ChatRequest,
+    RequestError,
+    VllmCollector,
+    check_effort,
+    completion,
+    conform,
+    output_budget,
+    parse_request,
+)
 from streams.ops.profiles import CHARS_PER_TOKEN, COMBINED_REASONING_SHARE, HARMONY_OVERHEAD_TOKENS, Profile
 
 log = logging.getLogger(__name__)
 
 _COMBINED = re.compile(r"^=== POLICY (\S+) ===$", re.MULTILINE)
-LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-                   120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+_EFFORT_LENGTH = {"none": "low", "minimal": "low", "xhigh": "high", "max": "high"}
 _FILLER = (
     "The policy defines what counts as a violation and gives examples near the boundary. "
     "I compare the content with each definition, check the safe cases, and look for context that "
@@ -66,6 +75,9 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     reasoning_field: str = "reasoning"
     scheduling_policy: str = "fcfs"  # vLLM's --scheduling-policy: fcfs (priority ignored) or priority
+    # How vLLM renders the chat, which decides some of its answers (streams.devtools.sim.vllm_api):
+    # "harmony" for gpt-oss models, "template" for a model with a chat template (the engine tier's Llama).
+    chat_format: str = "harmony"
 
 
 def estimate_tokens(text: str) -> int:
@@ -106,6 +118,11 @@ class EngineRunner:
             self._wake.set()
             raise
 
+    def sync(self) -> None:
+        """Bring the engine to now (a scrape sees the tokens generated so far, as vLLM's counters do)."""
+        self._resolve(self.engine.advance(self.now()))
+        self._wake.set()
+
     def _resolve(self, finished: list[SimRequest]) -> None:
         for r in finished:
             if r.handle is not None and not r.handle.done():
@@ -119,35 +136,11 @@ class EngineRunner:
             if delay is None:
                 await self._wake.wait()
                 continue
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that arrives
+            # as the event is set (an abort wakes the loop), and stop() would then wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay / self._scale)
-
-
-class _VllmCollector(Collector):
-    def __init__(self, engine: BatchEngine, model: str) -> None:
-        self._e = engine
-        self._m = model
-
-    def collect(self) -> Iterator[Any]:
-        e, labels = self._e, [self._m]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["model_name"])
-            g.add_metric(labels, value)
-            return g
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc, labels=["model_name"])
-            c.add_metric(labels, value)
-            return c
-
-        yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", e.running)
-        yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.waiting)
-        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage())
-        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", e.prompt_tokens_total)
-        yield counter("vllm:generation_tokens", "Number of generation tokens processed.", e.generation_tokens_total)
-        yield counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of tokens.", e.prefix_queries_total)
-        yield counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of tokens.", e.prefix_hits_total)
+                async with asyncio.timeout(delay / self._scale):
+                    await self._wake.wait()
 
 
 class SimServer:
@@ -158,12 +151,17 @@ class SimServer:
         self.engine = BatchEngine(config.profile, scheduling_policy=config.scheduling_policy)
         self.runner = EngineRunner(self.engine, config.time_scale)
         self.registry = CollectorRegistry()
-        self.registry.register(_VllmCollector(self.engine, config.model))
-        self._e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.",
-                              ["model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._queue = Histogram("vllm:request_queue_time_seconds", "Time spent waiting in the queue.",
-                                ["model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.finished: Counter[str] = Counter()
+        self.registry.register(VllmCollector(self.engine, config.model, self.finished))
+        self._e2e = Histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                              ["engine", "model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._queue = Histogram("vllm:request_queue_time_seconds",
+                                "Histogram of time spent in WAITING phase for request.",
+                                ["engine", "model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._fault_rng = random.Random(config.faults.seed)
+        if config.chat_format not in ("harmony", "template"):
+            raise ValueError(f"chat_format must be harmony or template, not {config.chat_format!r}")
+        self.harmony = config.chat_format == "harmony"
         self._examples: dict[str, Any] = {}
         self.healthy = True
 
@@ -187,6 +185,7 @@ class SimServer:
         return web.Response(status=200 if self.healthy else 503)
 
     async def metrics(self, _req: web.Request) -> web.Response:
+        self.runner.sync()
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
 
     async def models(self, _req: web.Request) -> web.Response:
@@ -198,28 +197,11 @@ class SimServer:
     async def chat(self, request: web.Request) -> web.Response:
         started = time.monotonic()
         try:
-            body = orjson.loads(await request.read())
-            messages = body["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise ValueError("messages must be a non-empty list")
-            policy = _text_of(next((m for m in messages if m.get("role") in ("system", "developer")), None))
-            user = _text_of(next((m for m in reversed(messages) if m.get("role") == "user"), None))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            return _error(400, "BadRequestError", f"invalid request: {exc}")
-        model = body.get("model")
-        if model != self.config.model:
-            return _error(404, "NotFoundError", f"The model `{model}` does not exist.")
-        effort = body.get("reasoning_effort") or "medium"
-        if effort not in self.config.profile.reasoning_median:
-            return _error(400, "BadRequestError", f"invalid reasoning_effort {effort!r}")
-        # vLLM 0.32 validates both fields as integers; priority is then ignored unless the server runs
-        # --scheduling-policy priority, silently (measured on the real engine: docs/development.md)
-        priority, max_tokens = body.get("priority", 0), body.get("max_tokens")
-        if not _is_int(priority):
-            return _error(400, "BadRequestError", "Input should be a valid integer", param="body.priority")
-        if max_tokens is not None and (not _is_int(max_tokens) or int(max_tokens) < 1):
-            return _error(400, "BadRequestError", "max_tokens must be at least 1", param="max_tokens")
-
+            req = parse_request(await request.read(), self.config.model, harmony=self.harmony)
+            check_effort(req.reasoning_effort or "medium", list(self.config.profile.reasoning_median),
+                         harmony=self.harmony)
+        except RequestError as exc:
+            return _json(exc.body(), exc.status)
         f, roll = self.config.faults, self._fault_rng.random()
         if roll < f.error_rate:
             return _error(500, "InternalServerError", "simulated engine error (--error-rate)")
@@ -227,9 +209,19 @@ class SimServer:
             await asyncio.sleep(3600)  # the client's timeout fires first
         roll -= f.error_rate + f.timeout_rate
         malformed = 0 <= roll < f.malformed_rate
-        truncated = f.malformed_rate <= roll < f.malformed_rate + f.truncate_rate
+        faulty_cut = f.malformed_rate <= roll < f.malformed_rate + f.truncate_rate
+        try:
+            return await self._generate(req, started, malformed=malformed, faulty_cut=faulty_cut)
+        except RequestError as exc:
+            return _json(exc.body(), exc.status)
 
+    async def _generate(self, req: ChatRequest, started: float, *, malformed: bool, faulty_cut: bool) -> web.Response:
+        policy = _text_of(next((m for m in req.messages if m.get("role") in ("system", "developer")), None))
+        user = _text_of(next((m for m in reversed(req.messages) if m.get("role") == "user"), None))
+        # efforts Harmony lacks (a chat template's path takes them) reason like the nearest it has
+        effort = _EFFORT_LENGTH.get(req.reasoning_effort or "medium", req.reasoning_effort or "medium")
         sections = _combined_sections(policy)
+        seed = self.config.faults.seed
         if sections:
             answers = {pid: self._answer(user, text) for pid, text in sections}
             answer = next(iter(answers.values()))
@@ -237,30 +229,20 @@ class SimServer:
             # [U] assumption: the content is read once, each policy is still reasoned about: 80% of the
             # sum of the per-policy reasoning lengths. The real ratio is not published.
             reasoning_tokens = int(COMBINED_REASONING_SHARE * sum(
-                self._reasoning_tokens(f.seed, text, user, effort) for _, text in sections))
+                self._reasoning_tokens(seed, text, user, effort) for _, text in sections))
         else:
             answer = self._answer(user, policy)
-            json_out = "response_format" in body or '"violation"' in policy
-            final = _render_final(answer, json_out) if not malformed else "I am not sure what to answer here."
-            reasoning_tokens = self._reasoning_tokens(f.seed, policy, user, effort)
-        final_tokens = estimate_tokens(final)
+            json_out = req.json_output or '"violation"' in policy
+            final = "I am not sure what to answer here." if malformed else _render_final(answer, json_out, req.schema)
+            reasoning_tokens = self._reasoning_tokens(seed, policy, user, effort)
         policy_tokens = estimate_tokens(policy)
         prompt_tokens = HARMONY_OVERHEAD_TOKENS + policy_tokens + estimate_tokens(user)
-        limit = self.config.profile.max_model_len
-        if max_tokens is not None and int(max_tokens) > limit:
-            return _error(400, "BadRequestError", f"max_tokens={int(max_tokens)} cannot be greater than "
-                          f"max_model_len={limit}. Please request fewer output tokens.", param="max_tokens")
-        if prompt_tokens >= limit:  # vLLM refuses a prompt that leaves no room to generate
-            return _error(400, "BadRequestError", f"This model's maximum context length is {limit} tokens. However, "
-                          f"your prompt contains at least {prompt_tokens} input tokens, so it cannot be processed. "
-                          "Please reduce the length of the input messages.", param="input_tokens")
-        if truncated:  # the fault: the reasoning ran to the length limit, no final answer
+        budget = output_budget(prompt_tokens, req.max_tokens, self.config.profile.max_model_len, harmony=self.harmony)
+        truncated = faulty_cut
+        if faulty_cut:  # the fault: the reasoning ran to the length limit, no final answer
             final, output_tokens = "", reasoning_tokens
         else:
-            output_tokens = reasoning_tokens + final_tokens
-        # The output budget: max_tokens, silently clamped to what the context leaves (vLLM 0.32 answers
-        # 200 with finish_reason "length" rather than 400 when prompt + max_tokens exceed the context).
-        budget = limit - prompt_tokens if max_tokens is None else min(int(max_tokens), limit - prompt_tokens)
+            output_tokens = reasoning_tokens + estimate_tokens(final)
         if output_tokens > budget:
             truncated = True
             if budget > reasoning_tokens and final:  # cut inside the final answer: what was written of it
@@ -268,34 +250,29 @@ class SimServer:
             else:
                 reasoning_tokens, final = budget, ""
             output_tokens = budget
-        req = SimRequest(
+        elif req.ignore_eos and output_tokens < budget:  # the end of the answer does not stop it: the budget does
+            truncated, output_tokens = True, budget
+        sim = SimRequest(
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
             prefix_key=_digest(policy),
             prefix_tokens=HARMONY_OVERHEAD_TOKENS + policy_tokens,
             prompt_key=_digest(policy + "\x1f" + user),
-            priority=int(priority),
+            priority=req.priority,
         )
-        await self.runner.generate(req)
+        await self.runner.generate(sim)
         wall = time.monotonic() - started
-        self._e2e.labels(self.config.model).observe(wall)
-        if req.admitted is not None:
-            self._queue.labels(self.config.model).observe(max(0.0, req.admitted - req.arrival) / self.config.time_scale)
-        reasoning = _reasoning_text(answer, reasoning_tokens)
-        message: dict[str, Any] = {"role": "assistant", "content": final or None,
-                                   self.config.reasoning_field: reasoning, "tool_calls": []}
-        return _json({
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.config.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "length" if truncated else "stop", "stop_reason": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
-                      "total_tokens": prompt_tokens + output_tokens,
-                      "prompt_tokens_details": {"cached_tokens": req.cached_tokens}},
-            "prompt_logprobs": None,
-        })
+        self._e2e.labels("0", self.config.model).observe(wall)
+        if sim.admitted is not None:
+            queued = max(0.0, sim.admitted - sim.arrival) / self.config.time_scale
+            self._queue.labels("0", self.config.model).observe(queued)
+        finish_reason = "length" if truncated else "stop"
+        self.finished[finish_reason] += 1
+        return _json(completion(model=self.config.model, content=final or None,
+                                reasoning=_reasoning_text(answer, reasoning_tokens),
+                                reasoning_field=self.config.reasoning_field, finish_reason=finish_reason,
+                                prompt_tokens=prompt_tokens, completion_tokens=output_tokens,
+                                reasoning_tokens=reasoning_tokens if self.harmony else None))
 
     def _reasoning_tokens(self, seed: int, policy: str, user: str, effort: str) -> int:
         """Heavy-tailed reasoning length, the same for the same request (seeded by its content)."""
@@ -337,19 +314,20 @@ def _render_combined(answers: dict[str, Answer]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def _render_final(answer: Answer, json_out: bool) -> str:
+def _render_final(answer: Answer, json_out: bool, schema: dict[str, Any] | None = None) -> str:
     if not json_out:
         return "1" if answer.violation else "0"
     where = {"answer-key": "answer key", "policy-examples": "policy example", "default": "no match"}[answer.source]
     rationale = (f"Simulated verdict ({where}): violates {answer.category or 'the policy'}." if answer.violation
                  else f"Simulated verdict ({where}): no violating rule applies.")
-    return orjson.dumps({
+    verdict = {
         "violation": int(answer.violation),
         "policy_category": answer.category if answer.violation else None,
         "rule_ids": [answer.category] if (answer.violation and answer.category) else [],
         "confidence": "high" if answer.source != "default" else "medium",
         "rationale": rationale,
-    }).decode()
+    }
+    return orjson.dumps(verdict if schema is None else conform(verdict, schema)).decode()
 
 
 def _reasoning_text(answer: Answer, tokens: int) -> str:
@@ -372,19 +350,16 @@ def _json(doc: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
-def _error(status: int, kind: str, message: str, *, param: str | None = None) -> web.Response:
-    return _json({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
-
-
-def _is_int(value: Any) -> bool:
-    """What pydantic's lax int accepts from JSON: an integer, or a float with no fraction."""
-    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return _json(RequestError(status, kind, message).body(), status)
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Run one simulated replica until cancelled."""
     server = SimServer(config)
-    runner = web.AppRunner(server.app(), access_log=None)
+    # handler_cancellation: a client that disconnects cancels its handler, which aborts the request in
+    # the engine (vLLM does; aiohttp stopped cancelling handlers by default in 3.9)
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

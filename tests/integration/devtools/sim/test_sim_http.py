@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from streams.devtools.bench.probes import prefix_cache_tokens
+from streams.inference.replicas.client import sum_samples
 from streams.policy.model import load_policies
 from tests.integration.helpers import ROOT
 
@@ -84,8 +86,8 @@ def test_errors_look_like_vllm(sims) -> None:
     url = sims(1).urls[0]
     status, doc = post(url, {**chat("spam", "x"), "model": "nope"})
     assert status == 404 and "does not exist" in doc["error"]["message"]
-    status, doc = post(url, {"model": MODEL})
-    assert status == 400 and doc["error"]["type"] == "BadRequestError"
+    status, doc = post(url, {"model": MODEL})  # no messages: the request model's validation (pydantic)
+    assert status == 400 and doc["error"]["type"] == "Bad Request" and doc["error"]["param"] == "body.messages"
 
 
 def test_models_and_metrics(sims) -> None:
@@ -103,7 +105,7 @@ def test_models_and_metrics(sims) -> None:
     assert float(hits.split()[-1]) > 0  # the shared policy prefix was cached after the first request
     cached, queried = prefix_cache_tokens([url])  # what the bench reports as the prefix-cache hit rate
     assert cached == float(hits.split()[-1]) and 0 < cached < queried
-    assert 'vllm:e2e_request_latency_seconds_count{model_name="openai/gpt-oss-safeguard-20b"} 3.0' in text
+    assert 'vllm:e2e_request_latency_seconds_count{engine="0",model_name="openai/gpt-oss-safeguard-20b"} 3.0' in text
 
 
 @pytest.mark.parametrize("flag,check", [
@@ -116,3 +118,21 @@ def test_fault_flags(sims, flag, check) -> None:
     url = sims(1, extra_args=[flag, "1.0"]).urls[0]
     status, doc = post(url, chat("spam", "hello"))
     assert check(status, doc)
+
+
+def test_a_client_that_gives_up_aborts_its_request(sims) -> None:
+    """As on vLLM: the connection closes, the server aborts the generation and frees its slot (aiohttp
+    no longer cancels a handler when its client goes away unless asked to)."""
+    url = sims(1, time_scale=0.05).urls[0]  # twenty times slower than the GPU: 1000 tokens take a minute
+    metrics = url.removesuffix("/v1") + "/metrics"
+    names = ("vllm:num_requests_running", "vllm:request_success_total", "vllm:generation_tokens_total")
+    body = json.dumps(chat("spam", "hello", max_tokens=1000, ignore_eos=True)).encode()
+    request = urllib.request.Request(url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(OSError):  # the client's read timeout
+        urllib.request.urlopen(request, timeout=1.0)  # noqa: S310 - the simulator's loopback URL
+    deadline = time.monotonic() + 20  # a bound: the generation itself would run for a minute
+    while (state := sum_samples(get(metrics), *names))["vllm:num_requests_running"] > 0:
+        assert time.monotonic() < deadline, f"the abandoned request still runs: {state}"
+        time.sleep(0.05)
+    assert state["vllm:request_success_total"] == 0  # aborted, not finished
+    assert 0 < state["vllm:generation_tokens_total"] < 1000

@@ -176,3 +176,20 @@ def test_an_aborted_waiting_request_leaves_the_priority_queue() -> None:
 def test_an_unknown_scheduling_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="fcfs or priority"):
         BatchEngine(P20, scheduling_policy="lifo")
+
+
+def test_generated_tokens_count_as_they_are_produced_and_an_abort_keeps_them() -> None:
+    """As vLLM counts them (every step), so a scrape mid-generation sees the tokens so far, and a
+    request its client abandoned keeps what it generated; the counter never steps back."""
+    e = BatchEngine(P20)
+    r = req(out=1000, prompt=600)
+    e.submit(r, 0.0)
+    e.advance(600 / P20.prefill_tokens_per_s + 100.5 * P20.step_time(1))
+    during = e.generation_tokens_total
+    assert during == 100
+    e.abort(r)
+    assert 100 <= e.generation_tokens_total <= 101 and e.running == 0
+    done = req(out=50)
+    e.submit(done, e.t)
+    run_until_idle(e, e.t)
+    assert e.generation_tokens_total in (150, 151)
