@@ -21,7 +21,8 @@ from streams.errors import ErrorType, PoisonError, RetryableError
 from streams.inference.replicas.http import HttpPool
 
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
-_STRUCTURED = re.compile(r"response_format|json_schema|guided|structured output|grammar", re.IGNORECASE)
+_STRUCTURED = re.compile(r"response_format|json_schema|guided|structured output|grammar|structural tag", re.IGNORECASE)
+# ("structural tag": vLLM 0.32 on a gpt-oss model, "Invalid structural tag specification.", seen on the engine)
 log = logging.getLogger(__name__)
 
 

@@ -26,3 +26,11 @@ def test_root_url_of_an_openai_base() -> None:
     assert root_url("http://replica:8000/v1") == "http://replica:8000"
     assert root_url("http://replica:8000/v1/") == "http://replica:8000"
     assert root_url("https://gw.example/vllm") == "https://gw.example/vllm"  # no /v1: the base is the root
+
+
+def test_a_harmony_server_that_cannot_compile_the_schema_is_taken_to_lack_structured_output() -> None:
+    from streams.inference.replicas.client import _STRUCTURED
+
+    # vLLM 0.32 answers this 400 for a gpt-oss model (Harmony) whose schema it cannot compile
+    assert _STRUCTURED.search("Invalid structural tag specification.")
+    assert not _STRUCTURED.search("This model's maximum context length is 2048 tokens.")
