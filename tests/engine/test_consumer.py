@@ -16,6 +16,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -187,10 +189,13 @@ def config(tmp_path: Path, bootstrap: str, names: dict[str, str], urls: list[str
 
 
 def run_until_idle(path: Path, idle_s: float = 6.0, bound_s: float = 900.0) -> None:
-    """``safeguard run --until-idle``: it must finish the stream and exit 0 (no crash loop)."""
-    proc = safeguard("--log-level", "warning", "run", "--config", str(path), "--until-idle", str(idle_s),
-                     timeout=bound_s)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """``safeguard run --until-idle``: it must finish the stream and exit 0 (no crash loop). Its log is
+    kept beside the config (``<config>.log``) for a failing test."""
+    log = path.with_suffix(".log")
+    with log.open("w") as out:
+        code = subprocess.run([sys.executable, "-m", "streams", "run", "--config", str(path), "--until-idle",
+                               str(idle_s)], stdout=out, stderr=subprocess.STDOUT, timeout=bound_s).returncode
+    assert code == 0, log.read_text()[-3000:]
 
 
 def answer_verdict(output: str, exchange: Exchange) -> bool | None:
