@@ -286,8 +286,7 @@ class Pipeline:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
-        if self._assigned_at is None:
-            self._assigned_at = time.monotonic()
+        self._assigned_at = time.monotonic()  # idle counts from the latest assignment (until_idle)
         self._flow.assigned(consumer, partitions)
         log.info("assigned partitions=%s", _fmt(partitions))
 

@@ -1,4 +1,4 @@
-"""Four faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
+"""Six faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
 worked around in place.
 
 Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
@@ -44,6 +44,26 @@ escalation service calls it at import.
    run in three). Now a commit first waits for a commit or abort still under way and begins a
    transaction on a producer that has none, with a warning; records cannot have been sent through
    such a producer (a send outside a transaction raises), so its offsets are committed alone.
+5. **A revoked partition's table keys stay in memory** (``faust.stores.memory.Store``). The
+   in-memory store maps a key to its changelog partition only for keys it *restored*, and on a
+   rebalance drops only those of partitions this member no longer has. Keys written by the agents
+   stay for good. Under exactly-once a revoked partition's open transaction is aborted by the next
+   owner, so what the member still holds for it is state that was never committed; if the
+   partition comes back (its new owner died), recovery replays the committed changelog over it and
+   every key the changelog does not have keeps the aborted value. A tally marked "escalated" in an
+   aborted transaction then swallowed the escalation for good: 2 of 1000 actors never escalated in
+   about one run in twenty of the rebalance test. Now a changelog write records its key's partition
+   too, and a rebalance drops every key of a revoked changelog partition at once, so a partition that
+   comes back is restored from the committed changelog alone.
+6. **Recovery under exactly-once reads nothing** (``AIOKafkaConsumerThread._highwaters``). To know
+   how far to restore a changelog partition, faust asks aiokafka for its last stable offset, which
+   aiokafka only knows from a fetch response for that partition; for a partition not fetched yet
+   in this assignment it answers None, faust takes that as an empty changelog, and the table starts
+   empty. A member given changelog partitions at a rebalance restored none of their ~300 committed
+   records each (a probe: "highwater -1" in faust's recovery log), so actors whose earlier
+   violations were committed never reached the threshold again: escalations lost. The high water
+   is now asked of the broker (a ListOffsets request, which under read_committed answers the last
+   stable offset), as faust does under at-least-once.
 """
 
 from __future__ import annotations
@@ -60,15 +80,18 @@ _HOLD = TP("safeguard-streams-hold", -1)  # in faust's active set while input pa
 
 
 def apply() -> None:
-    """Install both fixes (once). A faust whose internals moved is refused by name rather than
+    """Install the fixes (once). A faust whose internals moved is refused by name rather than
     run unpatched."""
+    from faust.stores.memory import Store
+    from faust.tables.base import Collection
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer, TransactionManager
-    from faust.transport.drivers.aiokafka import Producer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
 
     needed = [(Recovery, "on_recovery_completed"), (Recovery, "_resume_streams"), (Consumer, "_new_offset"),
               (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
-              (Consumer, "_is_changelog_tp"), (TransactionManager, "send"), (Producer, "commit_transactions")]
+              (Consumer, "_is_changelog_tp"), (TransactionManager, "send"), (Producer, "commit_transactions"),
+              (Collection, "send_changelog"), (Store, "on_rebalance"), (AIOKafkaConsumerThread, "_highwaters")]
     missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
     if missing:
         import faust
@@ -79,6 +102,8 @@ def apply() -> None:
     _commit_progress()
     _transactions_follow_the_record()
     _commits_find_a_transaction_open()
+    _revoked_keys_leave_memory()
+    _recovery_asks_the_broker_how_far()
 
 
 def _seek_before_resume() -> None:
@@ -213,3 +238,58 @@ def _commits_find_a_transaction_open() -> None:
 
     setattr(commit_transactions, _MARK, True)
     Producer.commit_transactions = commit_transactions  # type: ignore[method-assign]
+
+
+def _revoked_keys_leave_memory() -> None:
+    from faust.stores.memory import Store
+    from faust.tables.base import Collection
+
+    send_changelog = Collection.send_changelog
+    if getattr(send_changelog, _MARK, False):
+        return
+
+    def send_changelog_noting_the_partition(self: Any, partition: int | None, key: Any, value: Any,
+                                            *args: Any, **kwargs: Any) -> Any:
+        fut = send_changelog(self, partition, key, value, *args, **kwargs)
+        store = self.data
+        if isinstance(store, Store):
+            if partition is None:  # faust's partitioner chose it (eagerly: it is on the message already)
+                partition = getattr(getattr(fut, "message", None), "partition", None)
+            if value is None:
+                store._key_partition.pop(key, None)
+            elif partition is not None:
+                store._key_partition[key] = partition
+        return fut
+
+    on_rebalance = Store.on_rebalance
+
+    async def dropping_revoked_keys(self: Any, assigned: Any, revoked: Any, newly_assigned: Any,
+                                    generation_id: int = 0) -> None:
+        topic = self.table.changelog_topic.get_topic_name()
+        gone = {tp.partition for tp in revoked if tp.topic == topic}
+        if gone:
+            stale = [key for key, partition in self._key_partition.items() if partition in gone]
+            for key in stale:
+                self.data.pop(key, None)
+                del self._key_partition[key]
+        await on_rebalance(self, assigned, revoked, newly_assigned, generation_id)
+
+    for fixed in (send_changelog_noting_the_partition, dropping_revoked_keys):
+        setattr(fixed, _MARK, True)
+    Collection.send_changelog = send_changelog_noting_the_partition  # type: ignore[method-assign]
+    Store.on_rebalance = dropping_revoked_keys  # type: ignore[method-assign]
+
+
+def _recovery_asks_the_broker_how_far() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread._highwaters, _MARK, False):
+        return
+
+    async def _highwaters(self: Any, partitions: list[Any]) -> Any:
+        # end_offsets sends ListOffsets with the consumer's isolation level: the last stable offset
+        # under read_committed, the high watermark otherwise
+        return await self._ensure_consumer().end_offsets(partitions)
+
+    setattr(_highwaters, _MARK, True)
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]

@@ -267,6 +267,18 @@ def replica_sample(port: int, name: str, url: str, **labels: str) -> float | Non
     return total
 
 
+def shared_memory_of(pgid: int) -> set[Path]:
+    """The /dev/shm files the processes of group ``pgid`` have mapped (vLLM's shared-memory queues and
+    their semaphores): processes killed with SIGKILL cannot unlink them, so whoever kills them does."""
+    found: set[Path] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.getpgid(int(maps.parent.name)) == pgid:
+                found |= {Path(line.split(maxsplit=5)[5]) for line in maps.read_text().splitlines()
+                          if " /dev/shm/" in line}
+    return found
+
+
 async def ask(url: str, body: dict[str, Any]) -> ChatResult:
     """One chat completion through the consumer's own replica client."""
     client = ReplicaClient(url, api_key=None, timeout_s=600)
@@ -415,6 +427,7 @@ def test_an_engine_killed_mid_stream_loses_nothing(
     read_until(kafka_bootstrap, names["labels"], lambda msgs: len(msgs) >= 5, timeout_s=300)
     assert victim.pid is not None
     os.killpg(victim.pid, signal.SIGSTOP)  # holds whatever the consumer sends it from now on
+    litter = shared_memory_of(victim.pid)
     try:
         produce(kafka_bootstrap, names["input"], messages(part, start=part, topic="two engines"))
         wait_for(lambda: (replica_sample(port, "safeguard_inflight_requests", victim.url) or 0) > 0,
@@ -423,6 +436,8 @@ def test_an_engine_killed_mid_stream_loses_nothing(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(victim.pid, signal.SIGCONT)
+        for path in litter:
+            path.unlink(missing_ok=True)
     # The last part only now: the stream cannot have ended before the kill, however fast the machine.
     produce(kafka_bootstrap, names["input"], messages(part, start=2 * part, topic="two engines"))
     settled(kafka_bootstrap, names, 3 * part)

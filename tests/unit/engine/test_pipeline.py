@@ -306,3 +306,29 @@ async def test_a_revoke_commits_inside_the_rebalance_callback(mode: str, caplog:
     else:
         assert "consumer_group_metadata" in consumer.in_callback_calls
         assert ("in", 1, 1) in client.offsets_sent[0]
+
+
+async def test_until_idle_counts_from_the_latest_assignment_not_the_first() -> None:
+    """A member idle on an empty partition is given another (a rebalance) whose records take a while
+    to arrive: ``--until-idle`` must not end the run on the idle time it had before, leaving them."""
+    import time
+
+    s = settings()
+    client = FakeClient()
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    start = time.monotonic()
+
+    def rebalance(consumer: FakeKafkaConsumer) -> None:
+        now = time.monotonic() - start
+        if now >= 0.6 and ("in", 0) in consumer.assigned:  # idle for 0.6 s of the 1.0 s: another partition
+            consumer.revoke([("in", 0)])
+            consumer._partitions = [("in", 1)]  # assigned at the same consume, as the group would
+        if now >= 1.3 and not consumer._queue and not client.produced:  # its first record, fetched late
+            consumer._queue.append(FakeMessage("in", 1, 0, event("e1", "buy now, cheap pills")))
+
+    consumer = FakeKafkaConsumer([], [("in", 0)], before_consume=rebalance)
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, FakePool(answer), build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    await pipeline.run(until_idle=1.0)
+    assert [r["event_id"] for r in outputs(client, s.kafka.labels_topic)] == ["e1"]

@@ -198,3 +198,56 @@ def test_escalate_exits_when_a_thread_outlives_the_app() -> None:
     assert done.returncode == 1, done
     assert "not reached" not in done.stdout
     assert "faust-consumer-thread" in done.stderr and "stop failed" in done.stderr, done.stderr
+
+
+def test_a_revoked_partition_takes_the_keys_the_agents_wrote_out_of_memory() -> None:
+    """A tally written while processing changelog partition 2, in a transaction the next owner of
+    partition 2 aborts, must not outlive the revocation: if partition 2 came back, the replay of the
+    committed changelog would leave it in place (a tally "escalated" that no reader ever saw)."""
+    import faust
+
+    faust_fixes.apply()
+    app = faust.App("fix5", store="memory://", web_enabled=False)
+    table = app.Table("tallies", default=dict, partitions=3)
+    changelog = table.changelog_topic.get_topic_name()
+
+    class Sent:  # what changelog_topic.send_soon returns, partitioned eagerly
+        def __init__(self, partition: int) -> None:
+            self.message = SimpleNamespace(partition=partition)
+
+    table.changelog_topic.send_soon = lambda **kw: Sent(kw["partition"])  # type: ignore[method-assign]
+
+    def write(partition: int, key: str, value: Any) -> None:  # what the table does for table[key] = value
+        table.send_changelog(partition, key, value)
+        table.data[key] = value
+
+    write(2, "a164", {"escalated": True})
+    write(0, "a7", {"ids": ["l1"]})
+    write(2, "a166", {"ids": ["l2"]})
+    table.send_changelog(2, "a166", None)  # deleted again: nothing to remember for it
+    del table.data["a166"]
+    assigned = {TP(changelog, 0), TP(changelog, 1)}
+    asyncio.run(table.data.on_rebalance(assigned, {TP(changelog, 2), TP("labels", 0)}, set()))
+    assert dict(table.data.data) == {"a7": {"ids": ["l1"]}}  # partition 0 stays: it is still this member's
+    asyncio.run(table.data.on_rebalance(assigned, {TP("labels", 0)}, set()))  # no changelog partition revoked
+    assert dict(table.data.data) == {"a7": {"ids": ["l1"]}}
+
+
+def test_recovery_under_exactly_once_asks_the_broker_how_far_each_changelog_goes() -> None:
+    """faust asked aiokafka for the last stable offset it had cached from a fetch: None for a
+    partition not fetched yet in this assignment, which faust reads as an empty changelog."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    faust_fixes.apply()
+    changelog = [TP("app-tallies-changelog", 1), TP("app-tallies-changelog", 2)]
+
+    class StandInAIOKafka:  # read_committed: end_offsets answers the last stable offsets
+        def last_stable_offset(self, tp: TP) -> None:
+            return None  # not fetched since the rebalance
+
+        async def end_offsets(self, partitions: list[TP]) -> dict[TP, int]:
+            return {tp: 300 + tp.partition for tp in partitions}
+
+    thread = SimpleNamespace(consumer=SimpleNamespace(in_transaction=True), _ensure_consumer=StandInAIOKafka)
+    highwaters = asyncio.run(AIOKafkaConsumerThread._highwaters(thread, changelog))  # type: ignore[arg-type]
+    assert highwaters == {changelog[0]: 301, changelog[1]: 302}
