@@ -63,19 +63,29 @@ escalation service calls it at import.
    records each (a probe: "highwater -1" in faust's recovery log), so actors whose earlier
    violations were committed never reached the threshold again: escalations lost. The high water
    is now asked of the broker (a ListOffsets request, which under read_committed answers the last
-   stable offset), as faust does under at-least-once.
+   stable offset), as faust does under at-least-once, once no transaction on those partitions is
+   still ending (last stable offset = high watermark, at most ``STABLE_WAIT_S``). A commit or abort
+   returns before its markers are written, and until they are, the last stable offset stops before
+   that transaction: a member restoring then restored the state from before a transaction that did
+   commit, read its inputs again and committed 12 escalations twice (one run of the rebalance test,
+   right after the commit that preceded the rebalance).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from faust.types import TP
 
+log = logging.getLogger("streams.interventions.escalate")
+
 _MARK = "safeguard_patched"
+STABLE_WAIT_S = 30.0  # how long recovery waits for a transaction that is ending to finish (fix 6)
 _HOLD = TP("safeguard-streams-hold", -1)  # in faust's active set while input partitions are held
 
 
@@ -210,14 +220,11 @@ def _transactions_follow_the_record() -> None:
 
 
 def _commits_find_a_transaction_open() -> None:
-    import logging
-
     from faust.transport.drivers.aiokafka import Producer
 
     original = Producer.commit_transactions
     if getattr(original, _MARK, False):
         return
-    log = logging.getLogger("streams.interventions.escalate")
 
     async def commit_transactions(self: Any, tid_to_offset_map: Any, group_id: str,
                                   start_new_transaction: bool = True) -> None:
@@ -289,7 +296,46 @@ def _recovery_asks_the_broker_how_far() -> None:
     async def _highwaters(self: Any, partitions: list[Any]) -> Any:
         # end_offsets sends ListOffsets with the consumer's isolation level: the last stable offset
         # under read_committed, the high watermark otherwise
-        return await self._ensure_consumer().end_offsets(partitions)
+        consumer = self._ensure_consumer()
+        stable = await consumer.end_offsets(partitions)
+        if not self.consumer.in_transaction:
+            return stable
+        deadline = time.monotonic() + STABLE_WAIT_S
+        while True:
+            high = await _high_watermarks(consumer, partitions)
+            unsettled = sorted(f"{tp.topic}[{tp.partition}] {stable.get(tp)}/{high[tp]}" for tp in high
+                               if stable.get(tp) is not None and stable[tp] < high[tp])
+            if not unsettled:
+                return stable
+            if time.monotonic() > deadline:
+                log.warning("changelog partitions still hold an unfinished transaction after %.0fs (last stable/high "
+                            "watermark): %s; restoring up to the last stable offset", STABLE_WAIT_S,
+                            ", ".join(unsettled))
+                return stable
+            await asyncio.sleep(0.05)
+            stable = await consumer.end_offsets(partitions)
 
     setattr(_highwaters, _MARK, True)
     AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+
+
+async def _high_watermarks(consumer: Any, partitions: list[Any]) -> dict[Any, int]:
+    """The partitions' high watermarks (ListOffsets, read_uncommitted), whatever the consumer's own
+    isolation level: aiokafka asks only with its own."""
+    from collections import defaultdict
+
+    from aiokafka.protocol.offset import OffsetRequest
+    from aiokafka.structs import TopicPartition
+
+    client = consumer._client
+    by_leader: dict[int, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+    for tp in partitions:
+        by_leader[client.cluster.leader_for_partition(tp)][tp.topic].append((tp.partition, -1))  # -1: the end
+    found: dict[Any, int] = {}
+    for node, topics in by_leader.items():
+        response = await client.send(node, OffsetRequest(-1, 0, list(topics.items())))
+        for topic, answers in response.topics:
+            for partition, error_code, *rest in answers:
+                if error_code == 0:
+                    found[TopicPartition(topic, partition)] = rest[-1]  # (timestamp, offset) from v1 on
+    return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,8 @@ def test_members_joining_and_dying_mid_stream_lose_no_escalation(guarantee, kafk
     assert sorted(set(actors) - set(ids)) == []
     assert all(len(v) == 1 for v in ids.values())
     print(f"\nescalation rebalances ({guarantee}): second member killed after {produced} actors were produced; "
-          f"{len(found)} records ({isolation}) for {len(ids)} actors, {len(found) - len(ids)} twice")
+          f"{len(found)} records ({isolation}) for {len(ids)} actors, {len(found) - len(ids)} twice: "
+          f"{sorted(a for a, n in Counter(e['actor'] for e in found).items() if n > 1)}")
 
 
 async def test_a_restart_whose_seek_to_committed_is_slow_loses_no_label(kafka_bootstrap, topics, tmp_path,

@@ -235,19 +235,38 @@ def test_a_revoked_partition_takes_the_keys_the_agents_wrote_out_of_memory() -> 
 
 def test_recovery_under_exactly_once_asks_the_broker_how_far_each_changelog_goes() -> None:
     """faust asked aiokafka for the last stable offset it had cached from a fetch: None for a
-    partition not fetched yet in this assignment, which faust reads as an empty changelog."""
+    partition not fetched yet in this assignment, which faust reads as an empty changelog. The
+    broker is asked instead, and once a transaction that is ending has its markers written (the last
+    stable offset catches up with the high watermark): before that, a transaction that did commit
+    would be left out of the restored state."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     faust_fixes.apply()
     changelog = [TP("app-tallies-changelog", 1), TP("app-tallies-changelog", 2)]
 
-    class StandInAIOKafka:  # read_committed: end_offsets answers the last stable offsets
+    class StandInAIOKafka:
+        """read_committed end offsets (the last stable offsets) that reach the high watermarks once
+        the markers of a committing transaction (offsets 300-309 of partition 1) are written."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+            self._client = SimpleNamespace(cluster=SimpleNamespace(leader_for_partition=lambda tp: 1),
+                                           send=self._send)
+
         def last_stable_offset(self, tp: TP) -> None:
             return None  # not fetched since the rebalance
 
         async def end_offsets(self, partitions: list[TP]) -> dict[TP, int]:
-            return {tp: 300 + tp.partition for tp in partitions}
+            self.asked += 1
+            return {tp: (300 if self.asked < 3 and tp.partition == 1 else 310 + tp.partition) for tp in partitions}
 
-    thread = SimpleNamespace(consumer=SimpleNamespace(in_transaction=True), _ensure_consumer=StandInAIOKafka)
+        async def _send(self, node: int, request: Any) -> Any:
+            assert request._isolation_level == 0  # read_uncommitted: the high watermark
+            return SimpleNamespace(topics=[(topic, [(p, 0, -1, 310 + p) for p, _ in parts])
+                                           for topic, parts in request._topics])
+
+    aiokafka = StandInAIOKafka()
+    thread = SimpleNamespace(consumer=SimpleNamespace(in_transaction=True), _ensure_consumer=lambda: aiokafka)
     highwaters = asyncio.run(AIOKafkaConsumerThread._highwaters(thread, changelog))  # type: ignore[arg-type]
-    assert highwaters == {changelog[0]: 301, changelog[1]: 302}
+    assert highwaters == {changelog[0]: 311, changelog[1]: 312}
+    assert aiokafka.asked == 3  # asked again until no transaction was still ending
