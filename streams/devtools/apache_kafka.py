@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 
@@ -338,7 +339,8 @@ class KafkaBroker:
                "-cp", f"{libs}/*", "kafka.Kafka", str(config)]
         self._log.truncate(0)
         self._log.seek(0)
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(dies_with_parent(cmd), stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
         deadline = started + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.cli.args import BROKER_KINDS
+from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 
@@ -126,7 +127,7 @@ class EmbeddedBroker:
                                           timeout=10).stdout.strip() or self.version
         url = f"tcp://{self.host}:{self.port}"
         self._proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            dies_with_parent([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]),
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s

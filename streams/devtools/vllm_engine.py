@@ -38,6 +38,7 @@ from typing import Any
 from streams.devtools import engine_models
 from streams.devtools.apache_kafka import cache_root, free_ports
 from streams.devtools.engine_venv import VLLM_VERSION, clean_env, engine_home, install, locked, tree_bytes
+from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,8 @@ class VllmEngine:
         self._log.seek(0)
         self._log.write(f"$ {' '.join(cmd)}\n".encode())
         self._log.flush()
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        self._proc = subprocess.Popen(dies_with_parent(cmd), stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True,
                                       env=server_env(os.environ, self._scratch, kv_cache_gib=self._kv_gib),
                                       cwd=self._scratch)
         deadline = started + timeout_s

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.devtools.broker import free_port
+from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 from streams.inference.replicas.client import root_url
 
@@ -55,7 +56,7 @@ class SimProcesses:
 
     def start_one(self, index: int) -> None:
         """(Re)start replica ``index`` on its port."""
-        proc = subprocess.Popen(self.command(self.ports[index]))
+        proc = subprocess.Popen(dies_with_parent(self.command(self.ports[index])))
         self.procs[index] = proc
         wait_healthy(self.urls[index], proc)
 
@@ -68,7 +69,7 @@ class SimProcesses:
             port = free_port()
             self.ports.append(port)
             self.urls.append(f"http://127.0.0.1:{port}/v1")
-            self.procs.append(subprocess.Popen(self.command(port)))
+            self.procs.append(subprocess.Popen(dies_with_parent(self.command(port))))
         for url, proc in zip(self.urls, self.procs, strict=True):
             wait_healthy(url, proc)
         return self
