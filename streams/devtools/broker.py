@@ -184,7 +184,15 @@ def reader_from_beginning(bootstrap: str, topics: list[str], *, isolation: str =
                          "enable.auto.commit": False, "isolation.level": isolation})
     parts = []
     for topic in topics:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        deadline = time.monotonic() + 30  # a topic created a moment ago can be listed without partitions yet
+        while True:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is None and meta.partitions:
+                break
+            if time.monotonic() > deadline:
+                consumer.close()
+                raise FatalError(f"topic {topic!r} has no readable partitions: {meta.error or 'none listed'}")
+            time.sleep(0.1)
         parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
     consumer.assign(parts)
     return consumer
