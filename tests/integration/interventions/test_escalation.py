@@ -243,11 +243,11 @@ def test_members_joining_and_dying_mid_stream_lose_no_escalation(guarantee, kafk
     has escalated an actor itself (its session expires: another rebalance; under exactly-once the
     next owner's producers fence the dead one's and abort its open transactions). faust skips the
     messages it fetched in an older generation; none of them may count as processed. Every one of
-    the 1000 actors escalates, each under one id. Under exactly-once, across rebalances, faust 0.15
-    can commit a few escalations twice (docs/interventions.md, "Exactly once"): counted and printed,
-    not asserted. The stream comes in waves of 20 actors, each produced once the one before has
-    escalated, until the second member is serving and has escalated an actor; the rest only after
-    the kill. So the rebalances and the kill land mid-stream on progress the test controls."""
+    the 1000 actors escalates, each under one id; under exactly-once, each committed once (a rebalance
+    restarts a member from the committed state: docs/interventions.md, "Exactly once"). The stream
+    comes in waves of 20 actors, each produced once the one before has escalated, until the second
+    member is serving and has escalated an actor; the rest only after the kill. So the rebalances and
+    the kill land mid-stream on progress the test controls."""
     names = escalation_topics(kafka_bootstrap, topics)
     path = escalation_config(tmp_path, kafka_bootstrap, names, ["http://127.0.0.1:9/v1"], guarantee=guarantee)
     if guarantee == "exactly_once" and not broker_hides_aborted:
@@ -290,9 +290,12 @@ def test_members_joining_and_dying_mid_stream_lose_no_escalation(guarantee, kafk
         assert sorted(e["event_ids"]) == [f"{e['actor']}-e{n}" for n in range(3)] and e["count"] == 3, e
     assert sorted(set(actors) - set(ids)) == []
     assert all(len(v) == 1 for v in ids.values())
+    twice = sorted(a for a, n in Counter(e["actor"] for e in found).items() if n > 1)
     print(f"\nescalation rebalances ({guarantee}): second member killed after {produced} actors were produced; "
           f"{len(found)} records ({isolation}) for {len(ids)} actors, {len(found) - len(ids)} twice: "
-          f"{sorted(a for a, n in Counter(e['actor'] for e in found).items() if n > 1)}")
+          f"{twice}")
+    if guarantee == "exactly_once":
+        assert twice == [], f"committed twice: {twice}"
 
 
 async def test_a_restart_whose_seek_to_committed_is_slow_loses_no_label(kafka_bootstrap, topics, tmp_path,
