@@ -1,4 +1,4 @@
-"""Six faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
+"""Seven faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
 worked around in place.
 
 Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
@@ -69,6 +69,17 @@ escalation service calls it at import.
    that transaction: a member restoring then restored the state from before a transaction that did
    commit, read its inputs again and committed 12 escalations twice (one run of the rebalance test,
    right after the commit that preceded the rebalance).
+7. **Recovery ends before it has applied what it fetched** (``Recovery._slurp_changelogs``, exactly-
+   once only). Transaction markers are never delivered, so faust's restore cannot see its last
+   offset arrive; it counts 5-second waits for a changelog event and, after two in a row, takes a
+   changelog whose fetch position has reached the high water as done. The count survives from
+   before the rebalance (no changelog event arrives between recoveries), so at the next recovery
+   the first wait that ends does it, possibly while records already fetched are on their way to the
+   restore; they are then skipped as already seen. The tables missed the escalations committed just
+   before the rebalance, and the member escalated 12 actors again (committed twice). Now each
+   recovery starts by handing the restore one placeholder event below every offset it will read
+   (ignored, like any offset already seen), which resets that count: faust's two waits mean again
+   what they were meant to, 10 seconds without a changelog event.
 """
 
 from __future__ import annotations
@@ -101,7 +112,8 @@ def apply() -> None:
     needed = [(Recovery, "on_recovery_completed"), (Recovery, "_resume_streams"), (Consumer, "_new_offset"),
               (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
               (Consumer, "_is_changelog_tp"), (TransactionManager, "send"), (Producer, "commit_transactions"),
-              (Collection, "send_changelog"), (Store, "on_rebalance"), (AIOKafkaConsumerThread, "_highwaters")]
+              (Collection, "send_changelog"), (Store, "on_rebalance"), (AIOKafkaConsumerThread, "_highwaters"),
+              (Recovery, "_build_offsets")]
     missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
     if missing:
         import faust
@@ -114,6 +126,7 @@ def apply() -> None:
     _commits_find_a_transaction_open()
     _revoked_keys_leave_memory()
     _recovery_asks_the_broker_how_far()
+    _recovery_waits_count_from_its_start()
 
 
 def _seek_before_resume() -> None:
@@ -339,3 +352,27 @@ async def _high_watermarks(consumer: Any, partitions: list[Any]) -> dict[Any, in
                 if error_code == 0:
                     found[TopicPartition(topic, partition)] = rest[-1]  # (timestamp, offset) from v1 on
     return found
+
+
+class _Placeholder:
+    """A changelog event below every offset a restore reads: faust's restore skips it as already
+    seen, and counts it as an event (fix 7)."""
+
+    def __init__(self, tp: Any) -> None:
+        self.message = type("Message", (), {"tp": tp, "offset": -2})()
+
+
+def _recovery_waits_count_from_its_start() -> None:
+    from faust.tables.recovery import Recovery
+
+    original = Recovery._build_offsets
+    if getattr(original, _MARK, False):
+        return
+
+    async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await original(self, consumer, tps, destination, title)
+        if title == "active" and tps and self.app.in_transaction:  # the offsets a restore starts from are set
+            self.tables.changelog_queue.put_nowait(_Placeholder(next(iter(tps))))
+
+    setattr(_build_offsets, _MARK, True)
+    Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ on the broker."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -270,3 +271,31 @@ def test_recovery_under_exactly_once_asks_the_broker_how_far_each_changelog_goes
     highwaters = asyncio.run(AIOKafkaConsumerThread._highwaters(thread, changelog))  # type: ignore[arg-type]
     assert highwaters == {changelog[0]: 311, changelog[1]: 312}
     assert aiokafka.asked == 3  # asked again until no transaction was still ending
+
+
+def test_each_restore_under_exactly_once_starts_with_a_placeholder_below_its_offsets() -> None:
+    """faust's restore counts 5-second waits for a changelog event across recoveries; a placeholder
+    event at the start of each resets the count (an event below every offset read: skipped as seen)."""
+    import logging
+
+    faust_fixes.apply()
+    changelog = {TP("app-tallies-changelog", 1)}
+
+    class StandInConsumer:
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 0 for tp in tps}
+
+    def recovery(in_transaction: bool) -> Any:
+        return SimpleNamespace(app=SimpleNamespace(in_transaction=in_transaction), log=logging.getLogger("t"),
+                               tables=SimpleNamespace(changelog_queue=asyncio.Queue()),
+                               _start_offsets_logtable=lambda offsets, title: "")
+
+    eos, alo = recovery(True), recovery(False)
+    for r, title in ((eos, "active"), (eos, "standby"), (alo, "active")):
+        destination: Any = Counter(dict.fromkeys(changelog))  # None: as faust's Recovery._add leaves it
+        asyncio.run(Recovery._build_offsets(r, StandInConsumer(), changelog, destination, title))
+        assert destination == {TP("app-tallies-changelog", 1): -1}  # faust's own start offset, unchanged
+    assert alo.tables.changelog_queue.empty()
+    placeholder = eos.tables.changelog_queue.get_nowait()
+    assert eos.tables.changelog_queue.empty()  # one per restore, for the actives only
+    assert placeholder.message.tp in changelog and placeholder.message.offset < -1
