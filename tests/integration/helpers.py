@@ -17,6 +17,7 @@ import yaml
 from confluent_kafka import Producer
 
 from streams.devtools.broker import reader_from_beginning
+from streams.devtools.processes import dies_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +94,8 @@ class ConsumerProcess:
         """Start (again); ``failpoints``: names the process stops itself at (streams/ops/failpoints.py)."""
         log = self.log_path.open("ab")
         env = {**os.environ, "STREAMS_FAILPOINTS": failpoints}
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams", *self.command, "--config", str(self.config)],
+        self.proc = subprocess.Popen(dies_with_parent([sys.executable, "-m", "streams", *self.command, "--config",
+                                                      str(self.config)]),
                                      stdout=log, stderr=log, env=env)
         return self
 
