@@ -235,6 +235,7 @@ async def test_a_ticket_is_done_only_once_its_changelog_record_is_acknowledged(k
     assert service._changelog_sent == []
 
 
+@pytest.mark.timeout(900)  # about 75 s; four times that beside a CI run, two engines and a CPU hog
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_members_joining_and_dying_mid_stream_lose_no_escalation(guarantee, kafka_bootstrap, topics, consumers,
                                                                  tmp_path, broker_hides_aborted) -> None:
