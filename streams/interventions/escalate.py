@@ -72,6 +72,8 @@ from streams.wire.events import escalation_id, utc_now
 
 log = logging.getLogger(__name__)
 
+STOP_BOUND_S = 60.0  # how long a stop may take to drain and commit before the service gives up (exit 1)
+
 faust_fixes.apply()  # before any app is built: docs/interventions.md
 
 
@@ -327,10 +329,23 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
             progress = Progress(settings, service.app_id, [k.labels_topic, service.by_actor.get_topic_name()],
                                 isolation="read_committed" if app.in_transaction else "read_uncommitted")
             stack.callback(progress.close)
-            stack.push_async_callback(app.stop)  # waits for the streams to drain, then commits (faust's on_stop)
+            stack.push_async_callback(_stop_within, app, STOP_BOUND_S)  # drains the streams, then commits
             await service.prepare()
             await app.start()
             await _until_stopped(service, progress, stop, until_idle)
+
+
+async def _stop_within(app: faust.App, bound_s: float) -> None:
+    """faust's stop waits for the labels in flight and commits. With the broker gone it waits for
+    ever (a send that is never acknowledged holds the commit): SIGTERM then never ended the process.
+    Past ``bound_s`` the service gives up and exits 1; what it read and did not commit is read again
+    by the next member, as after a crash."""
+    try:
+        await asyncio.wait_for(app.stop(), bound_s)
+    except TimeoutError:
+        raise FatalError(f"the escalation app did not stop within {bound_s:.0f}s (is the broker reachable? see "
+                         "the log above): exiting without committing; uncommitted labels are read again by the "
+                         "next member") from None
 
 
 async def _until_stopped(service: EscalationApp, progress: Progress, stop: asyncio.Event,

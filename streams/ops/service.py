@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streams.ops.health import health_app, start_health_server
+
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -33,13 +37,18 @@ async def serving(stop: Callable[[], None], *, port: int, registry: CollectorReg
         yield
 
 
+def _stopping(sig: signal.Signals, stop: Callable[[], None]) -> None:
+    log.info("%s: stopping (what is in flight finishes and is committed first)", sig.name)
+    stop()
+
+
 @contextlib.contextmanager
 def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         # Not on Windows' loop, nor outside the main thread (an embedder's loop): no handler then.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, functools.partial(_stopping, sig, stop))
     try:
         yield
     finally:
