@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -337,15 +338,18 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
 
 async def _stop_within(app: faust.App, bound_s: float) -> None:
     """faust's stop waits for the labels in flight and commits. With the broker gone it waits for
-    ever (a send that is never acknowledged holds the commit): SIGTERM then never ended the process.
-    Past ``bound_s`` the service gives up and exits 1; what it read and did not commit is read again
-    by the next member, as after a crash."""
-    try:
-        await asyncio.wait_for(app.stop(), bound_s)
-    except TimeoutError:
-        raise FatalError(f"the escalation app did not stop within {bound_s:.0f}s (is the broker reachable? see "
-                         "the log above): exiting without committing; uncommitted labels are read again by the "
-                         "next member") from None
+    ever (a send that is never acknowledged holds the commit, and the stop does not even end when
+    cancelled): SIGTERM then never ended the process. Past ``bound_s`` the service logs why and exits
+    1 at once; what it read and did not commit is read again by the next member, as after a crash."""
+    stopping = asyncio.ensure_future(app.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=bound_s)
+    if done:
+        stopping.result()
+        return
+    log.error("the escalation app did not stop within %.0fs (is the broker reachable? see the log above): "
+              "exiting 1 without committing; uncommitted labels are read again by the next member", bound_s)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _until_stopped(service: EscalationApp, progress: Progress, stop: asyncio.Event,
