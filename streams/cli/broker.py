@@ -1,4 +1,4 @@
-"""``safeguard broker``: a local broker for anyone without a cluster at hand (DESIGN.md section 18)."""
+"""``safeguard broker``: a local broker for anyone without a cluster at hand (docs/development.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``safeguard engine``: the real vLLM engine on the CPU with a tiny local model (DESIGN.md section 19)."""
+"""``safeguard engine``: the real vLLM engine on the CPU with a tiny local model (docs/development.md)."""
 
 from __future__ import annotations
 

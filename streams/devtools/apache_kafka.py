@@ -1,5 +1,5 @@
 """Apache Kafka from Maven Central: a real single-node KRaft broker for the tests, the bench, the demo
-(``--broker kafka``) and ``safeguard broker`` (DESIGN.md section 18, docs/development.md).
+(``--broker kafka``) and ``safeguard broker`` (docs/development.md).
 
 No tarball, no Docker. The first start on a machine gathers the broker's jars with Maven into a cache
 outside the repository (``$SAFEGUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safeguard-streams``, else

@@ -1,4 +1,4 @@
-"""Local brokers for the demo, the bench, the tests and ``safeguard broker`` (DESIGN.md sections 10, 18).
+"""Local brokers for the demo, the bench, the tests and ``safeguard broker`` (docs/development.md).
 
 Two kinds behind one shape (:class:`LocalBroker`): ``kafka``, a real Apache Kafka node started from
 Maven Central jars (:mod:`streams.devtools.apache_kafka`, needs Java and, once, Maven), and

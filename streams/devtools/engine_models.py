@@ -1,4 +1,4 @@
-"""Tiny models for the real vLLM engine (DESIGN.md section 19): random weights, tokenizers made here.
+"""Tiny models for the real vLLM engine (docs/development.md): random weights, tokenizers made here.
 
 No weights can be downloaded, and none are needed: the engine tier checks the server's contract (status
 codes, fields, finish reasons, metrics, the Harmony reasoning path), not the quality of the answers.

@@ -1,4 +1,4 @@
-"""The real vLLM engine on the CPU, serving a tiny local model on loopback (DESIGN.md section 19).
+"""The real vLLM engine on the CPU, serving a tiny local model on loopback (docs/development.md).
 
 Development tooling for the engine tier (``tests/engine``) and ``safeguard engine``; the consumer never
 imports it. Three parts, each cached so that only the first use on a machine needs the network:

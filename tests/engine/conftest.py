@@ -1,4 +1,4 @@
-"""The engine tier: the real vLLM server (CPU build, tiny local models) under the tests (DESIGN.md section 19).
+"""The engine tier: the real vLLM server (CPU build, tiny local models) under the tests (docs/development.md).
 
 Not part of ``make test``: ``make test-engine`` prepares the engine (``make engine-tools``: its venv and
 models, once per machine) and runs this directory. An engine that cannot be prepared or started fails

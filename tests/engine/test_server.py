@@ -1,4 +1,4 @@
-"""The real vLLM server at the HTTP level, no Kafka (DESIGN.md section 19, issue 24 items 2-4).
+"""The real vLLM server at the HTTP level, no Kafka (docs/development.md, issue 24 items 2-4).
 
 The simulator checked against the engine: the same requests go to both, and the test fails when they
 differ in status, error body, response fields, finish_reason rules or the metrics the client, the bench

@@ -1,6 +1,6 @@
 """Integration fixtures: a real Kafka-protocol broker (session-scoped) and real HTTP simulators.
 
-Broker order (DESIGN.md section 10): ``KAFKA_BOOTSTRAP_SERVERS`` set -> that broker; else a
+Broker order (docs/development.md): ``KAFKA_BOOTSTRAP_SERVERS`` set -> that broker; else a
 reachable Docker engine -> testcontainers Kafka; else Java and Maven (or the cached jars) -> Apache
 Kafka from Maven Central (:mod:`streams.devtools.apache_kafka`); else the embedded Tansu broker,
 with a warning saying what it does not cover. ``STREAMS_TEST_BROKER=kafka|tansu`` forces the

@@ -1,4 +1,4 @@
-"""The Apache Kafka launcher (streams/devtools/apache_kafka.py, DESIGN.md section 18): a real KRaft node
+"""The Apache Kafka launcher (streams/devtools/apache_kafka.py): a real KRaft node
 from Maven Central jars that serves, keeps transactions honest, stops cleanly, and starts again from
 its cache without Maven (so without the network)."""
 

@@ -1,4 +1,4 @@
-"""Metrics and health endpoints of a running consumer (DESIGN.md section 9)."""
+"""Metrics and health endpoints of a running consumer (docs/development.md)."""
 
 from __future__ import annotations
 
