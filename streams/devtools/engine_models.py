@@ -70,7 +70,8 @@ def llama_recipe(corpus_sha256: str) -> dict[str, Any]:
         "dtype": "bfloat16",
         "config": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 32,
                    "num_key_value_heads": 2, "intermediate_size": 256, "tie_word_embeddings": True,
-                   "max_position_embeddings": 4096, "rms_norm_eps": 1e-5},
+                   # long enough for the tier's slot-holding generations (tests/engine/test_server.py)
+                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-5},
         "tokenizer": {"kind": "byte-level-bpe", "vocab_size": 2000, "specials": list(LLAMA_SPECIALS),
                       "eos": "<|im_end|>", "pad": "<|endoftext|>", "corpus_sha256": corpus_sha256},
     }

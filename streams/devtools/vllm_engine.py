@@ -137,6 +137,9 @@ def ensure_model(name: str) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
         log.info("%s model made in %.1fs: %.1f MB", name, took, tree_bytes(out) / 1e6)
+        for stale in out.parent.glob(f"{name}-*"):  # models of earlier recipes: nothing names them now
+            if stale.is_dir() and stale != out and not stale.name.endswith(".partial"):
+                shutil.rmtree(stale, ignore_errors=True)
     return out
 
 

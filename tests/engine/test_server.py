@@ -64,17 +64,18 @@ class Engines:
 
     def __init__(self) -> None:
         self.engine: VllmEngine | None = None
-        self.key: tuple[str, str] | None = None
-        self.starts: Counter[str] = Counter()
+        self.key: tuple[str, str, int] | None = None
+        self.starts: Counter[tuple[str, str, int]] = Counter()
 
-    def get(self, model: str, scheduling: str | None = "fcfs") -> VllmEngine:
-        """The engine serving ``model`` with ``--scheduling-policy scheduling`` (None: either)."""
+    def get(self, model: str, scheduling: str | None = "fcfs", context: int | None = LIMIT) -> VllmEngine:
+        """The engine serving ``model`` with ``--scheduling-policy scheduling`` and ``--max-model-len
+        context`` (None: any)."""
         if self.engine is not None and self.engine.running and self.key is not None and self.key[0] == model \
-                and scheduling in (None, self.key[1]):
+                and scheduling in (None, self.key[1]) and context in (None, self.key[2]):
             return self.engine
         self.stop()
-        policy = scheduling or "fcfs"
-        engine = VllmEngine(model, extra_args=["--scheduling-policy", policy], max_model_len=LIMIT,
+        key = (model, scheduling or "fcfs", context or LIMIT)
+        engine = VllmEngine(model, extra_args=["--scheduling-policy", key[1]], max_model_len=key[2],
                             max_num_seqs=SEQS)
         failure = ""
         try:
@@ -83,8 +84,8 @@ class Engines:
             failure = str(exc)
         if failure:  # outside the except: the launcher's message alone
             pytest.fail(f"the vLLM engine could not be prepared or started: {failure}", pytrace=False)
-        self.engine, self.key = engine, (model, policy)
-        self.starts[model] += 1
+        self.engine, self.key = engine, key
+        self.starts[key] += 1
         return engine
 
     def stop(self) -> None:
@@ -100,7 +101,8 @@ def engines() -> Iterator[Engines]:
         yield pool
     finally:
         pool.stop()
-    assert all(n <= 2 for n in pool.starts.values()), f"engines started more than twice per model: {pool.starts}"
+    # Each configuration once: a test out of order would restart one (a minute or two each).
+    assert all(n == 1 for n in pool.starts.values()), f"an engine configuration started twice: {pool.starts}"
 
 
 @dataclass(frozen=True)
@@ -117,20 +119,21 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def serving(engines: Engines, kind: str, model: str = "llama",
-                  scheduling: str | None = "fcfs") -> AsyncIterator[Target]:
+async def serving(engines: Engines, kind: str, model: str = "llama", scheduling: str | None = "fcfs",
+                  context: int | None = LIMIT) -> AsyncIterator[Target]:
     """The engine (``kind="engine"``) or a simulator on this event loop, started the way ``safeguard
-    replica-sim`` starts it (:func:`serve`), serving the engine's model name with the same limits."""
+    replica-sim`` starts it (:func:`serve`), serving the engine's model name with the same limits
+    (``scheduling``/``context`` None: the engine running, if it serves ``model``)."""
     if kind == "engine":
-        engine = engines.get(model, scheduling)
+        engine = engines.get(model, scheduling, context)
         try:
             yield Target(kind, engine.url, engine.model)
         except BaseException:
             sys.stderr.write(f"---- the vLLM engine's log, last lines ({engine.log_path}) ----\n{engine.log_tail()}\n")
             raise
         return
-    config = SimConfig(profile=SIM_PROFILE, model=SERVED_NAMES[model], scheduling_policy=scheduling or "fcfs",
-                       chat_format=CHAT_FORMATS[model])
+    config = SimConfig(profile=replace(SIM_PROFILE, max_model_len=context or LIMIT), model=SERVED_NAMES[model],
+                       scheduling_policy=scheduling or "fcfs", chat_format=CHAT_FORMATS[model])
     port = free_port(HOST)
     task = asyncio.create_task(serve(config, HOST, port))
     target = Target(kind, f"http://{HOST}:{port}/v1", config.model)
@@ -146,14 +149,22 @@ async def serving(engines: Engines, kind: str, model: str = "llama",
 
 
 async def until(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, bound_s: float, what: str) -> T:
-    """Poll ``probe`` until ``done`` holds; past ``bound_s`` the test fails naming ``what``."""
+    """Poll ``probe`` until ``done`` holds; past ``bound_s`` the test fails naming ``what``. A poll the
+    server could not answer in time (its API process busy streaming, on a loaded machine) is a poll
+    that saw nothing: the bound decides."""
     deadline = time.monotonic() + bound_s
     while True:
-        value = await probe()
-        if done(value):
-            return value
+        last: object
+        try:
+            value = await probe()
+        except RetryableError as exc:
+            last = exc
+        else:
+            if done(value):
+                return value
+            last = value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {bound_s:.0f}s (last: {value})")
+            raise AssertionError(f"{what}: not reached within {bound_s:.0f}s (last: {last})")
         await asyncio.sleep(0.05)
 
 
@@ -525,6 +536,13 @@ async def test_a_client_timeout_aborts_the_request_on_the_server(engines: Engine
 
 # ---- 4. priority, with and without --scheduling-policy priority --------------------------------------------
 
+# The blockers hold every slot while the test sets the queue up, and are abandoned once it is: their
+# length is the margin. At 2048 tokens it was ten seconds, which a loaded 2-core machine spent on a few
+# /metrics polls (the server answers them between steps), and the blockers finished before the urgent
+# request was seen waiting. At 32k it is minutes; the test's wall time does not grow with it.
+HOLD_CONTEXT = 32768
+
+
 @pytest.mark.parametrize(("kind", "scheduling"), [("sim", "fcfs"), ("engine", "fcfs"), ("sim", "priority"),
                                                   ("engine", "priority")])
 async def test_a_priority_request_jumps_the_queue_only_under_the_priority_policy(
@@ -532,9 +550,10 @@ async def test_a_priority_request_jumps_the_queue_only_under_the_priority_policy
     """Blockers fill every slot; a backlog of long generations waits behind them; an urgent request
     (priority -1) arrives last. The blockers are then abandoned (their slots free at once) and the
     order in which the others finish is what the scheduler chose, by steps, not by timing."""
-    async with serving(engines, kind, scheduling=scheduling) as target:
+    async with serving(engines, kind, scheduling=scheduling, context=HOLD_CONTEXT) as target:
         client = ReplicaClient(target.url, api_key=None, timeout_s=600)
         finished: list[str] = []
+        hold = HOLD_CONTEXT - 512  # the rest of the context is the blocker's short prompt
 
         async def send(name: str, tokens: int, priority: int = 0) -> None:
             result = await client.chat(long_generation(target.model, name, tokens, priority=priority))
@@ -546,12 +565,13 @@ async def test_a_priority_request_jumps_the_queue_only_under_the_priority_policy
 
         try:
             await idle(client)
-            blockers = [asyncio.create_task(send(f"blocker-{i}", 1900)) for i in range(SEQS)]
+            blockers = [asyncio.create_task(send(f"blocker-{i}", hold)) for i in range(SEQS)]
             await until(client.queue_state, queue(SEQS, 0), bound_s=60, what="the blockers running")
             backlog = [asyncio.create_task(send(f"backlog-{i}", 200)) for i in range(SEQS)]
             await until(client.queue_state, queue(SEQS, SEQS), bound_s=60, what="the backlog waiting")
             urgent = asyncio.create_task(send("urgent", 4, priority=-1))
             await until(client.queue_state, queue(SEQS, SEQS + 1), bound_s=60, what="the urgent request waiting")
+            assert not any(task.done() for task in blockers), "a blocker finished before the queue was set up"
             for task in blockers:
                 task.cancel()
             await asyncio.gather(*blockers, return_exceptions=True)
@@ -604,7 +624,8 @@ async def test_rendered_content_adds_no_control_token_through_the_real_tokenizer
     endpoint itself fed the model (``return_token_ids``; for gpt-oss that path renders with Harmony)."""
     special = special_ids(model)
     assert len(special) >= 3
-    async with serving(engines, "engine", model, scheduling=None) as target, aiohttp.ClientSession() as s:
+    async with serving(engines, "engine", model, scheduling=None, context=None) as target, \
+            aiohttp.ClientSession() as s:
 
         async def controls(content: str) -> dict[str, Counter[int]]:
             messages = build_request(POLICIES["spam"], content, model=target.model, reasoning_effort="low")["messages"]
