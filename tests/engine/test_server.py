@@ -10,8 +10,9 @@ client timeout aborting the request on the server; and, through the real tokeniz
 that what we render from a chat cannot forge a control token.
 
 Engines are this module's own (``--max-num-seqs`` 4, so that a backlog is a few requests), one at a
-time: the tests run in an order that starts the Llama engine twice (FCFS, then priority scheduling) and
-the gpt-oss engine once. Every wait is bounded; the bound is never the check.
+time: the tests run in an order that starts each configuration once (the Llama engine at a 2048-token
+context, then at 32k with FCFS and with priority scheduling for the priority test; the gpt-oss engine).
+Every wait is bounded; the bound is never the check.
 """
 
 from __future__ import annotations
