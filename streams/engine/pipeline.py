@@ -286,7 +286,7 @@ class Pipeline:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
-        self._assigned_at = time.monotonic()  # idle counts from the latest assignment (until_idle)
+        self._assigned_at = time.monotonic()  # idle counts from the latest assignment change (until_idle)
         self._flow.assigned(consumer, partitions)
         log.info("assigned partitions=%s", _fmt(partitions))
 
@@ -305,6 +305,9 @@ class Pipeline:
     def _unassigned(self, keys: list[TopicPartitionKey]) -> None:
         """Another member reports their lag now: a stale value here would be counted twice."""
         self.assigned -= set(keys)
+        # until_idle: work given up here (uncommitted, dropped in flight) is read again after the rejoin,
+        # so the time before it does not count as idle.
+        self._assigned_at = time.monotonic()
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(topic, str(partition))

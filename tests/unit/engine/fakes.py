@@ -217,7 +217,7 @@ class FakeKafkaConsumer(FakeConsumer):
         with self._held("consume", hold=True):
             if self._before_consume is not None:
                 self._before_consume(self)
-            if not self.assigned and not self.closed:
+            if not self.assigned and not self.closed and self._partitions:  # after lose(): when given back
                 self.assigned = list(self._partitions)
                 self._callback("assign", self.assignment())
             ready = [m for m in self._queue if (m.topic(), m.partition()) in self.assigned
@@ -233,6 +233,12 @@ class FakeKafkaConsumer(FakeConsumer):
         self._callback("revoke", [TopicPartition(t, p) for t, p in partitions])
         self.assigned = [tp for tp in self.assigned if tp not in partitions]
         self._partitions = list(self.assigned)
+
+    def lose(self) -> None:
+        """The group fenced this member (session timeout): every partition lost, none given back until a
+        test sets ``_partitions`` again (call it from ``before_consume``)."""
+        self._callback("lost", self.assignment())
+        self.assigned, self._partitions = [], []
 
     def close(self) -> None:
         with self._held("close", hold=True):

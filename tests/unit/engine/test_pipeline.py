@@ -332,3 +332,40 @@ async def test_until_idle_counts_from_the_latest_assignment_not_the_first() -> N
                               consumer_factory=lambda conf: consumer)
     await pipeline.run(until_idle=1.0)
     assert [r["event_id"] for r in outputs(client, s.kafka.labels_topic)] == ["e1"]
+
+
+async def test_until_idle_does_not_count_the_time_before_partitions_were_lost() -> None:
+    """A member fenced by the group (session timeout) drops what it had in flight; the records come back
+    once it rejoins. Seen on the real engine under load: the idle time before the loss counted, and
+    ``--until-idle`` exited at the loss with the stream unlabelled."""
+    import time
+
+    s = settings()
+    client = FakeClient()
+    delivery = AtLeastOnce(Ledger(), output_producer(client), commit_interval_s=0.0)
+    record = FakeMessage("in", 0, 0, event("e1", "buy now, cheap pills"))
+    start = time.monotonic()
+    phase = ["labelling"]
+
+    def fenced(consumer: FakeKafkaConsumer) -> None:
+        now = time.monotonic() - start
+        if phase[0] == "labelling" and now >= 1.2:  # the answer is still on its way (1.5 s)
+            consumer.lose()
+            phase[0] = "rejoining"
+        elif phase[0] == "rejoining" and now >= 1.7:  # the group gives the partition back; re-read
+            consumer._partitions = [("in", 0)]
+            consumer._queue.append(record)
+            phase[0] = "rejoined"
+
+    class SlowPool(FakePool):
+        async def chat(self, body: dict[str, Any]) -> Any:
+            await asyncio.sleep(1.5)
+            return await super().chat(body)
+
+    consumer = FakeKafkaConsumer([record], [("in", 0)], before_consume=fenced)
+    registry = PolicyRegistry(load_policies(s.policies.dir), s.policies.routes, s.policies.default)
+    pipeline = build_pipeline(s, registry, SlowPool(answer), build_metrics(), delivery=delivery,  # type: ignore[arg-type]
+                              consumer_factory=lambda conf: consumer)
+    await pipeline.run(until_idle=1.0)
+    assert phase[0] == "rejoined"
+    assert [r["event_id"] for r in outputs(client, s.kafka.labels_topic)] == ["e1"]
