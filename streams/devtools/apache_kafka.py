@@ -17,17 +17,13 @@ port; the broker is ready in 3-4 s on two cores with about 180 MB resident.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,35 +31,15 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.devtools.cache import free_ports, locked
+from streams.devtools.kafka_jars import INSTALL_HINT, KAFKA_VERSION, complete, gather, home, missing_tools
 from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 from streams.kafka.logs import LIBRDKAFKA_LOG
 
 log = logging.getLogger(__name__)
 
-KAFKA_VERSION = "4.4.0"
-# kafka-server 4.4.0 depends on log4j-api/core 2.25.5; the SLF4J 1.x binding must be the same version.
-LOG4J_VERSION = "2.25.5"
-DEPENDENCY_PLUGIN = "3.8.1"  # pinned: unpinned, Maven resolves the newest from metadata (needs the network)
 CLUSTER_ID = "MkU3OEVBNTcwNTJENDM2Qk"  # any 22-character base64url UUID not starting with '-'
-INSTALL_HINT = ("install Java 17+ and Maven (Debian: apt-get install openjdk-17-jre-headless maven), "
-                "or point KAFKA_BOOTSTRAP_SERVERS at a broker you run")
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.safeguard-streams</groupId><artifactId>kafka-broker-libs</artifactId><version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
-      <version>{log4j}</version></dependency>
-  </dependencies>
-  <build><plugins><plugin><groupId>org.apache.maven.plugins</groupId>
-    <artifactId>maven-dependency-plugin</artifactId><version>{plugin}</version></plugin></plugins></build>
-</project>
-"""
-
 # Quiet (about 25 lines per life), but keeps the broker's start and shutdown transitions; log4j's own
 # shutdown hook is off, or it stops logging before Kafka's hook has shut the broker down.
 _LOG4J2 = """status = warn
@@ -116,106 +92,6 @@ NODE_SETTINGS: dict[str, str] = {
 JVM_OPTIONS = ["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=true"]
 
 
-def cache_root() -> Path:
-    """Where downloads and templates live: outside the repository, shared by every checkout."""
-    if os.environ.get("SAFEGUARD_CACHE_DIR"):
-        return Path(os.environ["SAFEGUARD_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "safeguard-streams"
-
-
-def missing_tools(*, need_maven: bool = True) -> list[str]:
-    """What is missing to run the broker: ``java`` (17 or newer) and, before the first download, ``mvn``."""
-    missing = []
-    java = shutil.which("java")
-    if java is None:
-        missing.append("java")
-    else:
-        major = java_major(java)
-        if major is not None and major < 17:
-            missing.append(f"java 17+ (found {major})")
-    if need_maven and shutil.which("mvn") is None:
-        missing.append("mvn")
-    return missing
-
-
-def java_major(java: str) -> int | None:
-    """The major version of ``java`` (``java -version`` prints it on stderr), None when unreadable."""
-    try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    if found is None:
-        return None
-    major = int(found.group(1))
-    return int(found.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
-
-
-def available() -> bool:
-    """Can this machine run the launcher (Java, and Maven unless the jars are already cached)?"""
-    return not missing_tools(need_maven=not _complete(_home(KAFKA_VERSION) / "libs"))
-
-
-def _home(version: str) -> Path:
-    return cache_root() / f"kafka-{version}"
-
-
-def _complete(libs: Path) -> bool:
-    return (libs / ".complete").is_file()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (parallel test workers gather once, not three times)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def gather(version: str = KAFKA_VERSION) -> Path:
-    """The broker's classpath directory, gathered with Maven on first use (about 45 jars, 43 MB).
-
-    Offline once gathered. Raises FatalError naming what to install, or with Maven's own words
-    when Maven Central cannot be reached."""
-    home = _home(version)
-    libs = home / "libs"
-    if _complete(libs):
-        return libs
-    with _locked(home.with_suffix(".lock")):
-        if _complete(libs):
-            return libs
-        missing = missing_tools()
-        if missing:
-            raise FatalError(f"the Apache Kafka broker needs {' and '.join(missing)}: {INSTALL_HINT}")
-        home.mkdir(parents=True, exist_ok=True)
-        pom = home / "pom.xml"
-        pom.write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION, plugin=DEPENDENCY_PLUGIN))
-        staging = home / "libs.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        log.info("gathering Apache Kafka %s jars with Maven into %s (once per machine)", version, libs)
-        started = time.monotonic()
-        cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies", "-DincludeScope=runtime",
-               f"-DoutputDirectory={staging}"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-            raise FatalError(f"Maven could not gather Apache Kafka {version} (exit {result.returncode}; "
-                             f"Maven Central unreachable? {' '.join(cmd)}):\n{tail}")
-        jars = sorted(p.name for p in staging.glob("*.jar"))
-        if not any(j.startswith("kafka_2.13-") for j in jars):
-            raise FatalError(f"Maven finished but {staging} holds no kafka_2.13 jar: {jars}")
-        shutil.rmtree(libs, ignore_errors=True)
-        staging.rename(libs)
-        (libs / ".complete").write_text("\n".join(jars) + "\n")
-        log.info("gathered %d jars in %.1fs", len(jars), time.monotonic() - started)
-    return libs
-
-
 def _properties(settings: dict[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
@@ -223,14 +99,14 @@ def _properties(settings: dict[str, str]) -> str:
 def _template(version: str, libs: Path, java: str) -> Path:
     """A formatted KRaft storage directory (``kafka-storage format``), made once and copied per start:
     a static-voter node's formatted storage names no port, so one template serves every port."""
-    home = _home(version)
-    template = home / "storage-template"
+    root = home(version)
+    template = root / "storage-template"
     if (template / "meta.properties").is_file():
         return template
-    with _locked(home.with_suffix(".lock")):
+    with locked(root.with_suffix(".lock")):
         if (template / "meta.properties").is_file():
             return template
-        work = Path(tempfile.mkdtemp(prefix="kafka-format-", dir=home))
+        work = Path(tempfile.mkdtemp(prefix="kafka-format-", dir=root))
         try:
             storage = work / "storage"
             config = work / "server.properties"
@@ -249,17 +125,6 @@ def _template(version: str, libs: Path, java: str) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return template
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports (all held open until every one is chosen)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket())
-            s.bind((host, 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
 
 
 class KafkaBroker:
@@ -417,7 +282,7 @@ def main() -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        missing = missing_tools(need_maven=not _complete(_home(KAFKA_VERSION) / "libs"))
+        missing = missing_tools(need_maven=not complete(home(KAFKA_VERSION) / "libs"))
         if missing:
             raise FatalError(f"the Apache Kafka broker needs {' and '.join(missing)}: {INSTALL_HINT}")
         libs = gather()

@@ -71,7 +71,7 @@ class LocalBroker(Protocol):
 
 def default_kind() -> str:
     """``kafka`` where Java (and Maven, or the cached jars) are present, else ``embedded``."""
-    from streams.devtools.apache_kafka import available
+    from streams.devtools.kafka_jars import available
 
     return "kafka" if available() else "embedded"
 

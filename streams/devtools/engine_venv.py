@@ -14,7 +14,6 @@ does not) and records the install's time and size.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,11 +25,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.devtools.apache_kafka import cache_root
+from streams.devtools.cache import cache_root, locked
 from streams.errors import FatalError
 
 log = logging.getLogger(__name__)
@@ -110,18 +109,6 @@ def engine_home() -> Path:
 
 def engine_python() -> Path:
     return engine_home() / "venv" / "bin" / "python"
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (parallel test workers install once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def installed(lock: Path = LOCK) -> bool:

@@ -36,8 +36,8 @@ from types import TracebackType
 from typing import Any
 
 from streams.devtools import engine_models
-from streams.devtools.apache_kafka import cache_root, free_ports
-from streams.devtools.engine_venv import VLLM_VERSION, clean_env, engine_home, install, locked, tree_bytes
+from streams.devtools.cache import cache_root, free_ports, locked
+from streams.devtools.engine_venv import VLLM_VERSION, clean_env, engine_home, install, tree_bytes
 from streams.devtools.processes import dies_with_parent
 from streams.errors import FatalError
 

@@ -52,13 +52,13 @@ def choose_broker() -> str:
         return "external"
     if _docker_reachable():
         return "container"
-    from streams.devtools.apache_kafka import available
+    from streams.devtools.kafka_jars import available
 
     return "kafka" if available() else "tansu"
 
 
 def describe_broker(kind: str) -> str:
-    from streams.devtools.apache_kafka import KAFKA_VERSION
+    from streams.devtools.kafka_jars import KAFKA_VERSION
 
     return {"external": f"KAFKA_BOOTSTRAP_SERVERS={os.environ.get('KAFKA_BOOTSTRAP_SERVERS')}",
             "container": "Kafka in a testcontainer (Docker)",

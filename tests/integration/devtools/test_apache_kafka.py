@@ -18,8 +18,9 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.devtools.apache_kafka import KAFKA_VERSION, LOG4J_VERSION, KafkaBroker, gather
+from streams.devtools.apache_kafka import KafkaBroker
 from streams.devtools.broker import create_topics
+from streams.devtools.kafka_jars import KAFKA_VERSION, LOG4J_VERSION, gather
 from streams.errors import FatalError
 from tests.integration.helpers import ROOT
 
