@@ -45,6 +45,7 @@ from streams.devtools.bench import workload
 from streams.devtools.bench.ideal import percentile, saturate, steady_rate
 from streams.devtools.bench.phases import figures, headline
 from streams.devtools.bench.probes import prefix_cache_tokens, proc_cpu, read_line
+from streams.devtools.bench.ratios import per_event, ratio, ratios
 from streams.devtools.broker import create_topics, local_broker, reader_from_beginning
 from streams.devtools.sim.launcher import SimProcesses
 from streams.errors import FatalError
@@ -108,39 +109,8 @@ def run_bench(*, quick: bool, time_scale: float = 10.0, profile: str = "gpt-oss-
             key.write_bytes(b"\n".join(orjson.dumps(r) for r in work.key_rows) + b"\n")
             with SimProcesses(replicas, time_scale=time_scale, profile=profile, answer_key=key) as sims:
                 out["cascade"] = bench.using(sims.urls).cascade(work, n_pass, progress)
-    out["ratios"] = _ratios(out)
+    out["ratios"] = ratios(out)
     return out
-
-
-def _ratios(out: dict[str, Any]) -> dict[str, float | None]:
-    """The pipeline against each other mode that ran (and ``utilisation`` into ``pipeline``)."""
-    ratios: dict[str, float | None] = {}
-    p, i = out.get("pipeline"), out.get("ideal")
-    if p and i:
-        p["utilisation"] = round(p["events_per_s"] / i["events_per_s"], 3)
-        ratios.update(vs_ideal=p["utilisation"], p99_vs_ideal=_ratio(p["p99_s"], i["p99_s"], 3),
-                      e2e_p99_vs_ideal=_ratio(p["e2e_p99_s"], i["e2e_p99_s"], 3))
-        if "pipeline_order" in i:  # like for like: the same requests reach the replica in the same order
-            same = i["pipeline_order"]
-            ratios.update(vs_ideal_same_order=_ratio(p["events_per_s"], same["events_per_s"], 3),
-                          steady_vs_ideal_same_order=_ratio(p["steady_events_per_s"], same["steady_events_per_s"], 3),
-                          e2e_p99_vs_ideal_same_order=_ratio(p["e2e_p99_s"], same["e2e_p99_s"], 3))
-    if p and "naive" in out:
-        ratios["vs_naive"] = _ratio(p["events_per_s"], out["naive"]["events_per_s"], 1)
-    if p and "faust" in out:
-        ratios["vs_faust"] = _ratio(p["events_per_s"], out["faust"]["events_per_s"], 2)
-    if "passthrough" in out:
-        ratios["passthrough_vs_raw"] = _ratio(out["passthrough"]["events_per_s"],
-                                              out["passthrough"]["raw_events_per_s"], 3)
-    return ratios
-
-
-def _per_event(cpu_s: dict[str, float], n: int) -> dict[str, float]:
-    return {kind: round(seconds / n * 1e6, 1) for kind, seconds in sorted(cpu_s.items())}
-
-
-def _ratio(a: float, b: float, digits: int) -> float | None:
-    return round(a / b, digits) if b else None
 
 
 class _Bench:
@@ -250,8 +220,8 @@ class _Bench:
                 "e2e_p50_s": round(percentile(e2e, 0.5), 3), "e2e_p99_s": round(percentile(e2e, 0.99), 3),
                 "steady_events_per_s": round(steady_rate(labelled_at), 2),
                 "cpu_us_per_event": round(res["cpu_s"] / len(items) * 1e6, 1),
-                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), len(items)),
-                "prefix_cache_hit_rate": _ratio(hits, queries, 3)}
+                "cpu_us_per_event_by_thread": per_event(res.get("cpu_s_by_thread", {}), len(items)),
+                "prefix_cache_hit_rate": ratio(hits, queries, 3)}
 
     def passthrough(self, n: int) -> dict[str, Any]:
         """Every measured label from the dedupe cache: one event warms the cache (the model labels
@@ -264,7 +234,7 @@ class _Bench:
         raw = self._raw(names["input"], n)
         return {"events": n, "events_per_s": round(n / res["wall_s"], 1),
                 "cpu_us_per_event": round(res["cpu_s"] / n * 1e6, 1),
-                "cpu_us_per_event_by_thread": _per_event(res.get("cpu_s_by_thread", {}), n), **raw}
+                "cpu_us_per_event_by_thread": per_event(res.get("cpu_s_by_thread", {}), n), **raw}
 
     def cascade(self, work: workload.CascadeWorkload, n_skip: int, progress: Any = print) -> dict[str, Any]:
         """The cascade (the simulated model answers from ``work``'s key): a prefilter trained for
