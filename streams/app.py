@@ -36,6 +36,7 @@ from streams.ops.service import background, serving
 from streams.policy.model import Policy, load_policies
 from streams.policy.registry import DirectoryWatcher, PolicyRegistry
 from streams.policy.topic import PolicyTopicReader
+from streams.wire.catalogue import Writer, output_topics, subjects
 from streams.wire.codec import Decoder, Encoder
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         return asyncio.run(coro)
     return uvloop.run(coro)
-
-
-def output_topics(settings: Settings, *, shadow: bool) -> list[str]:
-    k = settings.kafka
-    return ([k.labels_topic, k.dead_letter_topic] + ([k.reasoning_topic] if settings.output.reasoning == "separate"
-                                                      else []) + ([k.shadow_labels_topic] if shadow else [])
-            + ([settings.actions.topic] if settings.actions.topic else []))
 
 
 def build_registry(settings: Settings, metrics: Metrics) -> PolicyRegistry:
@@ -126,21 +120,16 @@ def load_prefilters(settings: Settings, metrics: Metrics) -> Prefilters | None:
 REGISTER_WAIT_S = 10.0
 
 
-def register_output_schemas(settings: Settings, encoder: Encoder, *, shadow: bool) -> None:
-    """With ``output.format: avro``, register the output schemas before consuming anything, so no
-    model call is spent on an event whose labels could not be written; waits up to
-    ``REGISTER_WAIT_S`` for an unreachable registry, then raises FatalError naming it."""
-    k = settings.kafka
-    subjects = {"label": [k.labels_topic] + ([k.shadow_labels_topic] if shadow else []),
-                "dead_letter": [k.dead_letter_topic]}
-    if settings.output.reasoning == "separate":
-        subjects["reasoning"] = [k.reasoning_topic]
-    if settings.actions.topic:
-        subjects["decision"] = [settings.actions.topic]
+def register_output_schemas(settings: Settings, encoder: Encoder, *, writer: Writer = "reasoning",
+                            shadow: bool = False) -> None:
+    """With ``output.format: avro``, register the schemas of what ``writer`` writes (the output
+    catalogue) before consuming anything, so no model call is spent on an event whose outputs could
+    not be written; waits up to ``REGISTER_WAIT_S`` for an unreachable registry, then raises
+    FatalError naming it."""
     deadline, delay = time.monotonic() + REGISTER_WAIT_S, 0.5
     while True:
         try:
-            encoder.register(subjects)
+            encoder.register(subjects(settings, writer=writer, shadow=shadow))
             return
         except RetryableError as exc:
             if time.monotonic() + delay > deadline:
@@ -184,8 +173,7 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     effort = settings.policies.reasoning_effort
     labeler = Labeler(pool, settings.replicas, default_effort=effort, cache=cache)
     live = LiveCascade(settings.prefilter, metrics) if prefilters is not None else None
-    outputs = Outputs(settings.kafka, settings.output, encoder or Encoder(settings.output, settings.schema_registry),
-                      metrics, model=settings.replicas.model, default_effort=effort, actions=settings.actions)
+    outputs = Outputs(settings, encoder or Encoder(settings.output, settings.schema_registry), metrics)
     flow = FlowControl(Backpressure(settings.batching.max_inflight_events, settings.batching.max_poll_records))
     stages = build_stages(settings, policies, labeler, metrics, cached=cache is not None, prefilters=prefilters,
                           live=live)

@@ -92,6 +92,7 @@ class ReplicaSettings(_Section):
     max_attempts: int = Field(5, gt=0)
     structured_output: bool = False
     retry_after_max_s: float = Field(5.0, gt=0)  # cap on a replica's Retry-After (429/503) pause
+    priority: bool = False  # send vLLM's `priority` (the route's lane); the server needs --scheduling-policy priority
 
     @field_validator("urls")
     @classmethod
@@ -106,6 +107,7 @@ class Route(_Section):
     topic: str | None = None
     kind: Kind | None = None
     policies: list[str] = Field(min_length=1)
+    priority: int = Field(1, ge=0)  # the lane: lower is sooner (docs/interventions.md, "Lanes")
 
 
 class PolicySettings(_Section):
@@ -174,19 +176,56 @@ class ActionRule(_Section):
         return [name for name in ("policy", "violation", "category", "confidence") if getattr(self, name) is not None]
 
 
+def _no_rule_shadowed(rules: list[Any], default: str) -> None:
+    for i, rule in enumerate(rules[:-1]):
+        if not rule.conditions():
+            raise ValueError(f"rule {i + 1} ({rule.action}) has no condition, so it matches every event and "
+                             f"the {len(rules) - i - 1} rule(s) after it never apply; use {default} or give it "
+                             "a condition")
+
+
+class ProvisionalRule(_Section):
+    """One rule of ``actions.provisional.rules``: it matches an event when every condition it names
+    holds (``policy``: one of the event's policies still waiting for the model)."""
+
+    policy: str | None = None
+    kind: Kind | None = None
+    topic: str | None = None
+    action: ActionName
+
+    def conditions(self) -> list[str]:
+        return [name for name in ("policy", "kind", "topic") if getattr(self, name) is not None]
+
+
+class ProvisionalSettings(_Section):
+    default: ActionName = "allow"  # the action while the reasoner has not answered
+    rules: list[ProvisionalRule] = Field(default_factory=list)  # first match over the still-pending policies
+    urgent: list[ActionName] = Field(default_factory=lambda: ["hold"])  # these events go first to the replicas
+    deadline_s: float | None = Field(None, gt=0)  # no final by then: a `deadline` decision with on_deadline
+    on_deadline: ActionName | None = None  # allow: fail open; hold: fail closed
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ProvisionalSettings:
+        _no_rule_shadowed(self.rules, "actions.provisional.default")
+        if (self.deadline_s is None) != (self.on_deadline is None):
+            raise ValueError("deadline_s and on_deadline go together: a deadline decision needs both the time "
+                             "(deadline_s) and the action it takes then (on_deadline: allow to fail open, hold to "
+                             "fail closed)")
+        return self
+
+
 class ActionSettings(_Section):
     topic: str | None = None  # e.g. "safeguard.decisions"; null: no decision events
     default: ActionName = "allow"
     on_error: ActionName = "review"  # one of the event's policies was dead-lettered (and no rule matched)
     rules: list[ActionRule] = Field(default_factory=list)  # first match wins
+    provisional: ProvisionalSettings | None = None  # null: decisions only once every label is known
 
     @model_validator(mode="after")
     def _reachable(self) -> ActionSettings:
-        for i, rule in enumerate(self.rules[:-1]):
-            if not rule.conditions():
-                raise ValueError(f"rule {i + 1} ({rule.action}) has no condition, so it matches every event and "
-                                 f"the {len(self.rules) - i - 1} rule(s) after it never apply; use actions.default "
-                                 f"or give it a condition")
+        _no_rule_shadowed(self.rules, "actions.default")
+        if self.provisional is not None and self.topic is None:
+            raise ValueError("actions.provisional needs actions.topic: the topic its decisions go to")
         return self
 
 

@@ -68,6 +68,7 @@ from streams.interventions.progress import Progress
 from streams.interventions.tally import count, escalated, event_time, rfc3339, window_start
 from streams.kafka.admin import require_topics
 from streams.ops.service import serving
+from streams.wire.catalogue import ESCALATION, output_topics
 from streams.wire.codec import Encoder, label_reader
 from streams.wire.events import escalation_id, utc_now
 
@@ -123,8 +124,8 @@ class EscalationApp:
         self.labels = self.app.topic(k.labels_topic, key_serializer="raw", value_serializer="raw")
         self.by_actor = self.app.topic(f"{self.app_id}-by-actor", key_serializer="raw", value_type=Ticket,
                                        partitions=self.partitions, internal=True)
-        self.out_topic = e.topic
-        self.out = self.app.topic(e.topic, key_serializer="raw", value_serializer="raw")
+        self.out_topic = ESCALATION.topic(settings)
+        self.out = self.app.topic(self.out_topic, key_serializer="raw", value_serializer="raw")
         self.tallies = self.app.Table("tallies", default=dict, partitions=self.partitions).tumbling(
             e.window_s, expires=2 * e.window_s).relative_to_field(Ticket.ts)  # type: ignore[arg-type]
         self._changelog_sent: list[Any] = []  # the table's writes, captured from its sends
@@ -263,7 +264,7 @@ class EscalationApp:
                "actor": ticket.actor, "policy_id": ticket.policy_id, "count": len(state["ids"]),
                "threshold": e.threshold, "window_start": rfc3339(start), "window_end": rfc3339(start + e.window_s),
                "event_ids": state["events"], "escalated_at": utc_now()}
-        value = self._encode(doc, "escalation", self.out_topic)
+        value = self._encode(doc, ESCALATION.schema, self.out_topic)
         sent = await self.out.send(key=ticket.actor.encode(), value=value)
         await sent  # acknowledged by the broker before the tally is marked escalated
         self.metrics.escalations.labels(ticket.policy_id).inc()
@@ -312,7 +313,8 @@ async def run_escalation(settings: Settings, *, until_idle: float | None = None,
     ``until_idle`` seconds after recovery (then everything read is committed)."""
     e, k = settings.escalation, settings.kafka
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, lambda: require_topics(k, [k.labels_topic, e.topic]))
+    await loop.run_in_executor(None, lambda: require_topics(k, [k.labels_topic, *output_topics(settings,
+                                                                                              writer="escalation")]))
     metrics = EscalationMetrics(registry or CollectorRegistry())
     stop = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="safeguard-escalate-") as datadir:

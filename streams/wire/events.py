@@ -12,11 +12,15 @@ import hashlib
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streams.errors import ErrorType, PoisonError
+
+if TYPE_CHECKING:
+    from streams.engine.work import Work
+    from streams.inference.labeler import Outcome
 
 SCHEMA_VERSION = 1
 LABEL_NAMESPACE = uuid.UUID("6c1f4a52-1b8e-4d1e-9a57-5af3c1d0e2b7")
@@ -121,6 +125,41 @@ class LabelEvent(BaseModel):
     prefilter_flags: list[str] = Field(default_factory=list)  # evasion signals that sent it to the model
 
 
+def label_document(work: Work, outcome: Outcome, *, model: str, effort: str, inline_reasoning: bool,
+                   now: float) -> dict[str, Any]:
+    """The label event as the plain document :class:`LabelEvent` dumps to (same keys, same order).
+    A pydantic model would cost more than the rest of the label's work, and every value here is
+    already typed by the code that made it (a unit test validates it)."""
+    event, verdict, policy = work.event, outcome.verdict, outcome.policy
+    assert event is not None and verdict is not None
+    scored = work.prefilter.get(policy.id) if work.prefilter else None
+    score, audit, flags = (round(scored[0], 4), scored[1], list(scored[2])) if scored is not None else (None, False, [])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "label_id": label_id(event.event_id, policy.id, policy.version),
+        "event_id": event.event_id,
+        "policy_id": policy.id,
+        "policy_version": policy.version,
+        "violation": verdict.violation,
+        "category": verdict.category,
+        "rule_ids": verdict.rule_ids,
+        "confidence": verdict.confidence,
+        "rationale": verdict.rationale,
+        "reasoning": outcome.reasoning if inline_reasoning else None,
+        "decided_by": outcome.decided_by,
+        "model": model,
+        "reasoning_effort": effort,
+        "source": {"topic": work.tp[0], "partition": work.tp[1], "offset": work.offset},
+        "metadata": event.metadata or {},
+        "latency_ms": round((now - work.consumed_at) * 1000, 3),
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens},
+        "labeled_at": utc_now(),
+        "prefilter_score": score,
+        "audit": audit,
+        "prefilter_flags": flags,
+    }
+
+
 class ReasoningRecord(BaseModel):
     """Chain of thought on its own topic (``output.reasoning == separate``), behind stricter ACLs."""
 
@@ -164,8 +203,13 @@ class Reason(BaseModel):
     decided_by: Literal["model", "cache", "prefilter", "dead_letter"]
 
 
+Stage = Literal["provisional", "final", "deadline"]
+
+
 class DecisionEvent(BaseModel):
-    """One per content event once every label of it is known: the action its rules give."""
+    """The action for one content event: at once from what is known before the model (``provisional``),
+    once every label is known (``final``), or when ``actions.provisional.deadline_s`` passed first
+    (``deadline``). Without ``actions.provisional`` only final decisions are written."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -173,11 +217,29 @@ class DecisionEvent(BaseModel):
     decision_id: str
     event_id: str
     action: str
-    rule: int | None = None  # 1-based index of the rule in actions.rules that gave the action; null: default/on_error
+    rule: int | None = None  # 1-based index of the rule that gave the action (actions.rules, or provisional.rules)
     reasons: list[Reason]
     source: Source
     metadata: dict[str, str] = Field(default_factory=dict)
     decided_at: str = Field(default_factory=utc_now)
+    stage: Stage = "final"
+    supersedes: str | None = None  # the provisional decision_id this one follows; null: none was due
+    changed: bool = False  # the action differs from the provisional one: an intervention
+    pending: list[str] = Field(default_factory=list)  # provisional: the policies still waiting for the model
+
+
+def decision_document(work: Work, *, stage: Stage, action: str, rule: int | None, reasons: list[dict[str, Any]],
+                      versions: dict[str, str], supersedes: str | None = None, changed: bool = False,
+                      pending: list[str] | None = None) -> dict[str, Any]:
+    """The decision event as the plain document :class:`DecisionEvent` dumps to. ``versions``: the
+    versions of the event's policies that the decision rests on (its id's input)."""
+    event = work.event
+    assert event is not None
+    return {"schema_version": SCHEMA_VERSION, "decision_id": decision_id(event.event_id, versions, stage),
+            "event_id": event.event_id, "action": action, "rule": rule, "reasons": reasons,
+            "source": {"topic": work.tp[0], "partition": work.tp[1], "offset": work.offset},
+            "metadata": event.metadata or {}, "decided_at": utc_now(), "stage": stage, "supersedes": supersedes,
+            "changed": changed, "pending": pending or []}
 
 
 class EscalationEvent(BaseModel):
@@ -202,10 +264,12 @@ DECISION_NAMESPACE = uuid.UUID("0b9a6f3e-5d0c-4c55-8f0e-2f6a9d1e7c44")
 ESCALATION_NAMESPACE = uuid.UUID("4e2d8c1a-7b3f-4a9e-b6d5-91c0f8e2a3b7")
 
 
-def decision_id(event_id: str, versions: dict[str, str]) -> str:
-    """Deterministic from the event and the versions of the policies that decided it:
-    ``uuid5(DECISION_NAMESPACE, "<event_id>\x1f<policy_id>=<version>\x1f...")``, policies sorted."""
-    parts = [event_id] + [f"{p}={v}" for p, v in sorted(versions.items())]
+def decision_id(event_id: str, versions: dict[str, str], stage: str = "final") -> str:
+    """Deterministic from the event, the stage and the versions of the policies that decided it:
+    ``uuid5(DECISION_NAMESPACE, "<event_id>\x1f<policy_id>=<version>\x1f...")``, policies sorted, for a
+    final decision (the id decisions had before stages existed); ``<stage>\x1f`` comes first for
+    the others."""
+    parts = ([] if stage == "final" else [stage]) + [event_id] + [f"{p}={v}" for p, v in sorted(versions.items())]
     return str(uuid.uuid5(DECISION_NAMESPACE, "\x1f".join(parts)))
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from streams.config import KafkaSettings, OutputSettings, SchemaRegistrySettings
+from streams.config import OutputSettings, SchemaRegistrySettings, Settings, load_settings
 from streams.engine.outputs import Outputs
 from streams.engine.work import Work
 from streams.errors import ErrorType, PoisonError
@@ -19,13 +19,18 @@ from streams.wire.events import ContentEvent
 
 SPAM = load_policies(STARTER_POLICIES)["spam"]
 SHADOW = parse_policy("---\nid: spam-v2\nshadow: true\n---\nbody\n")
-KAFKA = KafkaSettings(labels_topic="labels", dead_letter_topic="dlq", reasoning_topic="cot")
+KAFKA = {"labels_topic": "labels", "dead_letter_topic": "dlq", "reasoning_topic": "cot"}
+
+
+def settings(**sections: Any) -> Settings:
+    return load_settings(None, {"kafka": KAFKA, "replicas": {"model": "m"}, "policies": {"reasoning_effort": "low"},
+                                **sections})
 
 
 def outputs(reasoning: str = "inline") -> tuple[Outputs, Any]:
     metrics = build_metrics()
-    out = Outputs(KAFKA, OutputSettings(reasoning=reasoning), Encoder(OutputSettings(), SchemaRegistrySettings()),
-                  metrics, model="m", default_effort="low")
+    out = Outputs(settings(output={"reasoning": reasoning}), Encoder(OutputSettings(), SchemaRegistrySettings()),
+                  metrics)
     return out, metrics
 
 
@@ -98,13 +103,10 @@ def test_one_policy_failing_dead_letters_that_policy_and_labels_the_others() -> 
 def test_every_configured_action_is_exported_at_zero_before_any_decision() -> None:
     """The DecisionsStalled alert compares rate(safeguard_decisions_total) with 0: without a series
     per action from the start, a consumer that never decides would never fire it."""
-    from streams.config import ActionRule, ActionSettings
-
     metrics = build_metrics()
-    actions = ActionSettings(topic="decisions", default="allow", on_error="review",
-                             rules=[ActionRule(policy="spam", violation=True, action="remove")])
-    Outputs(KAFKA, OutputSettings(), Encoder(OutputSettings(), SchemaRegistrySettings()), metrics, model="m",
-            default_effort="low", actions=actions)
+    actions = {"topic": "decisions", "default": "allow", "on_error": "review",
+               "rules": [{"policy": "spam", "violation": True, "action": "remove"}]}
+    Outputs(settings(actions=actions), Encoder(OutputSettings(), SchemaRegistrySettings()), metrics)
     exported = {s.labels["action"]: s.value for m in metrics.registry.collect() if m.name == "safeguard_decisions"
                 for s in m.samples if s.name == "safeguard_decisions_total"}
     assert exported == {"allow": 0.0, "review": 0.0, "remove": 0.0}

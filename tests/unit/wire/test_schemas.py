@@ -11,22 +11,21 @@ import fastavro
 import orjson
 import pytest
 
-from streams.engine.outputs import label_document
 from streams.engine.work import Work
 from streams.errors import ErrorType
 from streams.inference.labeler import Outcome
 from streams.inference.verdict import Verdict
 from streams.policy.model import parse_policy
+from streams.wire.catalogue import CATALOGUE  # noqa: E402
 from streams.wire.events import (
     ContentEvent,
-    DeadLetter,
     DecisionEvent,
     EscalationEvent,
     LabelEvent,
-    ReasoningRecord,
     Source,
     Usage,
     dead_letter_for,
+    label_document,
     label_id,
 )
 
@@ -49,9 +48,8 @@ def roundtrip(schema: dict, record: dict) -> dict:
     return fastavro.schemaless_reader(buf, schema)
 
 
-@pytest.mark.parametrize("name,model", [("content", ContentEvent), ("label", LabelEvent),
-                                        ("reasoning", ReasoningRecord), ("dead_letter", DeadLetter),
-                                        ("decision", DecisionEvent), ("escalation", EscalationEvent)])
+@pytest.mark.parametrize("name,model", [("content", ContentEvent)] + list(dict.fromkeys((k.schema, k.model)
+                                                                                         for k in CATALOGUE)))
 def test_fields_match_models(name: str, model: type) -> None:
     doc = json.loads((SCHEMAS / f"{name}.avsc").read_text())
     assert [f["name"] for f in doc["fields"]] == list(model.model_fields)
@@ -94,15 +92,15 @@ def test_label_doc_is_what_the_model_dumps(metadata: dict | None, confidence: st
 
 
 def test_the_decision_the_output_stage_builds_is_valid_and_round_trips() -> None:
-    from streams.config import ActionSettings, KafkaSettings, OutputSettings, SchemaRegistrySettings
+    from streams.config import OutputSettings, SchemaRegistrySettings, load_settings
     from streams.engine.outputs import Outputs
     from streams.errors import PoisonError
     from streams.ops.metrics import build_metrics
     from streams.wire.codec import Encoder
 
-    actions = ActionSettings.model_validate({"topic": "decisions", "rules": [{"violation": True, "action": "hide"}]})
-    outputs = Outputs(KafkaSettings(), OutputSettings(), Encoder(OutputSettings(), SchemaRegistrySettings()),
-                      build_metrics(), model="m", default_effort="low", actions=actions)
+    rules = [{"violation": True, "action": "hide"}]
+    settings = load_settings(None, {"actions": {"topic": "decisions", "rules": rules}})
+    outputs = Outputs(settings, Encoder(OutputSettings(), SchemaRegistrySettings()), build_metrics())
     event = ContentEvent(event_id="e", text="hello", metadata={"author_id": "a1"})
     work = Work(("t", 0), 5, b"k", None, consumed_at=time.monotonic(), event=event)
     spam, fake = parse_policy("---\nid: spam\n---\nbody\n"), parse_policy("---\nid: fake\n---\nbody\n")

@@ -1,0 +1,86 @@
+"""The output catalogue: every kind of record the services write, one row each.
+
+A row names the kind's Avro schema (``schemas/<schema>.avsc``, registered as ``<topic>-value``),
+the wire model that schema mirrors (:mod:`streams.wire.events`, with the kind's builder beside it),
+the setting that names its topic, when it is written, and by which service. The start-up topic
+check, the schema registration and the output stage read this table, so a new output kind is a
+row here plus its model, schema and builder (docs/events.md lists the fields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+
+from streams.config import Settings
+from streams.wire.events import DeadLetter, DecisionEvent, EscalationEvent, LabelEvent, ReasoningRecord
+
+Writer = Literal["reasoning", "provisional", "escalation"]  # safeguard run, run --provisional, escalate
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    name: str  # as the logs and docs call it
+    schema: str  # schemas/<schema>.avsc
+    model: type[BaseModel]
+    setting: str  # the setting that names the topic, for messages
+    topic_of: Callable[[Settings], str | None]  # the topic, or None: not written under these settings
+    writer: Writer = "reasoning"
+    shadow: bool = False  # written only while a shadow policy is loaded
+
+    def topic(self, settings: Settings) -> str:
+        """The topic under ``settings``; raises ValueError when this kind is not written there."""
+        topic = self.topic_of(settings)
+        if topic is None:
+            raise ValueError(f"{self.name} records are not written under these settings ({self.setting})")
+        return topic
+
+
+def _provisional_topic(s: Settings) -> str | None:
+    return s.actions.topic if s.actions.provisional is not None else None
+
+
+LABEL = OutputKind("label", "label", LabelEvent, "kafka.labels_topic", lambda s: s.kafka.labels_topic)
+SHADOW_LABEL = OutputKind("shadow label", "label", LabelEvent, "kafka.shadow_labels_topic",
+                          lambda s: s.kafka.shadow_labels_topic, shadow=True)
+REASONING = OutputKind("reasoning", "reasoning", ReasoningRecord, "kafka.reasoning_topic",
+                       lambda s: s.kafka.reasoning_topic if s.output.reasoning == "separate" else None)
+DEAD_LETTER = OutputKind("dead letter", "dead_letter", DeadLetter, "kafka.dead_letter_topic",
+                         lambda s: s.kafka.dead_letter_topic)
+DECISION = OutputKind("decision", "decision", DecisionEvent, "actions.topic", lambda s: s.actions.topic)
+PROVISIONAL_DECISION = OutputKind("provisional decision", "decision", DecisionEvent, "actions.topic",
+                                  _provisional_topic, writer="provisional")
+ESCALATION = OutputKind("escalation", "escalation", EscalationEvent, "escalation.topic",
+                        lambda s: s.escalation.topic, writer="escalation")
+
+CATALOGUE: tuple[OutputKind, ...] = (LABEL, SHADOW_LABEL, REASONING, DEAD_LETTER, DECISION, PROVISIONAL_DECISION,
+                                     ESCALATION)
+
+
+def written(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = False) -> list[tuple[OutputKind, str]]:
+    """The kinds ``writer`` writes under ``settings`` (``shadow``: a shadow policy is loaded), each
+    with its topic, in catalogue order."""
+    rows = []
+    for kind in CATALOGUE:
+        topic = kind.topic_of(settings)
+        if kind.writer == writer and topic is not None and (shadow or not kind.shadow):
+            rows.append((kind, topic))
+    return rows
+
+
+def output_topics(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = False) -> list[str]:
+    """Every topic ``writer`` writes to, each once: what must exist before it consumes anything."""
+    return list(dict.fromkeys(topic for _, topic in written(settings, writer=writer, shadow=shadow)))
+
+
+def subjects(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = False) -> dict[str, list[str]]:
+    """``{schema: [topics]}``: what ``writer`` registers with the schema registry at start-up."""
+    out: dict[str, list[str]] = {}
+    for kind, topic in written(settings, writer=writer, shadow=shadow):
+        topics = out.setdefault(kind.schema, [])
+        if topic not in topics:
+            topics.append(topic)
+    return out
