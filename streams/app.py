@@ -22,12 +22,14 @@ from streams.engine.backpressure import Backpressure, FlowControl
 from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
 from streams.engine.outputs import Outputs
 from streams.engine.pipeline import Pipeline
+from streams.engine.provisional import NoReplicas, ProvisionalOutputs, Settle
 from streams.engine.stages import Decode, Dedupe, Prefilter, Route, Stage
 from streams.errors import ConfigError, FatalError, RetryableError
 from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler, decision_bytes
 from streams.inference.replicas.pool import ReplicaPool
 from streams.interventions.actions import check_rules
+from streams.interventions.provisional import ProvisionalRules, check_provisional_rules
 from streams.kafka.admin import existing_topics, require_topics
 from streams.kafka.config import transactional_id
 from streams.kafka.producer import OutputProducer
@@ -186,6 +188,51 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
                     decided=decided, consumer_factory=consumer_factory)
 
 
+def provisional_settings(settings: Settings) -> Settings:
+    """The provisional consumer's settings: its own group (``<group_id>-provisional``) and, under
+    exactly-once, its own transactional id, so it never fences or is fenced by the reasoning consumer."""
+    if settings.actions.provisional is None:
+        raise ConfigError("safeguard run --provisional needs actions.provisional (and actions.topic): the rules "
+                          "of the decision made before the model answers (docs/interventions.md, \"Two-speed "
+                          "moderation\")")
+    k = settings.kafka
+    kafka = k.model_copy(update={"group_id": f"{k.group_id}-provisional",
+                                 "transactional_id": f"{k.transactional_id}-provisional" if k.transactional_id
+                                 else None})
+    return settings.model_copy(update={"kafka": kafka})
+
+
+def build_provisional_pipeline(settings: Settings, policies: PolicyRegistry, metrics: Metrics, *,
+                               prefilters: Prefilters | None = None, encoder: Encoder | None = None,
+                               delivery: Delivery | None = None,
+                               consumer_factory: Callable[[dict[str, Any]], Any] = Consumer) -> Pipeline:
+    """The provisional consumer's event path (:mod:`streams.engine.provisional`): the reasoning
+    consumer's stages before inference, then ``settle``; no replica. ``settings`` as
+    :func:`provisional_settings` makes them. The prefilter's own metrics stay out of this
+    consumer's registry: the reasoning consumer's cascade is the one of record."""
+    assert settings.actions.provisional is not None
+    rules = ProvisionalRules(settings.actions.provisional, settings.prefilter.audit_rate)
+    stages: list[Stage] = [Decode(Decoder(settings.input, settings.schema_registry)),
+                           Route(policies, settings.policies.mode)]
+    if prefilters is not None:
+        quiet = build_metrics(CollectorRegistry())
+        p = settings.prefilter
+        stages.append(Prefilter(prefilters, p.audit_rate, quiet, LiveCascade(p, quiet),
+                                drift_audit_rate=p.drift_audit_rate))
+    stages.append(Settle(rules))
+    outputs = ProvisionalOutputs(settings, rules, encoder or Encoder(settings.output, settings.schema_registry),
+                                 metrics)
+    b = settings.batching
+    flow = FlowControl(Backpressure(b.max_inflight_events, b.max_poll_records))
+    pool = NoReplicas(b.max_poll_records)
+    consumed: list[Pipeline] = []
+    pipeline = Pipeline(settings.kafka, b, stages=stages, labeler=None, outputs=outputs,
+                        delivery=delivery or build_delivery(settings), flow=flow, pool=pool, metrics=metrics,
+                        decided=lambda: consumed[0].consumed if consumed else 0, consumer_factory=consumer_factory)
+    consumed.append(pipeline)
+    return pipeline
+
+
 async def run_consumer(
     settings: Settings,
     *,
@@ -193,40 +240,52 @@ async def run_consumer(
     registry: CollectorRegistry | None = None,
     on_pipeline: Callable[[Pipeline], None] | None = None,
     on_policies: Callable[[PolicyRegistry], None] | None = None,
+    provisional: bool = False,
 ) -> None:
     """Run the consumer until SIGTERM/SIGINT or idle. Raises ConfigError/FatalError on failure.
 
-    ``on_pipeline`` and ``on_policies`` hand the running pipeline and the live policy registry to an
-    embedder (the demo, the bench, tests) as soon as they exist."""
+    ``provisional``: the provisional consumer (``safeguard run --provisional``) instead of the
+    reasoning one. ``on_pipeline`` and ``on_policies`` hand the running pipeline and the live policy
+    registry to an embedder (the demo, the bench, tests) as soon as they exist."""
+    writer: Writer = "reasoning"
+    if provisional:
+        settings, writer = provisional_settings(settings), "provisional"
     metrics = build_metrics(registry)
     policies = build_registry(settings, metrics)
     if on_policies is not None:
         on_policies(policies)
     loop = asyncio.get_running_loop()
     shadow = any(p.meta.shadow for p in policies.policies.values())
-    await loop.run_in_executor(None, lambda: require_topics(settings.kafka, output_topics(settings, shadow=shadow)))
+    topics = output_topics(settings, writer=writer, shadow=shadow)
+    await loop.run_in_executor(None, lambda: require_topics(settings.kafka, topics))
     encoder = Encoder(settings.output, settings.schema_registry)
-    await loop.run_in_executor(None, lambda: register_output_schemas(settings, encoder, shadow=shadow))
+    await loop.run_in_executor(None, lambda: register_output_schemas(settings, encoder, writer=writer, shadow=shadow))
     async with contextlib.AsyncExitStack() as stack:  # undone in reverse, whatever raises
         if settings.kafka.policies_topic:
             reader = PolicyTopicReader(settings.kafka, policies)
             await loop.run_in_executor(None, reader.catch_up)
             background(stack, reader.run())
-        check_rules(settings.actions, policies.policies)  # after the policies topic: rules may name its policies
+        # after the policies topic: rules may name its policies
+        check_rules(settings.actions, policies.policies)
+        if settings.actions.provisional is not None:
+            check_provisional_rules(settings.actions.provisional, list(policies.policies))
         if settings.policies.reload_interval_s > 0:
             watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
             background(stack, watcher.run())
-        prefilters = load_prefilters(settings, metrics)
+        prefilters = load_prefilters(settings, build_metrics(CollectorRegistry()) if provisional else metrics)
         if prefilters is not None and settings.policies.reload_interval_s > 0:
             background(stack, prefilters.run(settings.policies.reload_interval_s))
-        pool = await stack.enter_async_context(ReplicaPool(settings.replicas,
-                                                           reaction_s=settings.batching.io_batch_ms / 1000,
-                                                           observer=pool_observer(metrics)))
-        for url in settings.replicas.urls:
-            metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
-            metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
-            metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
-        pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
+        if provisional:
+            pipeline = build_provisional_pipeline(settings, policies, metrics, prefilters=prefilters, encoder=encoder)
+        else:
+            pool = await stack.enter_async_context(ReplicaPool(settings.replicas,
+                                                               reaction_s=settings.batching.io_batch_ms / 1000,
+                                                               observer=pool_observer(metrics)))
+            for url in settings.replicas.urls:
+                metrics.replica_healthy.labels(url).set_function(_replica_state(pool, url, 0))
+                metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
+                metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
+            pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
         metrics.ready.set_function(lambda: float(pipeline.ready))
         if on_pipeline is not None:
             on_pipeline(pipeline)

@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path, help="YAML config file (docs/configuration.md)")
     r.add_argument("--until-idle", type=positive_float, metavar="SECONDS",
                    help="exit 0 once no input arrived for SECONDS (after assignment) and all is committed")
+    r.add_argument("--provisional", action="store_true",
+                   help="run the provisional consumer instead: a decision per event before the model answers "
+                   "(actions.provisional), in its own group <kafka.group_id>-provisional, CPU only; deploy it "
+                   "beside the reasoning consumer (docs/interventions.md, \"Two-speed moderation\")")
     r.set_defaults(func=_cmd_run)
 
     x = sub.add_parser("escalate", help="escalate repeat offenders (faust-streaming tables over the labels)",
@@ -170,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
     settings = load_settings(args.config)
-    run(run_consumer(settings, until_idle=args.until_idle))
+    run(run_consumer(settings, until_idle=args.until_idle, provisional=args.provisional))
     return 0
 
 

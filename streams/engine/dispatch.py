@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class Dispatch:
     """Starts an event's requests and reports the event once all are decided."""
 
-    def __init__(self, labeler: Labeler, holds: Callable[[Work], bool], finished: Callable[[Work], None]) -> None:
+    def __init__(self, labeler: Labeler | None, holds: Callable[[Work], bool], finished: Callable[[Work], None]
+                 ) -> None:
+        """``labeler`` None: a consumer with no model behind it, whose stages leave no request open."""
         self._labeler = labeler
         self._holds = holds
         self._finished = finished
@@ -38,6 +40,7 @@ class Dispatch:
             task.add_done_callback(work.tasks.discard)
 
     async def _run(self, work: Work, request: Request) -> None:
+        assert self._labeler is not None, "a request reached inference in a consumer with no model"
         try:
             outcomes = await self._labeler.label(request.policies, work.content, request.cache_key)
         except Exception as exc:  # noqa: BLE001 - see the module doc

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from streams.config import Settings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
 from streams.interventions.actions import decide
+from streams.interventions.provisional import ProvisionalRules
 from streams.ops.logutil import RateLimitedLog
 from streams.ops.metrics import Children, Metrics
 from streams.wire.catalogue import DEAD_LETTER, DECISION, LABEL, REASONING, SHADOW_LABEL
@@ -27,6 +28,15 @@ from streams.wire.codec import Encoder
 from streams.wire.events import Reason, ReasoningRecord, Source, dead_letter_for, decision_document, label_document
 
 log = logging.getLogger(__name__)
+
+
+class OutputStage(Protocol):
+    """What the pipeline asks of its outputs: an event's records, or its dead letter."""
+
+    def build(self, work: Work) -> None: ...
+
+    def dead_letter(self, work: Work, exc: PoisonError, *, policy_id: str | None = None, attempts: int = 1
+                    ) -> None: ...
 
 
 class Outputs:
@@ -47,6 +57,10 @@ class Outputs:
         self._decisions = DECISION.topic_of(settings)
         self._actions = settings.actions
         self._decision_count = Children(metrics.decisions)
+        self._final_latency = metrics.decision_latency.labels("final")
+        self._interventions = Children(metrics.interventions)
+        provisional = settings.actions.provisional
+        self._provisional = ProvisionalRules(provisional, settings.prefilter.audit_rate) if provisional else None
         if self._decisions is not None:  # every action at 0 from the start: rate() == 0 alerts need a series
             for action in {self._actions.default, self._actions.on_error, *(r.action for r in self._actions.rules)}:
                 self._decision_count(action)
@@ -82,13 +96,33 @@ class Outputs:
             self._decision(work, reasons, failed=failed)
 
     def _decision(self, work: Work, reasons: list[dict[str, Any]], *, failed: bool) -> None:
+        """The final decision; with ``actions.provisional``, what it supersedes and whether it
+        changed the action (the provisional view recomputed: streams.interventions.provisional)."""
         assert self._decisions is not None and work.event is not None
         action, rule = decide(self._actions, [Reason.model_construct(**r) for r in reasons], failed=failed)
+        view = self._provisional.view(work) if self._provisional is not None else None
+        changed = view is not None and view.action != action
         doc = decision_document(work, stage="final", action=action, rule=rule, reasons=reasons,
-                                versions={r["policy_id"]: r["policy_version"] for r in reasons})
+                                versions={r["policy_id"]: r["policy_version"] for r in reasons},
+                                supersedes=view.decision_id if view is not None else None, changed=changed)
         topic = self._decisions
         work.records.append(OutRecord(topic, self._encode(doc, DECISION.schema, topic),
-                                      self._decision_count(action).inc))
+                                      self._decided(action, view.action if changed and view else None,
+                                                    work.timestamp)))
+
+    def _decided(self, action: str, provisional: str | None, timestamp: float | None) -> Callable[[], None]:
+        """The final decision's metrics, counted once the broker acknowledges it."""
+        count = self._decision_count(action).inc
+        latency = self._final_latency
+        intervened = self._interventions(provisional, action).inc if provisional is not None else None
+
+        def delivered() -> None:
+            count()
+            if intervened is not None:
+                intervened()
+            if timestamp is not None:
+                latency.observe(max(0.0, time.time() - timestamp))
+        return delivered
 
     def _label(self, work: Work, outcome: Outcome, now: float) -> dict[str, Any]:
         policy = outcome.policy

@@ -39,7 +39,7 @@ from streams.engine.backpressure import FlowControl
 from streams.engine.delivery import Delivery
 from streams.engine.dispatch import Dispatch
 from streams.engine.loop_consumer import LoopConsumer
-from streams.engine.outputs import Outputs
+from streams.engine.outputs import OutputStage
 from streams.engine.pump import serve_reports
 from streams.engine.stages import Stage
 from streams.engine.waiting import Waiting
@@ -62,7 +62,7 @@ class Pipeline:
     """
 
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, *, stages: Sequence[Stage],
-                 labeler: Labeler, outputs: Outputs, delivery: Delivery, flow: FlowControl, pool: Capacity,
+                 labeler: Labeler | None, outputs: OutputStage, delivery: Delivery, flow: FlowControl, pool: Capacity,
                  metrics: Metrics, decided: Callable[[], int],
                  consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
         """``decided()``: decisions made so far (replica answers plus cache hits: the rate backpressure
@@ -205,6 +205,9 @@ class Pipeline:
                 continue
             topic = cast(str, msg.topic())
             work = Work((topic, cast(int, msg.partition())), cast(int, msg.offset()), msg.key(), msg.value(), now)
+            kind, ms = msg.timestamp()
+            if kind:  # TIMESTAMP_CREATE_TIME or TIMESTAMP_LOG_APPEND_TIME
+                work.timestamp = ms / 1000
             self._ledger.add(work)
             per_topic[topic] = per_topic.get(topic, 0) + 1
             batch.append(work)

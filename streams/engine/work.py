@@ -61,6 +61,8 @@ class Work:
     # pair's end is reported to); and the text it scored.
     prefilter: dict[str, tuple[float, bool, tuple[str, ...], bool, Any]] | None = None
     normalised: tuple[str, tuple[str, ...]] | None = None
+    timestamp: float | None = None  # the record's timestamp, seconds since the epoch (decision latency)
+    provisional: Any = None  # the provisional view (streams.interventions.provisional), where one is due
 
     @property
     def topic(self) -> str:

@@ -1,4 +1,4 @@
-"""Seven faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
+"""Eight faust-streaming 0.15 defects that lose, re-read or duplicate labels or hang a shutdown,
 worked around in place.
 
 Each was found with probes on a real broker (docs/interventions.md, "faust-streaming on the
@@ -13,9 +13,8 @@ escalation service calls it at import.
    fetch looks like a jump past a hole in the log, and faust marks the "hole" as processed (its
    gap tracking, meant for transaction markers and compacted offsets). The first labels after a
    restart were committed without reaching an agent: 27 of 60 with a one-second seek, and a few
-   per run in CI. Fixed by holding the input partitions paused until the seek has finished (and by
-   keeping faust's set of active partitions from going empty meanwhile, see
-   ``_deferring_stream_resume``).
+   per run in CI. Fixed by holding the input partitions paused until the seek has finished
+   (``_deferring_stream_resume``; fix 8 covers a fetch that was already under way).
 2. **Commit progress** (``Consumer._new_offset``). After a rebalance or a restart the fetcher can
    hand a stream some messages twice, and the consumer's list of acknowledged offsets then holds
    duplicates, and offsets below the committed one. Its commit logic takes the first run of
@@ -80,6 +79,21 @@ escalation service calls it at import.
    recovery starts by handing the restore one placeholder event below every offset it will read
    (ignored, like any offset already seen), which resets that count: faust's two waits mean again
    what they were meant to, 10 seconds without a changelog event.
+8. **A fetch crosses a rebalance** (``Consumer.getmany``, ``Consumer._set_active_tps``). faust's
+   fetch runs in the consumer's thread and reads faust's set of active partitions live, while the
+   event loop changes it, and aiokafka moves a partition's position as it hands records over, before
+   faust decides what to do with them. Two ways that lost or stalled work under load: (a) at a
+   rebalance faust pauses every partition, and aiokafka reads an *empty* set as "every partition":
+   a fetch under way then took the changelog records a recovery had just seeked to, faust dropped
+   them as not active, and the recovery waited for ever ("No event received for active tp ... since
+   recovery start", the rebalance test on a loaded machine). The set now always holds a partition of
+   no topic, so it is never empty, not even between faust's clear and update. (b) a batch fetched
+   before the recovery's seek to the committed offsets was still being delivered after it, and its
+   first record looked like a jump past a hole: faust's gap tracking counted the offsets in between
+   as processed and committed past labels that never reached an agent (what explains 19 of 20 actors
+   of one wave never escalating, at-least-once, in two full CI runs). The fetch now notes each partition's
+   position as aiokafka hands the records over; a record whose partition has moved since (a seek)
+   is not delivered, and is read again from where the seek put it.
 """
 
 from __future__ import annotations
@@ -88,6 +102,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -97,7 +112,7 @@ log = logging.getLogger("streams.interventions.escalate")
 
 _MARK = "safeguard_patched"
 STABLE_WAIT_S = 30.0  # how long recovery waits for a transaction that is ending to finish (fix 6)
-_HOLD = TP("safeguard-streams-hold", -1)  # in faust's active set while input partitions are held
+_HOLD = TP("safeguard-streams-hold", -1)  # always in faust's set of active partitions (fix 8)
 
 
 def apply() -> None:
@@ -113,7 +128,8 @@ def apply() -> None:
               (Consumer, "perform_seek"), (Consumer, "resume_partitions"), (Consumer, "_get_active_partitions"),
               (Consumer, "_is_changelog_tp"), (TransactionManager, "send"), (Producer, "commit_transactions"),
               (Collection, "send_changelog"), (Store, "on_rebalance"), (AIOKafkaConsumerThread, "_highwaters"),
-              (Recovery, "_build_offsets")]
+              (Recovery, "_build_offsets"), (Consumer, "_set_active_tps"), (Consumer, "_wait_next_records"),
+              (Consumer, "getmany"), (AIOKafkaConsumerThread, "_fetch_records")]
     missing = [f"{cls.__name__}.{name}" for cls, name in needed if not hasattr(cls, name)]
     if missing:
         import faust
@@ -121,6 +137,8 @@ def apply() -> None:
         raise RuntimeError(f"faust-streaming {faust.__version__} lacks {', '.join(missing)}: the escalation "
                            "service's fixes are written for faust-streaming 0.15 (docs/interventions.md)")
     _seek_before_resume()
+    _active_set_never_empty()
+    _fetch_never_crosses_a_seek()
     _commit_progress()
     _transactions_follow_the_record()
     _commits_find_a_transaction_open()
@@ -143,23 +161,17 @@ def _seek_before_resume() -> None:
 
 def _deferring_stream_resume(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     """``method`` with the consumer's resume of input (non-changelog) partitions held back until
-    its ``perform_seek`` has returned; if the method resumes them without seeking (an empty
-    assignment), they are resumed when it returns.
-
-    While they are held, faust's set of active partitions carries a partition of no topic. faust
-    passes that set, live, to aiokafka's ``fetched_records``, which reads an *empty* set as "every
-    partition": a fetch under way when the set emptied would hand back input records that faust
-    then drops as not active, after aiokafka had already moved its position past them (the labels
-    of a restart never read, and ``--until-idle`` waiting for ever). With the placeholder the set
-    is never empty, and aiokafka keeps input records buffered until the seek discards them."""
+    its own ``perform_seek`` has returned; if the method resumes them without seeking (an empty
+    assignment), they are resumed when it returns. A seek another task makes meanwhile (faust's
+    fetcher seeks back to the committed offsets when a fetch returns while the flow is stopped)
+    releases nothing."""
 
     @functools.wraps(method)
     async def run(self: Any, *args: Any, **kwargs: Any) -> None:
         consumer = self.app.consumer
         resume, seek = consumer.resume_partitions, consumer.perform_seek
+        owner = asyncio.current_task()
         held: set[Any] = set()
-        active = consumer._get_active_partitions()
-        active.add(_HOLD)
 
         def resume_partitions(tps: Iterable[Any]) -> None:
             tps = set(tps)
@@ -172,11 +184,11 @@ def _deferring_stream_resume(method: Callable[..., Awaitable[None]]) -> Callable
             if held:
                 resume(set(held))
                 held.clear()
-            consumer._get_active_partitions().discard(_HOLD)
 
         async def perform_seek() -> None:
             await seek()  # while the input partitions are held: nothing fetched from before it is delivered
-            release()
+            if asyncio.current_task() is owner:
+                release()
 
         consumer.resume_partitions, consumer.perform_seek = resume_partitions, perform_seek
         try:
@@ -186,6 +198,106 @@ def _deferring_stream_resume(method: Callable[..., Awaitable[None]]) -> Callable
             release()
 
     return run
+
+
+def _active_set_never_empty() -> None:
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer._get_active_partitions, _MARK, False):
+        return
+    get_active = Consumer._get_active_partitions
+
+    def _get_active_partitions(self: Any) -> set[Any]:
+        tps: set[Any] = get_active(self)
+        tps.add(_HOLD)
+        return tps
+
+    def _set_active_tps(self: Any, tps: Iterable[Any]) -> set[Any]:
+        from faust.transport.consumer import ensure_TPset
+
+        if self._active_partitions is None:
+            self._active_partitions = {_HOLD}
+        active: set[Any] = self._active_partitions
+        wanted = (ensure_TPset(tps) - self._paused_partitions) | {_HOLD}
+        active.add(_HOLD)  # never empty, not even for a moment: the consumer thread reads it live
+        active.intersection_update(wanted)
+        active.update(wanted)
+        return active
+
+    for fixed in (_get_active_partitions, _set_active_tps):
+        setattr(fixed, _MARK, True)
+    Consumer._get_active_partitions = _get_active_partitions  # type: ignore[method-assign]
+    Consumer._set_active_tps = _set_active_tps  # type: ignore[method-assign]
+
+
+class _Fetched(dict):
+    """A fetch's records, with each partition's fetch position right after they were taken."""
+
+    positions: dict[Any, int | None]
+
+
+_fetch_records_of: Callable[..., Awaitable[Any]]  # aiokafka's fetch as faust calls it, unpatched
+
+
+def _fetch_never_crosses_a_seek() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(Consumer.getmany, _MARK, False):
+        return
+    global _fetch_records_of
+    _fetch_records_of = AIOKafkaConsumerThread._fetch_records
+    wait_next, getmany = Consumer._wait_next_records, Consumer.getmany
+
+    async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await _fetch_records_of(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if not records:
+            return records
+        fetched = _Fetched(records)  # no await since aiokafka handed them over: no seek in between
+        fetched.positions = {tp: _position(consumer, tp) for tp in records}
+        return fetched
+
+    async def _wait_next_records(self: Any, timeout: float) -> Any:
+        records, active = await wait_next(self, timeout)
+        self._safeguard_fetched = getattr(records, "positions", None)
+        return records, active
+
+    async def _getmany(self: Any, timeout: float) -> Any:
+        stale: Counter[Any] = Counter()
+        async for tp, message in getmany(self, timeout):
+            if _moved(self, tp):
+                stale[tp] += 1
+                continue
+            yield tp, message
+        for tp, n in stale.items():
+            log.info("discarded %d records of %s fetched before a seek moved the partition (read again from "
+                     "where the seek put it)", n, tp)
+
+    for fixed in (_fetch_records, _wait_next_records, _getmany):
+        setattr(fixed, _MARK, True)
+    AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]
+    Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
+    Consumer.getmany = _getmany  # type: ignore[method-assign]
+
+
+def _moved(consumer: Any, tp: Any) -> bool:
+    """Whether ``tp``'s fetch position changed since faust's consumer took its last batch (a seek
+    since: what is left of the batch for ``tp`` comes from before it)."""
+    fetched = getattr(consumer, "_safeguard_fetched", None)
+    if fetched is None or tp not in fetched:
+        return False
+    client = consumer._thread._consumer
+    return client is None or _position(client, tp) != fetched[tp]
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    """aiokafka's fetch position of ``tp`` (None: not assigned, or no position yet)."""
+    assignment = consumer._subscription.subscription and consumer._subscription.subscription.assignment
+    if assignment is None or tp not in assignment.tps:
+        return None
+    position: int | None = assignment.state_value(tp)._position
+    return position
 
 
 def _commit_progress() -> None:

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# From milliseconds (a provisional decision) to minutes (a final one behind a backlog).
+DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -44,6 +46,9 @@ class Metrics:
     prefilter_tightened: Gauge
     prefilter_drift: Gauge
     decisions: Counter
+    decision_latency: Histogram
+    interventions: Counter
+    lane_wait: Histogram
     pending_work: Gauge
     ready: Gauge
     work_rate: WorkRate
@@ -150,6 +155,18 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         decisions=Counter(
             "safeguard_decisions", "Decision events acknowledged by the broker, by action.", ["action"],
             registry=reg,
+        ),
+        decision_latency=Histogram(
+            "safeguard_decision_latency_seconds", "Record timestamp to decision acknowledged, by stage "
+            "(provisional, final, deadline).", ["stage"], buckets=DECISION_BUCKETS, registry=reg,
+        ),
+        interventions=Counter(
+            "safeguard_interventions", "Final decisions whose action differs from the provisional one, by the "
+            "actions (from_action: provisional, to_action: final).", ["from_action", "to_action"], registry=reg,
+        ),
+        lane_wait=Histogram(
+            "safeguard_lane_wait_seconds", "Record timestamp to the event's first model request sent, by lane "
+            "(the route's priority; 0: urgent).", ["priority"], buckets=DECISION_BUCKETS, registry=reg,
         ),
         pending_work=Gauge(
             "safeguard_pending_work_seconds",

@@ -28,7 +28,7 @@ class OutputKind:
     model: type[BaseModel]
     setting: str  # the setting that names the topic, for messages
     topic_of: Callable[[Settings], str | None]  # the topic, or None: not written under these settings
-    writer: Writer = "reasoning"
+    writers: tuple[Writer, ...] = ("reasoning",)
     shadow: bool = False  # written only while a shadow policy is loaded
 
     def topic(self, settings: Settings) -> str:
@@ -49,12 +49,12 @@ SHADOW_LABEL = OutputKind("shadow label", "label", LabelEvent, "kafka.shadow_lab
 REASONING = OutputKind("reasoning", "reasoning", ReasoningRecord, "kafka.reasoning_topic",
                        lambda s: s.kafka.reasoning_topic if s.output.reasoning == "separate" else None)
 DEAD_LETTER = OutputKind("dead letter", "dead_letter", DeadLetter, "kafka.dead_letter_topic",
-                         lambda s: s.kafka.dead_letter_topic)
+                         lambda s: s.kafka.dead_letter_topic, writers=("reasoning", "provisional"))
 DECISION = OutputKind("decision", "decision", DecisionEvent, "actions.topic", lambda s: s.actions.topic)
 PROVISIONAL_DECISION = OutputKind("provisional decision", "decision", DecisionEvent, "actions.topic",
-                                  _provisional_topic, writer="provisional")
+                                  _provisional_topic, writers=("provisional",))
 ESCALATION = OutputKind("escalation", "escalation", EscalationEvent, "escalation.topic",
-                        lambda s: s.escalation.topic, writer="escalation")
+                        lambda s: s.escalation.topic, writers=("escalation",))
 
 CATALOGUE: tuple[OutputKind, ...] = (LABEL, SHADOW_LABEL, REASONING, DEAD_LETTER, DECISION, PROVISIONAL_DECISION,
                                      ESCALATION)
@@ -66,7 +66,7 @@ def written(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = 
     rows = []
     for kind in CATALOGUE:
         topic = kind.topic_of(settings)
-        if kind.writer == writer and topic is not None and (shadow or not kind.shadow):
+        if writer in kind.writers and topic is not None and (shadow or not kind.shadow):
             rows.append((kind, topic))
     return rows
 

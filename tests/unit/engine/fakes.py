@@ -137,6 +137,10 @@ class FakeMessage:
     _offset: int
     _value: bytes | None
     _key: bytes | None = None
+    _timestamp_ms: int | None = None  # None: the broker gave none (TIMESTAMP_NOT_AVAILABLE)
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1) if self._timestamp_ms is None else (1, self._timestamp_ms)
 
     def topic(self) -> str:
         return self._topic

@@ -60,26 +60,94 @@ def test_apply_is_idempotent_and_marks_what_it_patched() -> None:
     assert all(getattr(f, "safeguard_patched", False) for f in first)
 
 
-def test_input_partitions_are_resumed_only_after_the_seek_and_the_active_set_never_empties() -> None:
+def test_input_partitions_are_resumed_only_after_the_seek() -> None:
     recovery = type("R", (), {"app": App()})()
     consumer = recovery.app.consumer
     asyncio.run(faust_fixes._deferring_stream_resume(faust_order)(recovery))
     assert consumer.events == [
-        ("seek, active at the time", frozenset({faust_fixes._HOLD})),  # held: only the placeholder
+        ("seek, active at the time", frozenset()),  # held
         ("resume", frozenset({LABELS})),
     ]
-    assert consumer.active == {LABELS}  # the placeholder is gone
     assert "resume_partitions" not in vars(consumer) and "perform_seek" not in vars(consumer)
+
+
+def test_a_seek_by_another_task_meanwhile_releases_nothing() -> None:
+    """faust's fetcher seeks back to the committed offsets when a fetch returns while the flow is
+    stopped; that seek may fall between the recovery's resume and its own seek."""
+
+    async def fetcher_seeks_first(recovery: Any) -> None:
+        consumer = recovery.app.consumer
+        consumer.resume_partitions({LABELS})
+        await asyncio.ensure_future(consumer.perform_seek())  # another task: the fetcher's
+        assert LABELS not in consumer.active  # still held
+        await consumer.perform_seek()  # the recovery's own
+
+    recovery = type("R", (), {"app": App()})()
+    asyncio.run(faust_fixes._deferring_stream_resume(fetcher_seeks_first)(recovery))
+    assert recovery.app.consumer.events[-1] == ("resume", frozenset({LABELS}))
 
 
 def test_changelog_partitions_resume_at_once_and_inputs_resume_even_without_a_seek() -> None:
     async def no_seek(recovery: Any) -> None:  # an empty assignment: faust resumes without seeking
         recovery.app.consumer.resume_partitions({LABELS, CHANGELOG})
-        assert recovery.app.consumer.active == {CHANGELOG, faust_fixes._HOLD}
+        assert recovery.app.consumer.active == {CHANGELOG}
 
     recovery = type("R", (), {"app": App()})()
     asyncio.run(faust_fixes._deferring_stream_resume(no_seek)(recovery))
     assert recovery.app.consumer.active == {LABELS, CHANGELOG}
+
+
+def test_the_set_of_active_partitions_never_empties_and_stays_the_same_object() -> None:
+    """aiokafka reads the set faust hands it live, from the consumer thread, and an empty set means
+    "every partition" to it (the stall: a recovery whose changelog records were drained and dropped)."""
+    faust_fixes.apply()
+    consumer = SimpleNamespace(_active_partitions=None, _paused_partitions={CHANGELOG})
+    live = Consumer._set_active_tps(consumer, {LABELS, CHANGELOG})
+    assert live == {LABELS, faust_fixes._HOLD}  # paused partitions stay out
+    assert Consumer._set_active_tps(consumer, set()) is live and live == {faust_fixes._HOLD}
+    consumer._active_partitions = set()  # as faust's _reset_state leaves it
+    assert Consumer._get_active_partitions(consumer) == {faust_fixes._HOLD}
+
+
+class StandInClient:
+    """aiokafka's consumer as the fetch fix reads it: the assignment's positions, and a fetch that
+    moves them as aiokafka's does when it hands records over."""
+
+    def __init__(self, positions: dict[TP, int]) -> None:
+        states = {tp: SimpleNamespace(_position=p) for tp, p in positions.items()}
+        assignment = SimpleNamespace(tps=set(states), state_value=states.__getitem__)
+        self._subscription = SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+        self.states = states
+
+
+def test_records_left_of_a_batch_after_a_seek_are_not_delivered() -> None:
+    """The loss: records fetched before the recovery's seek to the committed offsets were delivered
+    after it, so the next record looked like a jump past a hole and faust counted the offsets in
+    between as processed (labels committed, never counted)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    faust_fixes.apply()
+    client = StandInClient({LABELS: 431})
+
+    async def fetch() -> Any:  # as aiokafka: hand over offsets 431..450, position moves to 451
+        client.states[LABELS]._position = 451
+        return {LABELS: list(range(431, 451))}
+
+    original = faust_fixes._fetch_records_of  # the unpatched fetch the fix wraps
+    try:
+        faust_fixes._fetch_records_of = lambda *a, **k: fetch()
+        records = asyncio.run(AIOKafkaConsumerThread._fetch_records(None, client, {LABELS}, timeout=1.0))
+    finally:
+        faust_fixes._fetch_records_of = original
+    assert records.positions == {LABELS: 451}
+    faust_consumer = SimpleNamespace(_safeguard_fetched=records.positions, _thread=SimpleNamespace(_consumer=client))
+    assert not faust_fixes._moved(faust_consumer, LABELS)  # nothing moved it: deliver
+    client.states[LABELS]._position = 431  # the recovery seeks back to the committed offset
+    assert faust_fixes._moved(faust_consumer, LABELS)  # the rest of the batch is read again from there
+    client.states.clear()
+    client._subscription.subscription.assignment.tps = set()  # revoked
+    assert faust_fixes._moved(faust_consumer, LABELS)
+    assert not faust_fixes._moved(faust_consumer, CHANGELOG)  # not in the batch: nothing to say
 
 
 def test_commit_offset_ignores_duplicate_and_already_committed_acks() -> None:

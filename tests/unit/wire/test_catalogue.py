@@ -30,10 +30,10 @@ def test_each_setting_adds_its_kind() -> None:
 
 def test_provisional_decisions_are_written_by_their_own_consumer_only_when_configured() -> None:
     plain = settings(actions={"topic": "decisions"})
-    assert output_topics(plain, writer="provisional") == []
+    assert output_topics(plain, writer="provisional") == ["dlq"]  # a decision it cannot build: dead-lettered
     two_speed = settings(actions={"topic": "decisions", "provisional": {"default": "allow"}})
-    assert output_topics(two_speed, writer="provisional") == ["decisions"]
-    assert subjects(two_speed, writer="provisional") == {"decision": ["decisions"]}
+    assert output_topics(two_speed, writer="provisional") == ["dlq", "decisions"]
+    assert subjects(two_speed, writer="provisional") == {"dead_letter": ["dlq"], "decision": ["decisions"]}
     assert [k for k, _ in written(two_speed)] != [PROVISIONAL_DECISION]  # the reasoning consumer: its own rows
     assert DECISION in [k for k, _ in written(two_speed)]
 
