@@ -1,0 +1,127 @@
+"""Two-speed moderation on the real broker and the simulator: a provisional decision per event from
+the provisional consumer (its own group, no replica), then the final one from the reasoning
+consumer, which says what it supersedes and whether it changed the action; under both delivery
+guarantees, and across SIGKILLs of both consumers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from streams.app import run_consumer
+from streams.config import load_settings
+from streams.policy.model import load_policies
+from streams.wire.events import decision_id
+from tests.integration.helpers import produce, read_all, read_until
+from tests.integration.interventions.test_decisions import content_events, expected_action, setup, wait_committed
+
+# every event asked for 'long' too is held until the reasoner has spoken; the others are published at once
+PROVISIONAL = {"default": "allow", "rules": [{"policy": "long", "action": "hold"}]}
+
+
+def with_provisional(path: Path) -> Path:
+    """The config at ``path`` with the provisional rules above added."""
+    config = yaml.safe_load(path.read_text())
+    config["actions"]["provisional"] = PROVISIONAL
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def by_stage(kafka_bootstrap: str, names: dict[str, str], isolation: str, expect: int) -> dict[str, dict[str, list]]:
+    """{stage: {event_id: [(key, decision), ...]}} of everything on the decisions topic."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for m in read_all(kafka_bootstrap, names["decisions"], expect=expect, isolation=isolation):
+        d = orjson.loads(m.value())
+        out[d["stage"]][d["event_id"]].append((m.key(), d))
+    return out
+
+
+def check_two_speed(kafka_bootstrap: str, names: dict[str, str], path: Path, n: int, isolation: str, *,
+                    once: bool) -> tuple[int, dict[tuple[str, str], int]]:
+    """Every event: one provisional decision as the rules say and one final that supersedes it, with
+    ``changed`` exactly when the actions differ (``once``: no duplicate at all; else duplicates share
+    their id). Returns (changed count, {(from, to): count})."""
+    stages = by_stage(kafka_bootstrap, names, isolation, expect=2 * n)
+    labels: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in read_all(kafka_bootstrap, names["labels"], expect=2 * n, isolation=isolation):
+        lab = orjson.loads(m.value())
+        labels[lab["event_id"]].append(lab)
+    failed = {orjson.loads(m.value())["event_id"] for m in read_all(kafka_bootstrap, names["dlq"], expect=n // 5,
+                                                                     isolation=isolation)}
+    versions = {p.id: p.version for p in load_policies(load_settings(path).policies.dir).values()}
+    assert set(stages) == {"provisional", "final"}
+    assert len(stages["provisional"]) == len(stages["final"]) == n
+    interventions: dict[tuple[str, str], int] = defaultdict(int)
+    for event_id, provisionals in stages["provisional"].items():
+        k = int(event_id[1:])
+        finals = stages["final"][event_id]
+        if once:
+            assert len(provisionals) == 1 and len(finals) == 1, (event_id, provisionals, finals)
+        assert len({d["decision_id"] for _, d in provisionals}) == 1 == len({d["decision_id"] for _, d in finals})
+        key, p = provisionals[0]
+        _, f = finals[0]
+        routed = ["fake-reviews", "long", "spam"] if k % 5 == 0 else ["fake-reviews", "spam"]
+        assert key == f"k{k}".encode() and p["pending"] == routed and p["reasons"] == []
+        assert p["action"] == ("hold" if k % 5 == 0 else "allow") and p["rule"] == (1 if k % 5 == 0 else None)
+        assert p["decision_id"] == decision_id(event_id, {pid: versions[pid] for pid in routed}, "provisional")
+        assert f["action"] == expected_action(labels[event_id], event_id in failed)
+        assert f["supersedes"] == p["decision_id"] != f["decision_id"]
+        assert f["changed"] is (f["action"] != p["action"]), (p, f)
+        if f["changed"]:
+            interventions[(p["action"], f["action"])] += 1
+    return sum(interventions.values()), dict(interventions)
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+async def test_a_provisional_decision_without_the_reasoner_then_the_final_one_supersedes_it(
+        delivery, kafka_bootstrap, topics, sims, answer_key, tmp_path) -> None:
+    n = 60
+    extra: dict[str, Any] = {"delivery": delivery}
+    if delivery == "exactly_once":
+        extra["kafka"] = {"transactional_id": f"tx-{tmp_path.name}"}
+    names, path = setup(tmp_path, kafka_bootstrap, topics, sims, answer_key, n, **extra)
+    settings = load_settings(with_provisional(path))
+    isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
+    # the reasoning consumer has not started: every provisional decision is there all the same
+    await run_consumer(settings, until_idle=3.0, provisional=True)
+    early = by_stage(kafka_bootstrap, names, isolation, expect=n)
+    assert set(early) == {"provisional"} and len(early["provisional"]) == n
+    await run_consumer(settings, until_idle=3.0)
+    changed, interventions = check_two_speed(kafka_bootstrap, names, path, n, isolation, once=True)
+    assert {"hold", "allow"} == {before for before, _ in interventions}  # both provisional actions overturned
+    assert 0 < changed < n  # some events kept their provisional action
+    print(f"\ntwo-speed ({delivery}, {n} events): {changed} interventions {interventions}")
+
+
+def test_sigkill_of_both_consumers_mid_stream_loses_neither_decision(kafka_bootstrap, topics, sims, answer_key,
+                                                                      consumers, tmp_path) -> None:
+    """Both consumers SIGKILLed once each has committed part of the first half of the input (the
+    second half exists only after the kill: the stream cannot end first, whatever the machine's
+    speed), then restarted: every event has its provisional and its final decision, and a decision
+    written twice carries the same id both times."""
+    n = 300
+    names, path = setup(tmp_path, kafka_bootstrap, topics, sims, answer_key, n, time_scale=5.0, release=n // 2,
+                        batching={"commit_interval_s": 0.3})
+    group = load_settings(with_provisional(path)).kafka.group_id
+    provisional, reasoning = consumers(path, "run", "--provisional"), consumers(path)
+    wait_committed(kafka_bootstrap, f"{group}-provisional", names["input"], 30)
+    wait_committed(kafka_bootstrap, group, names["input"], 30)
+    provisional.kill()
+    reasoning.kill()
+    stages = by_stage(kafka_bootstrap, names, "read_uncommitted", expect=4 * n)
+    assert 0 < len(stages["final"]) < n // 2, "the kill did not land mid-stream of the reasoning consumer"
+    assert len(stages["provisional"]) <= n // 2  # the provisional consumer had only the first half to read
+    produce(kafka_bootstrap, names["input"], content_events(n)[n // 2:])
+    provisional.start()
+    reasoning.start()
+    read_until(kafka_bootstrap, names["decisions"],
+               lambda ms: len({(d["stage"], d["event_id"]) for d in map(lambda m: orjson.loads(m.value()), ms)})
+               >= 2 * n, timeout_s=300)
+    assert provisional.terminate() == 0 and reasoning.terminate() == 0
+    changed, interventions = check_two_speed(kafka_bootstrap, names, path, n, "read_uncommitted", once=False)
+    print(f"\ntwo-speed after SIGKILLs: {changed} interventions {interventions}")
