@@ -183,9 +183,11 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     def decided() -> int:
         return pool.answered + (cache.hits if cache is not None else 0)
 
+    provisional = settings.actions.provisional
     return Pipeline(settings.kafka, settings.batching, stages=stages, labeler=labeler, outputs=outputs,
                     delivery=delivery or build_delivery(settings), flow=flow, pool=pool, metrics=metrics,
-                    decided=decided, consumer_factory=consumer_factory)
+                    decided=decided, deadline_s=provisional.deadline_s if provisional is not None else None,
+                    consumer_factory=consumer_factory)
 
 
 def provisional_settings(settings: Settings) -> Settings:

@@ -20,7 +20,7 @@ from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
 from streams.interventions.actions import decide
-from streams.interventions.provisional import ProvisionalRules
+from streams.interventions.provisional import ProvisionalRules, View
 from streams.ops.logutil import RateLimitedLog
 from streams.ops.metrics import Children, Metrics
 from streams.wire.catalogue import DEAD_LETTER, DECISION, LABEL, REASONING, SHADOW_LABEL
@@ -58,6 +58,7 @@ class Outputs:
         self._actions = settings.actions
         self._decision_count = Children(metrics.decisions)
         self._final_latency = metrics.decision_latency.labels("final")
+        self._deadline_latency = metrics.decision_latency.labels("deadline")
         self._interventions = Children(metrics.interventions)
         provisional = settings.actions.provisional
         self._provisional = ProvisionalRules(provisional, settings.prefilter.audit_rate) if provisional else None
@@ -100,7 +101,7 @@ class Outputs:
         changed the action (the provisional view recomputed: streams.interventions.provisional)."""
         assert self._decisions is not None and work.event is not None
         action, rule = decide(self._actions, [Reason.model_construct(**r) for r in reasons], failed=failed)
-        view = self._provisional.view(work) if self._provisional is not None else None
+        view = self.view(work)
         changed = view is not None and view.action != action
         doc = decision_document(work, stage="final", action=action, rule=rule, reasons=reasons,
                                 versions={r["policy_id"]: r["policy_version"] for r in reasons},
@@ -110,10 +111,33 @@ class Outputs:
                                       self._decided(action, view.action if changed and view else None,
                                                     work.timestamp)))
 
-    def _decided(self, action: str, provisional: str | None, timestamp: float | None) -> Callable[[], None]:
-        """The final decision's metrics, counted once the broker acknowledges it."""
+    def view(self, work: Work) -> View | None:
+        """The event's provisional view (kept on the event once taken), or None: none due, or no
+        ``actions.provisional``."""
+        if self._provisional is None:
+            return None
+        if work.provisional is None:
+            work.provisional = self._provisional.view(work)
+        view: View | None = work.provisional
+        return view
+
+    def deadline(self, work: Work) -> OutRecord | None:
+        """The event's deadline decision (``actions.provisional.deadline_s`` passed with the model
+        still to answer), or None when none is due."""
+        view = self.view(work)
+        if view is None or self._provisional is None or self._decisions is None:
+            return None
+        doc = self._provisional.deadline_document(work, view)
+        topic = self._decisions
+        return OutRecord(topic, self._encode(doc, DECISION.schema, topic),
+                         self._decided(doc["action"], view.action if doc["changed"] else None, work.timestamp,
+                                       self._deadline_latency))
+
+    def _decided(self, action: str, provisional: str | None, timestamp: float | None, latency: Any = None
+                 ) -> Callable[[], None]:
+        """A final (or deadline) decision's metrics, counted once the broker acknowledges it."""
         count = self._decision_count(action).inc
-        latency = self._final_latency
+        latency = latency or self._final_latency
         intervened = self._interventions(provisional, action).inc if provisional is not None else None
 
         def delivered() -> None:

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streams.config import BatchingSettings, KafkaSettings
 from streams.engine.backpressure import FlowControl
+from streams.engine.deadlines import Deadlines
 from streams.engine.delivery import Delivery
 from streams.engine.dispatch import Dispatch
 from streams.engine.loop_consumer import LoopConsumer
@@ -63,7 +64,7 @@ class Pipeline:
 
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, *, stages: Sequence[Stage],
                  labeler: Labeler | None, outputs: OutputStage, delivery: Delivery, flow: FlowControl, pool: Capacity,
-                 metrics: Metrics, decided: Callable[[], int],
+                 metrics: Metrics, decided: Callable[[], int], deadline_s: float | None = None,
                  consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
         """``decided()``: decisions made so far (replica answers plus cache hits: the rate backpressure
         sizes the local queue by). ``consumer_factory``: builds the Kafka consumer from its
@@ -81,6 +82,12 @@ class Pipeline:
         self._metrics = metrics
         self._decided = decided
         self._consumer_factory = consumer_factory
+        self._deadlines: Deadlines | None = None
+        if deadline_s is not None:
+            view, build = getattr(outputs, "view", None), getattr(outputs, "deadline", None)
+            assert view is not None and build is not None, "deadline decisions need outputs that build them"
+            self._deadlines = Deadlines(deadline_s, view=view, build=build, send=delivery.send_now,
+                                        holds=self._ledger.holds)
         self._waiting = Waiting()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -150,6 +157,8 @@ class Pipeline:
                 if self._waiting:
                     self._retry_waiting(now)
                 self._delivery.tick(now)
+                if self._deadlines is not None:
+                    self._deadlines.tick(time.time())
                 if self._delivery.failure is not None:
                     self._fatal = self._delivery.failure
                 flow.apply(consumer, now, inflight_events=ledger.count, waiting=pool.waiting,
@@ -228,6 +237,10 @@ class Pipeline:
                         log.exception("internal error in a stage topic=%s partition=%d offset=%d", work.tp[0],
                                       work.tp[1], work.offset)
                         work.failure = PoisonError(ErrorType.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        if self._deadlines is not None:
+            wall = time.time()
+            for work in batch:
+                self._deadlines.track(work, wall)
         for work in batch:
             if work.deferred is not None:
                 self._waiting.hold(work, "stages", work.deferred, now)

@@ -63,6 +63,8 @@ class Work:
     normalised: tuple[str, tuple[str, ...]] | None = None
     timestamp: float | None = None  # the record's timestamp, seconds since the epoch (decision latency)
     provisional: Any = None  # the provisional view (streams.interventions.provisional), where one is due
+    deadline: float | None = None  # when its deadline decision is due (wall clock), once tracked
+    deadline_sent: bool = False
 
     @property
     def topic(self) -> str:

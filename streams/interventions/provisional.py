@@ -29,7 +29,7 @@ from typing import Any
 from streams.config import ProvisionalRule, ProvisionalSettings
 from streams.engine.work import Work
 from streams.policy.model import Policy
-from streams.wire.events import decision_document, decision_id, label_id, label_id_prefix
+from streams.wire.events import Stage, decision_document, decision_id, label_id, label_id_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +69,26 @@ class ProvisionalRules:
 
     def document(self, work: Work, view: View) -> dict[str, Any]:
         """The provisional decision event (``reasons``: the policies the prefilter decided)."""
+        return self._document(work, view, "provisional", view.action, view.rule)
+
+    def deadline_document(self, work: Work, view: View) -> dict[str, Any]:
+        """The deadline decision: ``deadline_s`` passed with the model still to answer, so
+        ``on_deadline`` applies until the final decision (which still follows)."""
+        action = self.settings.on_deadline
+        assert action is not None
+        return self._document(work, view, "deadline", action, None, supersedes=view.decision_id,
+                              changed=action != view.action)
+
+    def _document(self, work: Work, view: View, stage: Stage, action: str, rule: int | None,
+                  supersedes: str | None = None, changed: bool = False) -> dict[str, Any]:
         assert work.event is not None
         event_id = work.event.event_id
         reasons = [{"policy_id": p.id, "policy_version": p.version, "violation": False, "category": None,
                     "confidence": None, "label_id": label_id(event_id, p.id, p.version), "decided_by": "prefilter"}
                    for p in view.known]
         versions = {p.id: p.version for p in (*view.known, *view.pending)}
-        return decision_document(work, stage="provisional", action=view.action, rule=view.rule, reasons=reasons,
-                                 versions=versions, pending=[p.id for p in view.pending])
+        return decision_document(work, stage=stage, action=action, rule=rule, reasons=reasons, versions=versions,
+                                 supersedes=supersedes, changed=changed, pending=[p.id for p in view.pending])
 
     def urgent(self, view: View | None) -> bool:
         """Whether the event's provisional action is one whose events go first to the replicas."""

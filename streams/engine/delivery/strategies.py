@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from streams.engine.delivery.ledger import Ledger
-from streams.engine.work import TopicPartitionKey, Work
+from streams.engine.work import OutRecord, TopicPartitionKey, Work
 from streams.errors import FatalError
 from streams.kafka.producer import OutputProducer
 from streams.ops import failpoints
@@ -58,6 +58,13 @@ class Delivery:
 
     def tick(self, now: float) -> None:
         """Between polls: serve what is due, commit every ``commit_interval_s``."""
+        raise NotImplementedError
+
+    def send_now(self, work: Work, record: OutRecord) -> None:
+        """Produce one record for an event that is not settled yet (a deadline decision), under the
+        same guarantee, without settling the event: at-least-once at once; exactly-once in the open
+        transaction, which commits at the next commit (a rewind consumes the event again, and the
+        record is written again with it)."""
         raise NotImplementedError
 
     def revoke(self, keys: list[TopicPartitionKey]) -> None:
@@ -113,6 +120,9 @@ class AtLeastOnce(Delivery):
                 self.ledger.settle(work)
         return acked
 
+    def send_now(self, work: Work, record: OutRecord) -> None:
+        self._producer.send(record.topic, work.key, record.value, record.count)
+
     def awaiting_acks(self) -> bool:
         return self._producer.pending() > 0
 
@@ -163,6 +173,7 @@ class ExactlyOnce(Delivery):
         self._counts: list[Callable[[], None]] = []  # metrics of records in the open transaction
         self._dirty = False  # the open transaction holds records or offsets
         self._committing = False  # a commit failed retriably: retried next tick, nothing produced meanwhile
+        self._late: list[tuple[Work, OutRecord]] = []  # send_now() while a commit is retried
         self.aborts = 0
 
     def start(self, consumer: Consumer) -> None:
@@ -175,6 +186,15 @@ class ExactlyOnce(Delivery):
 
     def complete(self, work: Work) -> None:
         self._decided.add(work)  # released in offset order by _release()
+
+    def send_now(self, work: Work, record: OutRecord) -> None:
+        if self._committing:  # a commit is being retried: nothing joins the transaction meanwhile
+            self._late.append((work, record))
+            return
+        self._producer.send(record.topic, work.key, record.value, None)
+        if record.count is not None:
+            self._counts.append(record.count)
+        self._dirty = True
 
     def tick(self, now: float) -> None:
         self._release()
@@ -213,6 +233,11 @@ class ExactlyOnce(Delivery):
             log.warning("abort on close failed: %s", exc)
 
     def _release(self) -> None:
+        if self._late and not self._committing:
+            late, self._late = self._late, []
+            for work, record in late:
+                if self.ledger.holds(work):  # else dropped meanwhile: consumed again, and written again
+                    self.send_now(work, record)
         decided = self._decided
         if not decided or self._committing:
             return
@@ -285,3 +310,4 @@ class ExactlyOnce(Delivery):
         gone = set(keys)
         self.ledger.drop(gone)
         self._decided = {w for w in self._decided if w.tp not in gone}
+        self._late = [(w, r) for w, r in self._late if w.tp not in gone]

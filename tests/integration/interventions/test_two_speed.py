@@ -125,3 +125,34 @@ def test_sigkill_of_both_consumers_mid_stream_loses_neither_decision(kafka_boots
     assert provisional.terminate() == 0 and reasoning.terminate() == 0
     changed, interventions = check_two_speed(kafka_bootstrap, names, path, n, "read_uncommitted", once=False)
     print(f"\ntwo-speed after SIGKILLs: {changed} interventions {interventions}")
+
+
+@pytest.mark.parametrize("on_deadline", ["allow", "hold"])
+async def test_the_deadline_decision_comes_when_the_model_is_late_and_the_final_still_follows(
+        on_deadline, kafka_bootstrap, topics, sims, answer_key, tmp_path) -> None:
+    """The simulated replica takes seconds per answer (time_scale 5): every event passes its 0.5 s
+    deadline before its labels exist, so each gets a deadline decision with on_deadline (allow: fail
+    open, hold: fail closed), written while its model requests are still running, then its final."""
+    n = 30
+    names, path = setup(tmp_path, kafka_bootstrap, topics, sims, answer_key, n, time_scale=5.0)
+    config = yaml.safe_load(with_provisional(path).read_text())
+    config["actions"]["provisional"] |= {"deadline_s": 0.5, "on_deadline": on_deadline}
+    path.write_text(yaml.safe_dump(config))
+    await run_consumer(load_settings(path), until_idle=3.0, provisional=True)
+    await run_consumer(load_settings(path), until_idle=3.0)
+    decisions = [(m.offset(), m.partition(), orjson.loads(m.value()))
+                 for m in read_all(kafka_bootstrap, names["decisions"], expect=3 * n)]
+    stages: dict[str, dict[str, tuple[int, int, dict]]] = defaultdict(dict)
+    for offset, partition, d in decisions:
+        assert d["event_id"] not in stages[d["stage"]], d  # one decision per stage and event (a clean run)
+        stages[d["stage"]][d["event_id"]] = (partition, offset, d)
+    assert set(stages) == {"provisional", "deadline", "final"} and all(len(v) == n for v in stages.values())
+    for event_id, (_, _, p) in stages["provisional"].items():
+        dp, doff, dl = stages["deadline"][event_id]
+        fp, foff, final = stages["final"][event_id]
+        assert dl["action"] == on_deadline and dl["supersedes"] == p["decision_id"]
+        assert dl["changed"] is (on_deadline != p["action"]) and dl["pending"] == p["pending"]
+        assert dl["decision_id"] not in (p["decision_id"], final["decision_id"])
+        assert final["supersedes"] == p["decision_id"] and final["changed"] is (final["action"] != p["action"])
+        assert dp == fp and doff < foff  # on the event's partition (keyed like it), before its final
+        assert dl["decided_at"] < final["decided_at"]
