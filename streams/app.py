@@ -20,6 +20,7 @@ from streams.cascade.registry import Prefilters
 from streams.config import Settings
 from streams.engine.backpressure import Backpressure, FlowControl
 from streams.engine.delivery import AtLeastOnce, Delivery, ExactlyOnce, Ledger
+from streams.engine.lanes import Lanes
 from streams.engine.outputs import Outputs
 from streams.engine.pipeline import Pipeline
 from streams.engine.provisional import NoReplicas, ProvisionalOutputs, Settle
@@ -187,7 +188,8 @@ def build_pipeline(settings: Settings, policies: PolicyRegistry, pool: ReplicaPo
     return Pipeline(settings.kafka, settings.batching, stages=stages, labeler=labeler, outputs=outputs,
                     delivery=delivery or build_delivery(settings), flow=flow, pool=pool, metrics=metrics,
                     decided=decided, deadline_s=provisional.deadline_s if provisional is not None else None,
-                    consumer_factory=consumer_factory)
+                    lanes=Lanes(policies.topic_lane) if Lanes.needed(settings.kafka.input_topics, policies.topic_lane)
+                    else None, consumer_factory=consumer_factory)
 
 
 def provisional_settings(settings: Settings) -> Settings:
@@ -288,6 +290,12 @@ async def run_consumer(
                 metrics.inflight_requests.labels(url).set_function(_replica_state(pool, url, 1))
                 metrics.concurrency_limit.labels(url).set_function(_replica_state(pool, url, 2))
             pipeline = build_pipeline(settings, policies, pool, metrics, prefilters=prefilters, encoder=encoder)
+            if settings.replicas.priority:
+                log.info("replicas.priority: requests carry vLLM's priority (their lane: 0 urgent, then the routes' "
+                         "priorities). It is in force only on replicas started with --scheduling-policy priority "
+                         "(safeguard serve-replica --priority); an fcfs replica accepts the field and ignores it, with "
+                         "no error. To check a replica: its start-up log lists scheduling_policy='priority' among the "
+                         "non-default args (docs/interventions.md, \"Lanes\")")
         metrics.ready.set_function(lambda: float(pipeline.ready))
         if on_pipeline is not None:
             on_pipeline(pipeline)

@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="gpt-oss-safeguard-20b@h100 (default), gpt-oss-safeguard-120b@h100, "
                     "gpt-oss-safeguard-120b@2xh100")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--priority", action="store_true",
+                    help="add --scheduling-policy priority, so the replica admits requests by the priority the "
+                    "consumer sends with replicas.priority: true (lanes; without it vLLM accepts the field and "
+                    "ignores it)")
     sv.add_argument("--exec", dest="run", action="store_true", help="run it instead of printing it")
     sv.set_defaults(func=_cmd_serve)
 
@@ -301,7 +305,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.profile not in SERVE_PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; choose from {sorted(SERVE_PROFILES)}")
-    cmd = serve_command(args.profile, port=args.port)
+    cmd = serve_command(args.profile, port=args.port, priority=args.priority)
     if not args.run:
         sys.stdout.write(shlex.join(cmd) + "\n")
         return 0

@@ -121,6 +121,7 @@ class FlowControl:
 
     def __init__(self, bounds: Backpressure) -> None:
         self.bounds = bounds
+        self.held: set[tuple[str, int]] = set()  # partitions the lanes hold (streams.engine.lanes): never resumed here
         self.paused = False
         self.outage = False  # paused because no replica was healthy
         self._held_since: float | None = None  # polling held: replicas and local queue full
@@ -150,7 +151,7 @@ class FlowControl:
         available = healthy and blocked is None
         if self.paused:
             if self.bounds.may_resume(inflight_events, waiting, available):
-                consumer.resume(consumer.assignment())
+                consumer.resume(self._unheld(consumer.assignment()))
                 self.paused = False
                 log.log(logging.INFO if self.outage else logging.DEBUG, "resumed partitions in_flight=%d",
                         inflight_events)
@@ -174,4 +175,13 @@ class FlowControl:
         """Set newly assigned partitions' pause state explicitly: a partition coming back to this
         member may still carry the pause it had when it was revoked, and would never be fetched."""
         if partitions:
-            (consumer.pause if self.paused else consumer.resume)(partitions)
+            held = [p for p in partitions if (p.topic, p.partition) in self.held]
+            if held:
+                consumer.pause(held)
+            rest = self._unheld(partitions)
+            if rest:
+                (consumer.pause if self.paused else consumer.resume)(rest)
+
+    def _unheld(self, partitions: list[Any]) -> list[Any]:
+        held = self.held
+        return [p for p in partitions if (p.topic, p.partition) not in held] if held else partitions

@@ -121,6 +121,10 @@ class Outputs:
         view: View | None = work.provisional
         return view
 
+    def urgent(self, work: Work) -> bool:
+        """The event's provisional action is one of ``actions.provisional.urgent``."""
+        return self._provisional is not None and self._provisional.urgent(self.view(work))
+
     def deadline(self, work: Work) -> OutRecord | None:
         """The event's deadline decision (``actions.provisional.deadline_s`` passed with the model
         still to answer), or None when none is due."""

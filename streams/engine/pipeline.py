@@ -39,6 +39,7 @@ from streams.engine.backpressure import FlowControl
 from streams.engine.deadlines import Deadlines
 from streams.engine.delivery import Delivery
 from streams.engine.dispatch import Dispatch
+from streams.engine.lanes import Lanes
 from streams.engine.loop_consumer import LoopConsumer
 from streams.engine.outputs import OutputStage
 from streams.engine.pump import serve_reports
@@ -65,6 +66,7 @@ class Pipeline:
     def __init__(self, kafka: KafkaSettings, batching: BatchingSettings, *, stages: Sequence[Stage],
                  labeler: Labeler | None, outputs: OutputStage, delivery: Delivery, flow: FlowControl, pool: Capacity,
                  metrics: Metrics, decided: Callable[[], int], deadline_s: float | None = None,
+                 lanes: Lanes | None = None,
                  consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
         """``decided()``: decisions made so far (replica answers plus cache hits: the rate backpressure
         sizes the local queue by). ``consumer_factory``: builds the Kafka consumer from its
@@ -76,12 +78,16 @@ class Pipeline:
         self._delivery = delivery
         self._ledger = delivery.ledger
         self._ledger.on_settled = self._settled
-        self._dispatch = Dispatch(labeler, self._ledger.holds, self._finish)
+        self._dispatch = Dispatch(labeler, self._ledger.holds, self._finish, Children(metrics.lane_wait))
         self._flow = flow
         self._pool = pool
         self._metrics = metrics
         self._decided = decided
         self._consumer_factory = consumer_factory
+        self._lanes = lanes
+        if lanes is not None:
+            flow.held = lanes.held
+        self._urgent: Callable[[Work], bool] | None = getattr(outputs, "urgent", None)
         self._deadlines: Deadlines | None = None
         if deadline_s is not None:
             view, build = getattr(outputs, "view", None), getattr(outputs, "deadline", None)
@@ -163,6 +169,8 @@ class Pipeline:
                     self._fatal = self._delivery.failure
                 flow.apply(consumer, now, inflight_events=ledger.count, waiting=pool.waiting,
                            healthy=pool.healthy_count > 0, decided=self._decided(), blocked=self._waiting.reason)
+                if self._lanes is not None:
+                    self._lanes.apply(consumer, now, self.assigned, flow_paused=flow.paused)
                 if until_idle is not None and self._idle_for(now) >= until_idle and ledger.count == 0:
                     log.info("idle for %.1fs with nothing in flight: exiting", until_idle)
                     break
@@ -246,6 +254,8 @@ class Pipeline:
                 self._waiting.hold(work, "stages", work.deferred, now)
                 work.deferred = None
             elif work.open:
+                if self._urgent is not None and self._urgent(work):
+                    work.priority = 0  # its provisional action is urgent: it goes first to the replicas
                 self._dispatch.start(work)
             else:
                 self._finish(work)
@@ -321,6 +331,8 @@ class Pipeline:
     def _unassigned(self, keys: list[TopicPartitionKey]) -> None:
         """Another member reports their lag now: a stale value here would be counted twice."""
         self.assigned -= set(keys)
+        if self._lanes is not None:
+            self._lanes.revoked(keys)
         # until_idle: work given up here (uncommitted, dropped in flight) is read again after the rejoin,
         # so the time before it does not count as idle.
         self._assigned_at = time.monotonic()

@@ -82,6 +82,7 @@ class Route:
                 work.failure = exc
                 continue
             work.requests = [Request(group) for group in self.groups(policies)]
+            work.priority = self._policies.lane(work.tp[0], event.kind)
 
     def groups(self, policies: list[Policy]) -> list[list[Policy]]:
         if not self._combined:

@@ -64,6 +64,7 @@ class Work:
     timestamp: float | None = None  # the record's timestamp, seconds since the epoch (decision latency)
     provisional: Any = None  # the provisional view (streams.interventions.provisional), where one is due
     deadline: float | None = None  # when its deadline decision is due (wall clock), once tracked
+    priority: int = 1  # its lane: the route's priority, 0 when its provisional action is urgent
     deadline_sent: bool = False
 
     @property
@@ -78,6 +79,11 @@ class Work:
     def open(self) -> bool:
         """Still has something to decide (neither failed, nor waiting, nor fully decided)."""
         return self.failure is None and self.deferred is None and bool(self.requests)
+
+    @property
+    def lane(self) -> tuple[int, float]:
+        """The order events wait for a replica slot in: (priority, record time)."""
+        return self.priority, self.timestamp if self.timestamp is not None else 0.0
 
     def cancel(self) -> None:
         for task in self.tasks:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from streams.config import ReplicaSettings
 from streams.errors import ErrorType, PoisonError
 from streams.inference.cache import DedupeCache, cache_key
 from streams.inference.prompt import build_combined_request, build_request
 from streams.inference.replicas.client import ChatResult
-from streams.inference.replicas.pool import ReplicaPool
+from streams.inference.replicas.pool import DEFAULT_LANE, Lane, ReplicaPool
 from streams.inference.verdict import Verdict, parse_combined, parse_verdict
 from streams.policy.model import Policy
 
@@ -79,19 +80,26 @@ class Labeler:
         self._default_effort = default_effort
         self._effort = effort
         self._cache = cache
+        self._send_priority = replicas.priority
 
     def effort(self, policy: Policy) -> str:
         """The reasoning effort requests for ``policy`` carry: the override, else the policy's own,
         else the default."""
         return self._effort or policy.effort(self._default_effort)
 
-    async def decide(self, policy: Policy, content: str) -> Decision:
+    def _laned(self, body: dict[str, Any], lane: Lane) -> dict[str, Any]:
+        """With ``replicas.priority``, the request carries vLLM's ``priority`` (the event's lane)."""
+        if self._send_priority:
+            body["priority"] = lane.priority
+        return body
+
+    async def decide(self, policy: Policy, content: str, lane: Lane = DEFAULT_LANE) -> Decision:
         """Ask the model; raises PoisonError when no usable answer came after the allowed attempts."""
-        body = build_request(policy, content, model=self.model, reasoning_effort=self.effort(policy),
-                             structured_output=self._structured)
+        body = self._laned(build_request(policy, content, model=self.model, reasoning_effort=self.effort(policy),
+                                         structured_output=self._structured), lane)
         last: PoisonError | None = None
         for attempt in range(1, self._max_attempts + 1):
-            result = await self._pool.chat(body)
+            result = await self._pool.chat(body, lane)
             try:
                 verdict = parse_verdict(result.content, result.finish_reason, output=policy.meta.output)
             except PoisonError as exc:
@@ -103,7 +111,7 @@ class Labeler:
         assert last is not None
         raise PoisonError(last.error_type, f"{last} (after {self._max_attempts} attempts)") from last
 
-    async def decide_combined(self, policies: list[Policy], content: str
+    async def decide_combined(self, policies: list[Policy], content: str, lane: Lane = DEFAULT_LANE
                               ) -> tuple[dict[str, tuple[Verdict | PoisonError, str | None]], ChatResult, int]:
         """One request for several policies; retried while any policy's verdict is unusable.
 
@@ -113,11 +121,11 @@ class Labeler:
         replace a verdict, nor pair it with another answer's reasoning).
         """
         effort = max((self.effort(p) for p in policies), key=_EFFORT_RANK.__getitem__)
-        body = build_combined_request(policies, content, model=self.model, reasoning_effort=effort)
+        body = self._laned(build_combined_request(policies, content, model=self.model, reasoning_effort=effort), lane)
         ids = [p.id for p in policies]
         best: dict[str, tuple[Verdict | PoisonError, str | None]] = {}
         for attempt in range(1, self._max_attempts + 1):
-            result = await self._pool.chat(body)
+            result = await self._pool.chat(body, lane)
             for pid, v in parse_combined(result.content, ids, result.finish_reason).items():
                 if not isinstance(best.get(pid, (None,))[0], Verdict):
                     best[pid] = (v, result.reasoning)
@@ -141,22 +149,23 @@ class Labeler:
             return None
         return Outcome(policy, decision.verdict, decision.reasoning, "cache", attempts=decision.attempts)
 
-    async def label(self, policies: list[Policy], content: str, key: bytes | None = None) -> list[Outcome]:
+    async def label(self, policies: list[Policy], content: str, key: bytes | None = None,
+                    lane: Lane = DEFAULT_LANE) -> list[Outcome]:
         """Decide ``content`` for one policy, or for several in one request (``policies.mode:
         combined``); one outcome per policy, failures included. ``key``: the cache key already
         computed (and counted) by a :meth:`cached` miss."""
         if len(policies) > 1:
-            return await self._label_combined(policies, content)
+            return await self._label_combined(policies, content, lane)
         policy = policies[0]
         cached = False
         try:
             if self._cache is None:
-                decision = await self.decide(policy, content)
+                decision = await self.decide(policy, content, lane)
             else:
                 lookup = key if key is not None else self.cache_key(policy, content)
                 assert lookup is not None
                 decision, cached = await self._cache.get_or_compute(
-                    lookup, lambda: self.decide(policy, content), counted=key is not None)
+                    lookup, lambda: self.decide(policy, content, lane), counted=key is not None)
         except PoisonError as exc:
             attempts = self._max_attempts if exc.error_type != ErrorType.REQUEST_REJECTED else 1
             return [Outcome(policy, failure=exc, attempts=attempts)]
@@ -165,11 +174,11 @@ class Labeler:
         return [Outcome(policy, decision.verdict, decision.reasoning, "model", decision.prompt_tokens,
                         decision.completion_tokens, decision.attempts)]
 
-    async def _label_combined(self, policies: list[Policy], content: str) -> list[Outcome]:
+    async def _label_combined(self, policies: list[Policy], content: str, lane: Lane) -> list[Outcome]:
         """The request's token usage is split evenly over the policies, so that summing ``usage``
         over labels gives the real cost."""
         try:
-            verdicts, result, attempts = await self.decide_combined(policies, content)
+            verdicts, result, attempts = await self.decide_combined(policies, content, lane)
         except PoisonError as exc:  # request_rejected: the same for every policy
             return [Outcome(p, failure=exc) for p in policies]
         k = len(policies)

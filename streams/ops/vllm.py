@@ -39,10 +39,15 @@ SERVE_PROFILES: dict[str, ServeProfile] = {
 }
 
 
-def serve_command(profile: str, *, port: int = 8000, host: str = "0.0.0.0", api_key_env: bool = False) -> list[str]:
-    """The argv of ``vllm serve`` for a profile."""
+def serve_command(profile: str, *, port: int = 8000, host: str = "0.0.0.0", api_key_env: bool = False,
+                  priority: bool = False) -> list[str]:
+    """The argv of ``vllm serve`` for a profile; ``priority``: with ``--scheduling-policy priority``
+    (vLLM then admits waiting requests by their ``priority``, lower first, never preempting a
+    running one for it; with the default fcfs the field is accepted and ignored)."""
     p = SERVE_PROFILES[profile]
     cmd = ["vllm", "serve", p.model, f"--host={host}", f"--port={port}", *p.flags]
+    if priority:
+        cmd.append("--scheduling-policy=priority")
     if api_key_env:
         cmd.append("--api-key=${VLLM_API_KEY}")
     return cmd

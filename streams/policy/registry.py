@@ -54,6 +54,12 @@ class PolicyRegistry:
     def resolve(self, *, topic: str, kind: str, requested: Iterable[str] | None) -> list[Policy]:
         return self._router.resolve(topic=topic, kind=kind, requested=requested)
 
+    def lane(self, topic: str, kind: str) -> int:
+        return self._router.lane(topic, kind)
+
+    def topic_lane(self, topic: str) -> int:
+        return self._router.topic_lane(topic)
+
     def upsert(self, text: str, *, source: str, expected_id: str | None = None) -> Policy | None:
         """Validate and install a policy text. Returns the new policy, None if unchanged.
 

@@ -13,6 +13,8 @@ from streams.config import Route
 from streams.errors import ConfigError, ErrorType, PoisonError
 from streams.policy.model import Policy
 
+DEFAULT_PRIORITY = 1
+
 
 class Router:
     """Chooses the policies an event is classified against."""
@@ -45,6 +47,20 @@ class Router:
                     ErrorType.NO_POLICY, f"no route matches topic={topic} kind={kind} and policies.default is empty"
                 )
         return [self._policies[pid] for pid in ids]
+
+    def lane(self, topic: str, kind: str) -> int:
+        """The event's lane: the priority of the first route that matches it (lower is sooner), the
+        default 1 when none does."""
+        for route in self._routes:
+            if (route.topic is None or route.topic == topic) and (route.kind is None or route.kind == kind):
+                return route.priority
+        return DEFAULT_PRIORITY
+
+    def topic_lane(self, topic: str) -> int:
+        """A topic's lane, for pausing whole partitions: the most urgent priority among the routes
+        that can match its events (a route naming the topic, or naming none)."""
+        lanes = [r.priority for r in self._routes if r.topic is None or r.topic == topic]
+        return min(lanes) if lanes else DEFAULT_PRIORITY
 
     def _route(self, topic: str, kind: str) -> list[str]:
         for route in self._routes:

@@ -4,7 +4,10 @@ Contract of :meth:`ReplicaPool.chat`:
 - Many requests are in flight per replica: vLLM's continuous batching needs hundreds of running
   sequences to fill a GPU. The per-replica limit adapts (:mod:`streams.inference.replicas.adaptive`) to the
   replica's own queue, up to ``max_inflight_per_replica``. When every replica is at its limit,
-  callers wait in FIFO order for a slot.
+  callers wait for a slot in their :class:`Lane`'s order: priority first (lower is sooner), then
+  the oldest record, then arrival. vLLM never preempts a running request for a more urgent one and
+  orders only its own waiting queue, so this queue, kept in front of the replicas' short ones, is
+  where an urgent event overtakes a backlog.
 - Each request goes to the healthy replica with the fewest outstanding requests (ties rotate, so a
   burst does not land on one replica).
 - ``RetryableError`` (timeouts, 5xx, refused, 429) is retried with capped exponential backoff on a
@@ -22,9 +25,10 @@ Contract of :meth:`ReplicaPool.chat`:
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +55,19 @@ class _Replica:
 
 
 Observer = Callable[[str, str, float, int], None]  # (replica, outcome, latency_s, inflight)
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Where a request waits for a slot: by ``priority`` (lower first), then ``since`` (its record's
+    time: the oldest first); ``on_sent`` runs once it has a replica slot (the lane wait metric)."""
+
+    priority: int = 1
+    since: float = 0.0
+    on_sent: Callable[[], None] | None = None
+
+
+DEFAULT_LANE = Lane()
 
 
 class ReplicaPool:
@@ -90,7 +107,8 @@ class ReplicaPool:
         self._scrapers: list[asyncio.Task[None]] = []
         self._observer = observer
         self._replicas: list[_Replica] = []
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: list[tuple[int, float, int, asyncio.Future[_Replica]]] = []  # a heap, by lane
+        self._arrival = itertools.count()
         self.waiting = 0  # requests waiting for a slot right now
         self.answered = 0  # requests answered so far (all replicas)
         self._rr = 0
@@ -148,14 +166,19 @@ class ReplicaPool:
                 else:
                     if state is not None:
                         replica.aimd.observe_queue(state.waiting, loop.time(), state.running, replica.inflight)
+                        self._serve_waiters()  # a raised limit frees slots with no request ending
             await asyncio.sleep(interval_s)
 
-    async def chat(self, body: dict[str, Any]) -> ChatResult:
+    async def chat(self, body: dict[str, Any], lane: Lane = DEFAULT_LANE) -> ChatResult:
         """Send one request, retrying retryable failures until a replica answers (see module doc)."""
         attempt = 0
         avoid: _Replica | None = None
+        sent = lane.on_sent
         while True:
-            replica = await self._acquire(avoid)
+            replica = await self._acquire(avoid, lane)
+            if sent is not None:
+                sent()
+                sent = None
             try:
                 result = await replica.client.chat(body)
             except RetryableError as exc:
@@ -200,24 +223,52 @@ class ReplicaPool:
         ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
         return random.uniform(ceiling / 2, ceiling)
 
-    async def _acquire(self, avoid: _Replica | None) -> _Replica:
-        while True:
+    async def _acquire(self, avoid: _Replica | None, lane: Lane = DEFAULT_LANE) -> _Replica:
+        """A replica slot: at once when one is free and nobody waits; else in lane order, handed over
+        by :meth:`_serve_waiters` as slots free up (a slot never sits free while a request waits, so
+        a later arrival in a later lane cannot take it first)."""
+        if not self._someone_waits():
             replica = self._pick(avoid)
             if replica is not None:
                 replica.inflight += 1
                 return replica
+        if self._retry_limit is not None and self.healthy_count == 0:
+            raise RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
+        waiter: asyncio.Future[_Replica] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (lane.priority, lane.since, next(self._arrival), waiter))
+        self.waiting += 1
+        self._serve_waiters()  # a slot may be free behind the ones waiting
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # handed a slot, then cancelled: give it back
+            raise
+        finally:
+            self.waiting -= 1
+
+    def _someone_waits(self) -> bool:
+        waiters = self._waiters
+        while waiters and waiters[0][-1].done():  # cancelled while waiting
+            heapq.heappop(waiters)
+        return bool(waiters)
+
+    def _serve_waiters(self) -> None:
+        """Hand free slots to the waiting requests, the first lane first."""
+        waiters = self._waiters
+        while self._someone_waits():
             if self._retry_limit is not None and self.healthy_count == 0:
-                raise RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            self.waiting += 1
-            try:
-                await waiter
-            finally:
-                self.waiting -= 1
-                if not waiter.done():
-                    waiter.cancel()
-            avoid = None
+                error = RetryableError("no healthy replica: " + ", ".join(r.client.base_url for r in self._replicas))
+                while waiters:
+                    waiter = heapq.heappop(waiters)[-1]
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                return
+            replica = self._pick(None)
+            if replica is None:
+                return
+            replica.inflight += 1
+            heapq.heappop(waiters)[-1].set_result(replica)
 
     def _pick(self, avoid: _Replica | None) -> _Replica | None:
         replicas = self._replicas
@@ -243,20 +294,10 @@ class ReplicaPool:
 
     def _release(self, replica: _Replica) -> None:
         replica.inflight -= 1
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        self._serve_waiters()
 
     def _wake_all(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        self._serve_waiters()
 
     def _on_success(self, replica: _Replica, latency: float) -> None:
         self.answered += 1
@@ -280,6 +321,7 @@ class ReplicaPool:
             )
             self.health_changed.set()
             replica.probe = asyncio.create_task(self._probe(replica))
+            self._serve_waiters()  # an interactive caller with no healthy replica left fails now
 
     async def _probe(self, replica: _Replica) -> None:
         delay = self._probe_interval

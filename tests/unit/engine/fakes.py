@@ -292,7 +292,7 @@ class FakePool:
         self.healthy_count = 1
         self.free_slots = 64
 
-    async def chat(self, body: dict[str, Any]) -> Any:
+    async def chat(self, body: dict[str, Any], lane: Any = None) -> Any:
         from streams.inference.replicas.client import ChatResult
 
         self.requests.append(body)

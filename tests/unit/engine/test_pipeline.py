@@ -358,7 +358,7 @@ async def test_until_idle_does_not_count_the_time_before_partitions_were_lost() 
             phase[0] = "rejoined"
 
     class SlowPool(FakePool):
-        async def chat(self, body: dict[str, Any]) -> Any:
+        async def chat(self, body: dict[str, Any], lane: Any = None) -> Any:
             await asyncio.sleep(1.5)
             return await super().chat(body)
 

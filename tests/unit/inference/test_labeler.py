@@ -29,7 +29,7 @@ class ScriptedPool:
         self.script = list(script)
         self.bodies: list[dict[str, Any]] = []
 
-    async def chat(self, body: dict[str, Any]) -> ChatResult:
+    async def chat(self, body: dict[str, Any], lane: Any = None) -> ChatResult:
         self.bodies.append(body)
         step = self.script.pop(0)
         if isinstance(step, asyncio.Event):
@@ -113,3 +113,29 @@ async def test_a_policy_edit_is_a_different_cache_entry() -> None:
 async def test_decide_raises_for_interactive_callers() -> None:
     with pytest.raises(PoisonError, match="after 1 attempts"):
         await labeler(ScriptedPool("no idea"), attempts=1).decide(SPAM, "x")
+
+
+async def test_the_lane_goes_to_the_pool_and_its_priority_to_vllm_only_when_asked() -> None:
+    """replicas.priority: the request carries vLLM's priority (the event's lane); without it the
+    body is exactly what it was (a server without priority scheduling ignores the field, but an
+    older one might not)."""
+    from streams.inference.replicas.pool import Lane
+
+    lanes: list[Any] = []
+
+    class LanePool(ScriptedPool):
+        async def chat(self, body: dict[str, Any], lane: Any = None) -> ChatResult:
+            lanes.append(lane)
+            return await super().chat(body, lane)
+
+    urgent = Lane(0, 12.5)
+    both = orjson.dumps({"spam": orjson.loads(YES), "game-cheating": orjson.loads(NO)}).decode()
+    plain = LanePool(YES, both)
+    await labeler(plain).label([SPAM], "buy now", lane=urgent)
+    await labeler(plain).label([SPAM, CHEAT], "buy now", lane=urgent)
+    assert all("priority" not in b for b in plain.bodies) and lanes == [urgent, urgent]
+    asked = LanePool(YES, both)
+    with_priority = Labeler(asked, ReplicaSettings(priority=True), default_effort="low")  # type: ignore[arg-type]
+    await with_priority.label([SPAM], "buy now", lane=urgent)
+    await with_priority.label([SPAM, CHEAT], "buy now", lane=Lane(2, 0.0))
+    assert [b["priority"] for b in asked.bodies] == [0, 2]

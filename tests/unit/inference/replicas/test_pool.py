@@ -197,3 +197,42 @@ def test_with_a_retry_limit_a_pool_with_no_healthy_replica_fails_fast() -> None:
             assert len(fakes[A].chats) == 1 and pool.healthy_count == 0
 
     asyncio.run(main())
+
+
+def test_requests_waiting_for_a_slot_go_by_lane_then_record_time_and_none_barges_ahead() -> None:
+    """Every slot busy, then requests arrive in the worst order (the backlog first): as slots free
+    up one at a time they go priority first, the oldest record first within a priority, and a
+    request arriving later in a later lane never takes a freed slot ahead of them."""
+    from streams.inference.replicas.pool import Lane
+
+    async def main() -> list[str]:
+        pool, fakes = pool_of(A)
+        fake = fakes[A]
+        fake.gate = asyncio.Event()
+        served: list[str] = []
+        async with pool:
+            blockers = [asyncio.create_task(pool.chat({"id": f"busy{i}"})) for i in range(4)]  # the 4 slots
+            await asyncio.sleep(0.01)
+            lanes = [("backlog-new", Lane(2, 20.0)), ("backlog-old", Lane(2, 10.0)), ("urgent", Lane(0, 30.0)),
+                     ("live", Lane(1, 5.0))]
+            waiting = [asyncio.create_task(pool.chat({"id": name}, lane)) for name, lane in lanes]
+            await asyncio.sleep(0.01)
+            assert pool.waiting == 4
+            fake.chat = _serving(fake, served)  # type: ignore[method-assign]
+            fake.gate.set()  # the blockers finish; each freed slot takes the best waiter
+            late = asyncio.create_task(pool.chat({"id": "late-backlog"}, Lane(2, 1.0)))
+            await asyncio.gather(*blockers, *waiting, late)
+        return served
+
+    served = asyncio.run(main())
+    assert served[:4] == ["urgent", "live", "backlog-old", "backlog-new"]
+
+
+def _serving(fake: FakeBackend, served: list[str]) -> Any:
+    original = FakeBackend.chat.__get__(fake)
+
+    async def chat(body: dict[str, Any]) -> ChatResult:
+        if not str(body["id"]).startswith("busy"):
+            served.append(body["id"])
+        return await original(body)
+    return chat
