@@ -156,3 +156,51 @@ async def test_the_deadline_decision_comes_when_the_model_is_late_and_the_final_
         assert final["supersedes"] == p["decision_id"] and final["changed"] is (final["action"] != p["action"])
         assert dp == fp and doff < foff  # on the event's partition (keyed like it), before its final
         assert dl["decided_at"] < final["decided_at"]
+
+
+def test_live_events_overtake_a_backfill_and_priority_on_an_fcfs_replica_breaks_nothing(
+        kafka_bootstrap, topics, sims, consumers, tmp_path) -> None:
+    """A backfill (lane 2) fills the replica's slots and the consumer's memory; once part of it is
+    labelled, a few live events (lane 0) arrive. They are labelled while most of the backfill still
+    waits (in FIFO order they would come after all of it). The consumer sends vLLM's priority to a
+    simulated replica running fcfs, which accepts the field and ignores it, as vLLM 0.32 does: every
+    event is labelled, none dead-lettered."""
+    from streams.devtools.broker import create_topics
+    from tests.integration.helpers import write_config
+
+    backlog, live_n = 200, 10
+    names = topics(partitions=1)
+    names["live"] = names["input"].replace("in-", "live-")
+    create_topics(kafka_bootstrap, {names["live"]: 1})
+    urls = sims(1, time_scale=5.0).urls
+    path = write_config(tmp_path, kafka_bootstrap, names, urls,
+                        kafka={"input_topics": [names["input"], names["live"]]},
+                        policies={"routes": [{"topic": names["live"], "policies": ["spam"], "priority": 0},
+                                             {"topic": names["input"], "policies": ["spam"], "priority": 2}]},
+                        replicas={"priority": True, "max_inflight_per_replica": 4, "adaptive_concurrency": False},
+                        cache={"max_entries": 0})
+    produce(kafka_bootstrap, names["input"], [(f"b{i}".encode(), orjson.dumps({"event_id": f"b{i}",
+                                                                                "text": f"backfill item {i}"}))
+                                              for i in range(backlog)])
+    consumer = consumers(path)
+
+    def labelled(ms: list) -> tuple[int, int]:
+        ids = {orjson.loads(m.value())["event_id"] for m in ms}
+        return sum(1 for i in ids if i.startswith("b")), sum(1 for i in ids if i.startswith("l"))
+
+    read_until(kafka_bootstrap, names["labels"], lambda ms: labelled(ms)[0] >= 10, timeout_s=120)  # under way
+    produce(kafka_bootstrap, names["live"], [(f"l{i}".encode(), orjson.dumps({"event_id": f"l{i}",
+                                                                             "text": f"live message {i}"}))
+                                             for i in range(live_n)])
+    before = labelled(read_all(kafka_bootstrap, names["labels"], expect=backlog, timeout_s=1))[0]
+    at_live = read_until(kafka_bootstrap, names["labels"], lambda ms: labelled(ms)[1] >= live_n, timeout_s=120)
+    backfill_done = labelled(at_live)[0]
+    # behind them: at most the requests already running on the replica (4) and those fetched with them;
+    # in arrival order, the consumer's whole local queue (at least 32 requests) would come first
+    overtaken_by = backfill_done - before
+    assert overtaken_by <= 16, f"the live events waited behind {overtaken_by} backfill events"
+    read_until(kafka_bootstrap, names["labels"], lambda ms: labelled(ms) == (backlog, live_n), timeout_s=300)
+    assert consumer.terminate() == 0
+    assert read_all(kafka_bootstrap, names["dlq"], expect=1, timeout_s=2) == []
+    print(f"\nlanes: {live_n} live events labelled while {overtaken_by} backfill events were (of {backlog}, "
+          f"{before} done when they arrived)")
