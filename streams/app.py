@@ -202,8 +202,18 @@ def provisional_settings(settings: Settings) -> Settings:
     k = settings.kafka
     kafka = k.model_copy(update={"group_id": f"{k.group_id}-provisional",
                                  "transactional_id": f"{k.transactional_id}-provisional" if k.transactional_id
-                                 else None})
+                                 else None,
+                                 "librdkafka": PROVISIONAL_LIBRDKAFKA | k.librdkafka})
     return settings.model_copy(update={"kafka": kafka})
+
+
+# The provisional consumer is there for latency, and has no model round trip to hide its own: a
+# fetch that returns within 5 ms of a record's arrival (librdkafka's default waits up to 500 ms
+# for more data; a broker that does not wake a waiting fetch early, like the embedded Tansu, waits
+# all of it) and decisions sent within 1 ms (50 ms for the reasoning consumer's labels, batched
+# for throughput). kafka.librdkafka overrides either.
+PROVISIONAL_LIBRDKAFKA: dict[str, Any] = {"fetch.wait.max.ms": 5, "linger.ms": 1}
+PROVISIONAL_POLL_S = 0.005  # the poll loop's wait for records: a record waits at most this long in the client
 
 
 def build_provisional_pipeline(settings: Settings, policies: PolicyRegistry, metrics: Metrics, *,
@@ -227,7 +237,7 @@ def build_provisional_pipeline(settings: Settings, policies: PolicyRegistry, met
     outputs = ProvisionalOutputs(settings, rules, encoder or Encoder(settings.output, settings.schema_registry),
                                  metrics)
     b = settings.batching
-    flow = FlowControl(Backpressure(b.max_inflight_events, b.max_poll_records))
+    flow = FlowControl(Backpressure(b.max_inflight_events, b.max_poll_records), poll_s=PROVISIONAL_POLL_S)
     pool = NoReplicas(b.max_poll_records)
     consumed: list[Pipeline] = []
     pipeline = Pipeline(settings.kafka, b, stages=stages, labeler=None, outputs=outputs,

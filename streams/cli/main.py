@@ -340,6 +340,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   highlight=False)
     decided = ", ".join(f"{n} {action}" for action, n in summary["decisions"].items())
     con.print(f"decisions: {decided}", highlight=False)
+    two = summary["two_speed"]
+    turned = ", ".join(f"{n} {change}" for change, n in sorted(two["interventions"].items())) or "none"
+    con.print(f"two-speed: {two['provisional']} provisional decisions, p50 {two['provisional_p50_ms']:.0f} ms / p99 "
+              f"{two['provisional_p99_ms']:.0f} ms after the event was written; final decisions p50 "
+              f"{two['final_p50_s']:.2f} s / p99 {two['final_p99_s']:.2f} s; interventions: {turned}", highlight=False)
+    for ex in two["examples"]:
+        text = result.texts.get(ex["event_id"], "")
+        con.print(f"  intervention: {escape(ex['event_id'])} {ex['from']} at once, {ex['to']} when the reasoner spoke: "
+                  f"{escape(text[:60])}", highlight=False)
     esc = summary["escalations"]
     for actor, policy in esc["emitted"]:
         count = sum(1 for (e, p), lab in result.labels.items() if p == policy and lab["violation"]
@@ -352,6 +361,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     missing = [k for k in result.expected if k not in result.labels]
     if missing:
         con.print(f"[bold red]{len(missing)} expected labels never arrived[/], e.g. {escape(str(missing[:5]))}")
+    unprovisional = sorted(e for e, d in result.decisions.items() if d["supersedes"] and e not in result.provisional)
+    if unprovisional:
+        con.print(f"[bold red]{len(unprovisional)} events have no provisional decision[/], e.g. "
+                  f"{escape(str(unprovisional[:5]))}")
     undecided = sorted({e for e, _ in result.expected} - set(result.decisions))
     if undecided:
         con.print(f"[bold red]{len(undecided)} events have no decision[/], e.g. {escape(str(undecided[:5]))}")

@@ -34,6 +34,12 @@ from streams.policy.routing import Router
 
 log = logging.getLogger(__name__)
 
+
+def _epoch(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
 DEMO_ROUTES: list[dict[str, Any]] = [
     {"kind": "review", "policies": ["fake-reviews"]},
     {"kind": "chat", "policies": ["game-cheating"]},
@@ -46,6 +52,8 @@ DEMO_ACTIONS: dict[str, Any] = {
     "rules": [{"policy": "fake-reviews", "violation": True, "action": "hide"},
               {"violation": True, "confidence": ["high"], "action": "remove"},
               {"violation": True, "action": "review"}],
+    # two-speed: reviews and messages are published at once, chats held until the reasoner speaks
+    "provisional": {"default": "allow", "rules": [{"kind": "chat", "action": "hold"}], "urgent": ["hold"]},
 }
 DEMO_ESCALATION: dict[str, Any] = {"actor_field": "author_id", "threshold": 3, "window_s": 86_400,
                                    "topic": "safeguard.escalations"}
@@ -82,7 +90,9 @@ class DemoResult:
     elapsed_s: float = 0.0
     aborted: bool = False
     cascade: dict[str, Any] | None = None  # the prefilters trained for --cascade: their training figures
-    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # by event id
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # the final ones, by event id
+    provisional: dict[str, dict[str, Any]] = field(default_factory=dict)  # by event id
+    produced_at: dict[str, float] = field(default_factory=dict)  # event id -> when the broker had it (wall clock)
     escalations: list[dict[str, Any]] = field(default_factory=list)
     actors: dict[str, str] = field(default_factory=dict)  # event id -> its author_id
     broker: str = ""  # which local broker ran it ("kafka 4.4.0", "embedded tansu 0.6.0")
@@ -90,7 +100,32 @@ class DemoResult:
     @property
     def complete(self) -> bool:
         return all(k in self.labels for k in self.expected) and all(
-            event_id in self.decisions for event_id, _ in self.expected)
+            event_id in self.decisions for event_id, _ in self.expected) and all(
+            d["supersedes"] is None or event_id in self.provisional for event_id, d in self.decisions.items())
+
+    def two_speed(self) -> dict[str, Any]:
+        """Provisional vs final decision latency (written -> decided) and the interventions: events
+        published at once and taken down (or held and released) when the reasoner spoke."""
+        def quantiles(values: list[float]) -> tuple[float, float]:
+            if not values:
+                return 0.0, 0.0
+            values = sorted(values)
+            return values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]
+
+        def after(doc: dict[str, Any]) -> float:
+            return max(0.0, _epoch(doc["decided_at"]) - self.produced_at.get(doc["event_id"], 0.0))
+
+        p50, p99 = quantiles([after(d) for d in self.provisional.values()])
+        f50, f99 = quantiles([after(d) for d in self.decisions.values()])
+        changed = [(self.provisional[e]["action"], d["action"], e) for e, d in self.decisions.items()
+                   if d["changed"] and e in self.provisional]
+        by: dict[str, int] = {}
+        for before, now, _ in changed:
+            by[f"{before}->{now}"] = by.get(f"{before}->{now}", 0) + 1
+        return {"provisional": len(self.provisional), "provisional_p50_ms": round(p50 * 1000, 1),
+                "provisional_p99_ms": round(p99 * 1000, 1), "final_p50_s": round(f50, 3),
+                "final_p99_s": round(f99, 3), "interventions": by,
+                "examples": [{"event_id": e, "from": b, "to": n} for b, n, e in changed[:3]]}
 
     def expected_escalations(self, threshold: int) -> list[tuple[str, str]]:
         """(actor, policy) pairs with ``threshold`` or more violating labels (one window: the demo
@@ -127,6 +162,7 @@ class DemoResult:
                 / max(1, len(self.expected)), 4),
             "decisions": {action: sum(1 for d in self.decisions.values() if d["action"] == action)
                           for action in sorted({d["action"] for d in self.decisions.values()})},
+            "two_speed": self.two_speed(),
             "escalations": self.escalations_summary(),
         } | ({"cascade": self.cascade_summary()} if self.cascade is not None else {})
 
@@ -151,18 +187,28 @@ def produce_events(bootstrap: str, topic: str, samples: list[dict[str, Any]], n:
     """Produce ``n`` events cycling through the samples (ids made unique per cycle)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
                          "logger": LIBRDKAFKA_LOG})
-    events = []
+    events: list[dict[str, Any]] = []
     for i in range(n):
         sample = samples[i % len(samples)]
         event = dict(sample["event"])
         if i >= len(samples):
             event["event_id"] = f"{event['event_id']}-{i // len(samples)}"
+        producer.produce(topic, key=event["event_id"].encode(), value=orjson.dumps(event),
+                         on_delivery=_written(event))
         events.append(event)
-        producer.produce(topic, key=event["event_id"].encode(), value=orjson.dumps(event))
         producer.poll(0)
     if producer.flush(30):
         raise FatalError("could not deliver the demo events to the broker")
     return events
+
+
+def _written(event: dict[str, Any]) -> Any:
+    """Notes when the broker acknowledged the event (the clock of the decision latencies shown: the
+    demo's idempotent producer takes a moment to start, which is not the consumers' latency)."""
+    def acked(err: Any, _msg: Any) -> None:
+        if err is None:
+            event["_written_at"] = time.time()
+    return acked
 
 
 def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: float, started: float) -> None:
@@ -180,7 +226,8 @@ def collect(bootstrap: str, settings: Settings, result: DemoResult, deadline: fl
                 if msg.topic() == settings.kafka.labels_topic:
                     result.labels[(doc["event_id"], doc["policy_id"])] = doc
                 elif msg.topic() == decisions:
-                    result.decisions[doc["event_id"]] = doc
+                    stage = result.provisional if doc.get("stage") == "provisional" else result.decisions
+                    stage[doc["event_id"]] = doc
                 else:
                     result.dead_letters.append(doc)
             result.elapsed_s = time.monotonic() - started
@@ -255,8 +302,14 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
             holder: list[Pipeline] = []
             consumer_task = asyncio.create_task(run_consumer(settings, on_pipeline=holder.append))
             await _wait_assigned(holder, consumer_task)
+            provisional: list[Pipeline] = []  # the provisional consumer, in its own group beside it
+            provisional_task = asyncio.create_task(run_consumer(settings, on_pipeline=provisional.append,
+                                                                provisional=True))
+            await _wait_assigned(provisional, provisional_task)
+
             loop = asyncio.get_running_loop()
             started = time.monotonic()  # the clock starts once the consumer owns its partitions
+            produce_started = time.time()
             produced = await loop.run_in_executor(None, produce_events, broker.bootstrap, CONTENT_TOPIC, samples,
                                                   events)
             expected: dict[tuple[str, str], int] = {}
@@ -269,20 +322,24 @@ async def run_demo(*, events: int, replicas: int, time_scale: float, profile: st
                                 texts={ev["event_id"]: ev.get("text") or ev["messages"][-1]["content"]
                                        for ev in produced}, cascade=trained,
                                 actors={ev["event_id"]: (ev.get("metadata") or {}).get("author_id", "")
-                                        for ev in produced}, broker=f"{broker.kind} {broker.version}")
+                                        for ev in produced}, broker=f"{broker.kind} {broker.version}",
+                                produced_at={ev["event_id"]: ev.pop("_written_at", produce_started)
+                                             for ev in produced})
             deadline = time.monotonic() + (timeout_s or 120 + events / 5)
             reader = loop.run_in_executor(None, collect, broker.bootstrap, settings, result, deadline, started)
-            done, _ = await asyncio.wait({consumer_task, asyncio.ensure_future(reader)},
+            done, _ = await asyncio.wait({consumer_task, provisional_task, asyncio.ensure_future(reader)},
                                          return_when=asyncio.FIRST_COMPLETED)
-            if consumer_task in done:
-                result.aborted = True
-                await reader
-                consumer_task.result()  # surfaces the consumer's failure
+            for task in (consumer_task, provisional_task):
+                if task in done:
+                    result.aborted = True
+                    await reader
+                    task.result()  # surfaces the consumer's failure
             await reader
-            for p in holder:
+            for p in holder + provisional:
                 p.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer_task
+            for task in (consumer_task, provisional_task):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if result.complete:
                 await escalate(broker.bootstrap, settings, result)
             return result

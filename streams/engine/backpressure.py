@@ -119,8 +119,10 @@ class FlowControl:
     """One consumer's pause state; :meth:`apply` pauses or resumes its partitions (only outage
     pauses are warnings: the others are routine under load)."""
 
-    def __init__(self, bounds: Backpressure) -> None:
+    def __init__(self, bounds: Backpressure, *, poll_s: float | None = None) -> None:
+        """``poll_s``: a poll's wait, busy or idle (the provisional consumer's: latency over CPU)."""
         self.bounds = bounds
+        self._poll_s = poll_s
         self.held: set[tuple[str, int]] = set()  # partitions the lanes hold (streams.engine.lanes): never resumed here
         self.paused = False
         self.outage = False  # paused because no replica was healthy
@@ -139,6 +141,8 @@ class FlowControl:
     def poll_timeout(self, got_records: bool) -> float:
         """How long a poll may wait: briefly while records flow or backpressure holds them (a late
         resume idles replicas), longer when idle or in an outage."""
+        if self._poll_s is not None:
+            return self._poll_s
         busy = (self.paused and not self.outage) or (got_records and not self.paused)
         return BUSY_POLL_TIMEOUT_S if busy else POLL_TIMEOUT_S
 

@@ -133,6 +133,7 @@ def test_demo_on_apache_kafka() -> None:
     summary = orjson.loads(r.stdout.strip().splitlines()[-1])
     assert summary["broker"] == f"kafka {KAFKA_VERSION}"
     assert summary["events"] == 120 and summary["labels"] >= 120 and summary["dead_letters"] == 0
+    assert summary["two_speed"]["provisional"] == 120
 
 
 def test_safeguard_broker_embedded_kind() -> None:

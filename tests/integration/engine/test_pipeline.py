@@ -167,6 +167,9 @@ def test_demo_json_summary() -> None:
     assert summary["events"] == 300 and summary["labels"] >= summary["events"]
     assert summary["dead_letters"] == 0 and summary["violations"] > 0
     assert summary["broker"].startswith("embedded tansu"), "the demo's default broker is the embedded one"
+    two = summary["two_speed"]  # every event published (or held) at once, the reviews taken down later
+    assert two["provisional"] == 300 and two["interventions"].get("allow->hide", 0) > 0
+    assert two["provisional_p99_ms"] <= 1000 * two["final_p99_s"]  # the provisional decision came first
 
 
 def test_run_until_idle_against_a_plain_openai_compatible_server(kafka_bootstrap, topics, tmp_path) -> None:
