@@ -33,6 +33,10 @@ def add_command(sub: Any, emit_json: Callable[[Any], None]) -> None:
                    "with the capacity model's prediction beside each run (docs/scale.md)")
     b.add_argument("--runs", type=_scale_runs, metavar="NxM[xP],...",
                    help="with --scale: the (consumers x replicas [x partitions, default 12]) runs, e.g. 1x1,2x2,4x4x2")
+    b.add_argument("--realtime", action="store_true",
+                   help="two-speed moderation instead: replicas saturated by a backlog on a priority-2 topic while "
+                   "urgent events arrive on a priority-0 topic, then the same run with lanes off (FCFS): provisional "
+                   "and final decision latency, interventions, throughput (docs/interventions.md)")
     b.add_argument("--broker", choices=BROKER_KINDS, default="embedded",
                    help="embedded: the Tansu broker (default, no Java); kafka: Apache Kafka from the launcher "
                    "(Java 17 and Maven; docs/performance.md compares the two)")
@@ -74,6 +78,10 @@ def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> in
         raise ConfigError("--mode does not go with --scale")
     if args.scale:
         return _bench_scale(args, err, emit_json)
+    if args.realtime:
+        if args.modes:
+            raise ConfigError("--mode does not go with --realtime")
+        return _bench_realtime(args, err, emit_json)
     if unknown := sorted(set(args.modes or ()) - set(MODES)):
         raise ConfigError(f"unknown bench mode {', '.join(unknown)}; choose from {', '.join(MODES)}")
     result = run_bench(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
@@ -146,4 +154,30 @@ def _bench_scale(args: argparse.Namespace, err: Console, emit_json: Callable[[An
                                                     "vs_1x1", "utilisation", "p99_s", "predicted_events_per_s")),
                       f"{r['prediction_error']:+.1%}")
     Console().print(table)
+    return 0
+
+
+def _bench_realtime(args: argparse.Namespace, err: Console, emit_json: Callable[[Any], None]) -> int:
+    from streams.devtools.bench.realtime import run_realtime
+
+    result = run_realtime(quick=args.quick, time_scale=args.time_scale or 10.0, profile=args.profile,
+                          broker_kind=args.broker, replicas=args.replicas,
+                          progress=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    if args.json:
+        emit_json(result)
+        return 0
+    r, con = result["realtime"], Console()
+    table = Table(title=f"safeguard bench --realtime ({result['config']['broker_version']})", box=box.SIMPLE_HEAD)
+    table.add_column("figure")
+    table.add_column("lanes on", justify="right")
+    table.add_column("lanes off (FCFS)", justify="right")
+    table.add_row("provisional decision p50 / p99", f"{r['provisional_p50_ms']} / {r['provisional_p99_ms']} ms", "")
+    table.add_row("urgent final decision p50 / p99", f"{r['urgent_final_p50_s']} / {r['urgent_final_p99_s']} s",
+                  f"p99 {r['fcfs_urgent_final_p99_s']} s")
+    table.add_row("urgent model request p99 (slot -> answer)", f"{r['urgent_service_p99_s']} s", "")
+    table.add_row("backlog final decision p99", f"{r['backlog_final_p99_s']} s", "")
+    table.add_row("events/s", str(r["events_per_s"]), str(r["fcfs_events_per_s"]))
+    table.add_row("interventions", str(r["interventions"]), "")
+    con.print(table)
+    con.print(result["ratios"], highlight=False)
     return 0

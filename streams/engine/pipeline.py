@@ -114,6 +114,11 @@ class Pipeline:
         self._stopping.set()
 
     @property
+    def capacity(self) -> Capacity:
+        """The replica capacity this pipeline paces itself by (the pool; the bench times its requests)."""
+        return self._pool
+
+    @property
     def inflight_events(self) -> int:
         """Events consumed and not settled yet."""
         return self._ledger.count

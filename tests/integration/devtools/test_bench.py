@@ -70,3 +70,18 @@ def _records_in(bootstrap: str, topic: str) -> int:
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
     finally:
         c.close()
+
+
+async def test_realtime_run_times_what_it_says(kafka_bootstrap: str, sims, tmp_path: Path) -> None:
+    """``bench --realtime``'s run, small: every label arrives, every urgent event's model request is
+    timed (slot -> answer) and has its provisional decision before its final one, and the figures
+    hold together (a final decision never comes before its own model request's answer time)."""
+    from streams.devtools.bench.realtime import _one_run
+
+    urls = sims(1, time_scale=10.0).urls
+    run = await _one_run(kafka_bootstrap, urls, tmp_path, lanes=True, backlog=150, urgent=4, every_s=0.2)
+    assert run["labels"] == run["expected_labels"] == 154
+    assert run["urgent_timed_requests"] == 4
+    assert 0 < run["provisional_p99_ms"] < 1000 * run["urgent_final_p50_s"]
+    assert run["urgent_final_p99_s"] >= run["urgent_service_p50_s"] > 0
+    assert run["interventions"] > 0 and run["events_per_s"] > 0
