@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from streams.engine.work import TopicPartitionKey
+from streams.ops.logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Lanes:
         self._topic_lane = topic_lane
         self.held: set[TopicPartitionKey] = set()
         self._checked = 0.0
+        self._log = RateLimitedLog(log, 30.0)  # a trickle on a live lane holds and releases all day
 
     @staticmethod
     def needed(topics: Iterable[str], topic_lane: Callable[[str], int]) -> bool:
@@ -57,10 +59,11 @@ class Lanes:
         self.held.update(pause)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in sorted(pause)])
-            log.info("lanes: holding partitions=%s while lane %d has lag", _fmt(pause), urgent)
+            self._log.log(logging.INFO, "hold", "lanes: holding partitions=%s while lane %d has lag (released as "
+                          "soon as it drains)", _fmt(pause), urgent)
         if release and not flow_paused:
             consumer.resume([TopicPartition(t, p) for t, p in sorted(release) if (t, p) in set(assigned)])
-            log.info("lanes: released partitions=%s", _fmt(release))
+            log.debug("lanes: released partitions=%s", _fmt(release))
 
     def revoked(self, keys: Iterable[TopicPartitionKey]) -> None:
         self.held.difference_update(keys)
