@@ -156,3 +156,22 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("lag", "latency", "replica health", "violations", "dead letters", "events consumed"):
         assert topic in titles
+
+
+def test_the_provisional_deployment_runs_run_provisional_and_scales_on_its_own_group(tmp_path: Path) -> None:
+    from streams.app import provisional_settings
+    from streams.interventions.provisional import check_provisional_rules
+
+    path = tmp_path / "safeguard.yaml"
+    path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
+    settings = load_settings(path)
+    assert settings.actions.provisional is not None
+    check_provisional_rules(settings.actions.provisional, [p.stem for p in (ROOT / "policies").glob("*.md")])
+    pod = by_kind("Deployment", "safeguard-provisional")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["run", "--provisional"] and "/etc/safeguard/safeguard.yaml" in container["args"]
+    assert "nvidia.com/gpu" not in str(container["resources"])  # CPU only
+    assert pod["terminationGracePeriodSeconds"] > settings.batching.drain_timeout_s
+    trigger = by_kind("ScaledObject", "safeguard-provisional")["spec"]["triggers"][0]["metadata"]
+    assert trigger["consumerGroup"] == provisional_settings(settings).kafka.group_id
+    assert trigger["topic"] in settings.kafka.input_topics
