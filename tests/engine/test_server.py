@@ -49,6 +49,11 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.timeout(1800)  # up to three engine starts (55-110 s each, more on a busy machine)
 
 LIMIT = 2048  # --max-model-len of the engines and the simulator
+# Generations that must outlast what a test does meanwhile fill a 32k context (the tiny Llama's): the
+# priority test's blockers hold every slot while it sets a queue up, and are abandoned once it is; at
+# 2048 tokens they took ten seconds, which a loaded 2-core machine spent on a few /metrics polls, and
+# the blockers finished first. At 32k it is minutes; the tests' wall time does not grow with it.
+HOLD_CONTEXT = 32768
 SEQS = 4  # --max-num-seqs
 HOST = "127.0.0.1"
 POLICIES = load_policies(ROOT / "policies")
@@ -510,17 +515,20 @@ async def test_requests_sharing_a_policy_hit_the_prefix_cache(engines: Engines, 
 
 @pytest.mark.parametrize("kind", ["engine", "sim"])
 async def test_a_client_timeout_aborts_the_request_on_the_server(engines: Engines, kind: str) -> None:
-    async with serving(engines, kind) as target, aiohttp.ClientSession() as session:
+    """The generation fills a 32k context: minutes on this CPU whatever its load (1,900 tokens, as
+    first written, took under the client's 1 s timeout on a quiet machine, and the test failed by
+    machine speed). Aborted, the server is idle at once with part of it generated."""
+    async with serving(engines, kind, context=HOLD_CONTEXT) as target, aiohttp.ClientSession() as session:
         watcher = ReplicaClient(target.url, api_key=None, timeout_s=30)
         impatient = ReplicaClient(target.url, api_key=None, timeout_s=1.0)
-        tokens = 1900
+        tokens = HOLD_CONTEXT - 512  # the rest of the context is the short prompt
         try:
             await idle(watcher)
             before = await scrape(session, target)
             with pytest.raises(RetryableError, match="timeout"):
                 await impatient.chat(long_generation(target.model, "abandoned", tokens))
-            # Bounded well past the time the whole generation would take: a request left running ends
-            # too, but then it counts as finished and has generated every token (checked below).
+            # A request left running would keep the server busy past idle()'s bound (120 s): the abort
+            # is what makes it idle; the token count below says it stopped partway.
             await idle(watcher)
             after = await scrape(session, target)
         finally:
@@ -536,12 +544,6 @@ async def test_a_client_timeout_aborts_the_request_on_the_server(engines: Engine
 
 
 # ---- 4. priority, with and without --scheduling-policy priority --------------------------------------------
-
-# The blockers hold every slot while the test sets the queue up, and are abandoned once it is: their
-# length is the margin. At 2048 tokens it was ten seconds, which a loaded 2-core machine spent on a few
-# /metrics polls (the server answers them between steps), and the blockers finished before the urgent
-# request was seen waiting. At 32k it is minutes; the test's wall time does not grow with it.
-HOLD_CONTEXT = 32768
 
 
 @pytest.mark.parametrize(("kind", "scheduling"), [("sim", "fcfs"), ("engine", "fcfs"), ("sim", "priority"),
