@@ -239,6 +239,57 @@ class EscalationSettings(_Section):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
 
+class OspreySettings(_Section):
+    """Osprey (ROOST's rules engine): our labels and/or decisions as Osprey actions on its input topic."""
+
+    topic: str | None = Field(None, min_length=1)  # e.g. "osprey.actions_input"; null disables
+    action_name: str = Field("safeguard_label", min_length=1, max_length=256)  # what Osprey's rules match on
+    source: Literal["labels", "decisions", "both"] = "labels"
+
+
+class CoopReporter(_Section):
+    type_id: str | None = Field(None, min_length=1)  # the Item Type of the service user reports come from
+    id: str = Field("safeguard", min_length=1)
+
+
+class CoopSettings(_Section):
+    """Coop (ROOST's review tool): decisions as reports, items with our labels, moderators' decisions back."""
+
+    url: str | None = Field(None, min_length=1)  # Coop's base URL; null disables reports and items
+    api_key: SecretStr | None = None  # SAFEGUARD_INTEGRATIONS__COOP__API_KEY; sent as X-API-KEY, never logged
+    report_actions: list[ActionName] = Field(default_factory=lambda: ["review"])
+    reporter: CoopReporter = Field(default_factory=CoopReporter)
+    item_type_id: str | None = Field(None, min_length=1)  # the Item Type of content items in Coop
+    submit_items: bool = False  # also POST every item (our labels in its data) to /api/v1/items/async/
+    callback_secret: SecretStr | None = None  # verifies Coop-Signature on action callbacks
+    reviews_topic: str = Field("safeguard.reviews", min_length=1)
+    timeout_s: float = Field(10.0, gt=0)  # one request
+    max_retry_after_s: float = Field(60.0, gt=0)  # a longer Retry-After is capped to this
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (Coop's base URL, e.g. https://coop.example.com)")
+        return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _complete(self) -> CoopSettings:
+        if self.url is not None:
+            missing = [name for name, value in (("api_key", self.api_key), ("item_type_id", self.item_type_id),
+                                                ("reporter.type_id", self.reporter.type_id)) if value is None]
+            if missing:
+                raise ValueError(f"integrations.coop.url is set, so Coop needs {', '.join(missing)} too (the API "
+                                 "key from SAFEGUARD_INTEGRATIONS__COOP__API_KEY; the Item Types from Coop's "
+                                 "settings page)")
+        return self
+
+
+class IntegrationSettings(_Section):
+    osprey: OspreySettings = Field(default_factory=OspreySettings)
+    coop: CoopSettings = Field(default_factory=CoopSettings)
+
+
 class MetricsSettings(_Section):
     port: int = Field(9400, ge=0, le=65535)
 
@@ -265,6 +316,7 @@ class Settings(BaseSettings):
     prefilter: PrefilterSettings = Field(default_factory=PrefilterSettings)
     actions: ActionSettings = Field(default_factory=ActionSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

@@ -5,7 +5,8 @@ required section (INSTRUCTIONS, DEFINITIONS, VIOLATES, SAFE, EXAMPLES), no outpu
 instruction, example answers that do not match the declared output format, a malformed golden set.
 Warnings: output instruction not repeated near the bottom, length outside 300-1,500 estimated
 tokens (the guide finds 400-600 best), examples of only one label, a golden set under 100 items or
-with either class under a fifth of it.
+with either class under a fifth of it, and each thing an import had to assume (front matter
+``assumptions``, written by ``safeguard policies import``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def lint_policy(path: Path) -> LintResult:
     if not low <= result.tokens <= high:
         result.warnings.append(f"about {result.tokens} tokens; the guide finds 400-600 best (lint range {low}-{high})")
     _check_golden(path.with_name(f"{policy.id}.golden.jsonl"), policy.id, result)
+    result.warnings += [f"assumed on import ({policy.meta.source or 'unknown source'}): {a}"
+                        for a in policy.meta.assumptions]
     return result
 
 

@@ -1,4 +1,4 @@
-"""``safeguard policies lint|publish|configmap``: checking and shipping policy files."""
+"""``safeguard policies lint|publish|configmap|import``: checking, shipping and importing policy files."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def add_commands(sub: Any) -> None:
     cm.add_argument("dir", type=Path, metavar="DIR")
     cm.add_argument("--name", default="safeguard-policies", help="ConfigMap name")
     cm.set_defaults(func=_cmd_configmap)
+    imp = psub.add_parser("import", help="turn a ROOST Model Community policy pack into policy files and datasets",
+                          description="Read a ROOST policy pack as published (policy.md files whose categories end "
+                          "in 'Output: `VALID`'/'Output: `INVALID`' with datasets/<slug>.csv validation sets, or a "
+                          "policy with '(Remove)'/'(Permit)' sections) and write <id>.md policy files (the pack's "
+                          "text under our sections, labels mapped to our JSON answer) and <id>.golden.jsonl "
+                          "datasets that lint, eval and prefilter train read. What had to be assumed is written "
+                          "in each file's front matter, and lint repeats it.")
+    imp.add_argument("dir", type=Path, metavar="DIR", help="the pack (or a folder of packs, or one policy file)")
+    imp.add_argument("--out", type=Path, default=Path("imported-policies"),
+                     help="directory to write into (default ./imported-policies)")
+    imp.add_argument("--force", action="store_true", help="overwrite files that already exist in --out")
+    imp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    imp.set_defaults(func=_cmd_import)
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
@@ -60,6 +73,37 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         return 1
     con.print(f"{len(results)} policies, {errors} errors, {sum(len(r.warnings) for r in results)} warnings")
     return 1 if errors else 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streams.authoring.packs import import_pack, write_pack
+
+    policies = import_pack(args.dir)
+    if not args.force:
+        clash = [str(args.out / name) for p in policies for name in (f"{p.id}.md", f"{p.id}.golden.jsonl")
+                 if (args.out / name).exists()]
+        if clash:
+            raise ConfigError(f"would overwrite {', '.join(clash)}; give --force, or another --out")
+    write_pack(policies, args.out)
+    if args.json:
+        print(orjson.dumps({"out": str(args.out), "policies": [
+            {"id": p.id, "source": str(p.source), "dataset": str(p.dataset) if p.dataset else None,
+             "items": len(p.golden), "labelled": p.labelled, "left_out": p.problems, "assumptions": p.assumptions}
+            for p in policies]}).decode())
+        return 0
+    con = Console()
+    for p in policies:
+        golden = f", {len(p.golden)} items ({p.labelled} labelled) from {p.dataset.name}" if p.dataset else ""
+        con.print(f"[green]imported[/] {escape(p.id)} from {escape(str(p.source))}{escape(golden)}", highlight=False)
+        for problem in p.problems:
+            con.print(f"  [yellow]left out:[/] {escape(problem)}", highlight=False)
+        con.print(f"  {len(p.assumptions)} assumptions (in the front matter; `safeguard policies lint` lists them)",
+                  highlight=False)
+    con.print(f"{len(policies)} policies written to {escape(str(args.out))}; next: safeguard policies lint "
+              f"{escape(str(args.out))}", highlight=False)
+    return 0
 
 
 def _cmd_configmap(args: argparse.Namespace) -> int:

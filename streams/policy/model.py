@@ -40,6 +40,8 @@ class PolicyMeta(BaseModel):
     output: Literal["json", "binary"] = "json"
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     shadow: bool = False
+    source: str | None = None  # where the policy came from (an imported pack: its path and file)
+    assumptions: list[str] = Field(default_factory=list)  # what an import had to assume (lint repeats them)
 
 
 @dataclass(frozen=True)
