@@ -234,7 +234,8 @@ def _labelled_categories(path: Path, text: str, root: Path) -> Imported:
         _read_validation(dataset, code_label, prefix, imported)
     if any(row["label"] is None for row in imported.golden):
         blank = sum(1 for row in imported.golden if row["label"] is None)
-        assumptions.append(f"{blank} validation row{'s' if blank > 1 else ''} without a code are kept unlabelled (skipped when scored)")
+        rows = "rows" if blank > 1 else "row"
+        assumptions.append(f"{blank} validation {rows} without a code kept unlabelled (skipped when scored)")
     mapping = ("Where this policy says `INVALID` (Output: `INVALID`), answer violation 1; where it says `VALID`, "
                "violation 0. Never answer with the word itself.")
     body = _body(title or ident, instructions, definitions, violates, safe, notes, examples, codes, mapping)
