@@ -196,9 +196,9 @@ def _labelled_categories(path: Path, text: str, root: Path) -> Imported:
         if output:
             violation = 1 if output.group(1) == "INVALID" else 0
             (violates if violation else safe).append(s)
-            code = _CODE_IN_HEADING.search(s.title)
-            if code:
-                code_label[code.group(1)] = violation
+            heading_code = _CODE_IN_HEADING.search(s.title)
+            if heading_code:
+                code_label[heading_code.group(1)] = violation
             else:
                 assumptions.append(f"section '{s.title}' names no category code; its content is "
                                    f"{'a violation' if violation else 'safe'} but no code can be given for it")
@@ -217,7 +217,7 @@ def _labelled_categories(path: Path, text: str, root: Path) -> Imported:
         assumptions.append("no section ends in 'Output: `VALID`': content outside every category is safe")
     assumptions.append("Output `INVALID` is a violation (1) and `VALID` is safe (0); the answer is our JSON object "
                        "with the category code as policy_category")
-    examples = []
+    examples: list[tuple[str, str, int]] = []
     for example, code in label_examples:
         if code in code_label:
             examples.append((example, code, code_label[code]))
