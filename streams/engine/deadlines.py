@@ -25,10 +25,10 @@ RETRY_S = 1.0  # a deadline decision that could not be encoded (the registry dow
 
 class Deadlines:
     def __init__(self, deadline_s: float, *, view: Callable[[Work], object | None],
-                 build: Callable[[Work], OutRecord | None], send: Callable[[Work, OutRecord], None],
+                 build: Callable[[Work], list[OutRecord]], send: Callable[[Work, OutRecord], None],
                  holds: Callable[[Work], bool]) -> None:
         """``view``: the event's provisional view, taken while its requests are still on it (None:
-        nothing pending, no deadline); ``build``: its deadline decision; ``send``: produce it under
+        nothing pending, no deadline); ``build``: its deadline decision's records; ``send``: produce it under
         the delivery guarantee; ``holds``: the event is still this consumer's (not revoked, not
         rewound)."""
         self.deadline_s = deadline_s
@@ -59,7 +59,7 @@ class Deadlines:
             if work.records or work.deadline_sent or not self._holds(work):
                 continue  # decided (its final is on its way), or no longer ours: consumed again elsewhere
             try:
-                record = self._build(work)
+                records = self._build(work)
             except RetryableError as exc:
                 log.warning("deadline decision delayed topic=%s partition=%d offset=%d: %s", work.tp[0], work.tp[1],
                             work.offset, exc)
@@ -70,6 +70,6 @@ class Deadlines:
                               work.tp[1], work.offset)
                 continue
             work.deadline_sent = True
-            if record is not None:
+            for record in records:
                 self._send(work, record)
-                self.sent += 1
+            self.sent += bool(records)

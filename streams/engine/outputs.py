@@ -19,6 +19,7 @@ from streams.config import Settings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
+from streams.integrations.osprey import osprey_actions
 from streams.interventions.actions import decide
 from streams.interventions.provisional import ProvisionalRules, View
 from streams.ops.logutil import RateLimitedLog
@@ -60,6 +61,7 @@ class Outputs:
         self._final_latency = metrics.decision_latency.labels("final")
         self._deadline_latency = metrics.decision_latency.labels("deadline")
         self._interventions = Children(metrics.interventions)
+        self._osprey = osprey_actions(settings.integrations.osprey)
         provisional = settings.actions.provisional
         self._provisional = ProvisionalRules(provisional, settings.prefilter.audit_rate) if provisional else None
         if self._decisions is not None:  # every action at 0 from the start: rate() == 0 alerts need a series
@@ -110,6 +112,8 @@ class Outputs:
         work.records.append(OutRecord(topic, self._encode(doc, DECISION.schema, topic),
                                       self._decided(action, view.action if changed and view else None,
                                                     work.timestamp)))
+        if self._osprey is not None and self._osprey.decisions:
+            work.records.append(OutRecord(self._osprey.topic, self._osprey.decision(doc)))
 
     def view(self, work: Work) -> View | None:
         """The event's provisional view (kept on the event once taken), or None: none due, or no
@@ -125,17 +129,20 @@ class Outputs:
         """The event's provisional action is one of ``actions.provisional.urgent``."""
         return self._provisional is not None and self._provisional.urgent(self.view(work))
 
-    def deadline(self, work: Work) -> OutRecord | None:
+    def deadline(self, work: Work) -> list[OutRecord]:
         """The event's deadline decision (``actions.provisional.deadline_s`` passed with the model
-        still to answer), or None when none is due."""
+        still to answer) and its Osprey action, or nothing when none is due."""
         view = self.view(work)
         if view is None or self._provisional is None or self._decisions is None:
-            return None
+            return []
         doc = self._provisional.deadline_document(work, view)
         topic = self._decisions
-        return OutRecord(topic, self._encode(doc, DECISION.schema, topic),
-                         self._decided(doc["action"], view.action if doc["changed"] else None, work.timestamp,
-                                       self._deadline_latency))
+        records = [OutRecord(topic, self._encode(doc, DECISION.schema, topic),
+                             self._decided(doc["action"], view.action if doc["changed"] else None, work.timestamp,
+                                           self._deadline_latency))]
+        if self._osprey is not None and self._osprey.decisions:
+            records.append(OutRecord(self._osprey.topic, self._osprey.decision(doc)))
+        return records
 
     def _decided(self, action: str, provisional: str | None, timestamp: float | None, latency: Any = None
                  ) -> Callable[[], None]:
@@ -162,6 +169,8 @@ class Outputs:
             count = self._observed(work, outcome, doc, counter.inc)
         topic = self._shadow if policy.meta.shadow else self._labels
         work.records.append(OutRecord(topic, self._encode(doc, LABEL.schema, topic), count))
+        if self._osprey is not None and self._osprey.labels and not policy.meta.shadow:
+            work.records.append(OutRecord(self._osprey.topic, self._osprey.label(doc)))
         if self._reasoning is not None:
             record = ReasoningRecord(label_id=doc["label_id"], event_id=doc["event_id"], policy_id=policy.id,
                                      reasoning=outcome.reasoning)

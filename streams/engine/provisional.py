@@ -19,6 +19,7 @@ from collections.abc import Callable
 from streams.config import Settings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
+from streams.integrations.osprey import osprey_actions
 from streams.interventions.provisional import ProvisionalRules, View
 from streams.ops.logutil import RateLimitedLog
 from streams.ops.metrics import Children, Metrics
@@ -55,6 +56,7 @@ class ProvisionalOutputs:
         self._latency = metrics.decision_latency.labels("provisional")
         self._dead_count = Children(metrics.dead_letters)
         self._skip_log = RateLimitedLog(log, 30.0)
+        self._osprey = osprey_actions(settings.integrations.osprey)
         for action in {rules.settings.default, *(r.action for r in rules.settings.rules)}:
             self._count(action)  # at 0 from the start: rate() == 0 alerts need a series
 
@@ -70,6 +72,8 @@ class ProvisionalOutputs:
         doc = self._rules.document(work, view)
         work.records.append(OutRecord(self._topic, self._encode(doc, PROVISIONAL_DECISION.schema, self._topic),
                                       self._counted(view.action, work.timestamp)))
+        if self._osprey is not None and self._osprey.decisions:
+            work.records.append(OutRecord(self._osprey.topic, self._osprey.decision(doc)))
 
     def _counted(self, action: str, timestamp: float | None) -> Callable[[], None]:
         count = self._count(action).inc

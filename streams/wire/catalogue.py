@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from streams.config import Settings
-from streams.wire.events import DeadLetter, DecisionEvent, EscalationEvent, LabelEvent, ReasoningRecord
+from streams.wire.events import DeadLetter, DecisionEvent, EscalationEvent, LabelEvent, OspreyAction, ReasoningRecord
 
 Writer = Literal["reasoning", "provisional", "escalation"]  # safeguard run, run --provisional, escalate
 
@@ -24,12 +24,13 @@ Writer = Literal["reasoning", "provisional", "escalation"]  # safeguard run, run
 @dataclass(frozen=True)
 class OutputKind:
     name: str  # as the logs and docs call it
-    schema: str  # schemas/<schema>.avsc
+    schema: str  # schemas/<schema>.avsc (with ``foreign``: the name of another tool's JSON envelope)
     model: type[BaseModel]
     setting: str  # the setting that names the topic, for messages
     topic_of: Callable[[Settings], str | None]  # the topic, or None: not written under these settings
     writers: tuple[Writer, ...] = ("reasoning",)
     shadow: bool = False  # written only while a shadow policy is loaded
+    foreign: bool = False  # another tool's JSON envelope whatever output.format says: never registered
 
     def topic(self, settings: Settings) -> str:
         """The topic under ``settings``; raises ValueError when this kind is not written there."""
@@ -53,11 +54,13 @@ DEAD_LETTER = OutputKind("dead letter", "dead_letter", DeadLetter, "kafka.dead_l
 DECISION = OutputKind("decision", "decision", DecisionEvent, "actions.topic", lambda s: s.actions.topic)
 PROVISIONAL_DECISION = OutputKind("provisional decision", "decision", DecisionEvent, "actions.topic",
                                   _provisional_topic, writers=("provisional",))
+OSPREY_ACTION = OutputKind("osprey action", "osprey_action", OspreyAction, "integrations.osprey.topic",
+                           lambda s: s.integrations.osprey.topic, writers=("reasoning", "provisional"), foreign=True)
 ESCALATION = OutputKind("escalation", "escalation", EscalationEvent, "escalation.topic",
                         lambda s: s.escalation.topic, writers=("escalation",))
 
 CATALOGUE: tuple[OutputKind, ...] = (LABEL, SHADOW_LABEL, REASONING, DEAD_LETTER, DECISION, PROVISIONAL_DECISION,
-                                     ESCALATION)
+                                     OSPREY_ACTION, ESCALATION)
 
 
 def written(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = False) -> list[tuple[OutputKind, str]]:
@@ -80,6 +83,8 @@ def subjects(settings: Settings, *, writer: Writer = "reasoning", shadow: bool =
     """``{schema: [topics]}``: what ``writer`` registers with the schema registry at start-up."""
     out: dict[str, list[str]] = {}
     for kind, topic in written(settings, writer=writer, shadow=shadow):
+        if kind.foreign:
+            continue
         topics = out.setdefault(kind.schema, [])
         if topic not in topics:
             topics.append(topic)

@@ -242,6 +242,23 @@ def decision_document(work: Work, *, stage: Stage, action: str, rule: int | None
             "changed": changed, "pending": pending or []}
 
 
+class OspreyActionData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action_id: int = Field(gt=0, lt=2**63)  # from the label or decision id: a replay writes the same id
+    action_name: str  # integrations.osprey.action_name: what Osprey's rules match on
+    data: dict[str, Any]  # the label or decision document
+
+
+class OspreyAction(BaseModel):
+    """An Osprey action (roostorg/osprey, the Kafka input stream's envelope): our label or decision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    send_time: str  # RFC 3339 with nanoseconds, UTC (Go's format, parsed by Osprey with dateutil)
+    data: OspreyActionData
+
+
 class EscalationEvent(BaseModel):
     """One per (actor, policy, window) whose violation count reached ``escalation.threshold``."""
 

@@ -26,10 +26,10 @@ class Harness:
         self.deadlines = Deadlines(2.0, view=lambda w: "view" if pending else None, build=self.build,
                                    send=lambda w, r: self.sent.append((w, r)), holds=lambda w: w in self.held)
 
-    def build(self, w: Work) -> OutRecord:
+    def build(self, w: Work) -> list[OutRecord]:
         if self.fail:
             raise self.fail.pop(0)
-        return OutRecord("decisions", w.event.event_id.encode() if w.event else b"")
+        return [OutRecord("decisions", w.event.event_id.encode() if w.event else b"")]
 
     def track(self, *works: Work, now: float = 100.0) -> None:
         for w in works:

@@ -52,4 +52,13 @@ def test_every_row_has_a_schema_file_and_a_distinct_name() -> None:
 
     assert len({k.name for k in CATALOGUE}) == len(CATALOGUE)
     for kind in CATALOGUE:
-        assert (SCHEMAS / f"{kind.schema}.avsc").is_file(), kind
+        # another tool's envelope (Osprey's) is JSON whatever output.format says: no Avro schema to register
+        assert (SCHEMAS / f"{kind.schema}.avsc").is_file() != kind.foreign, kind
+
+
+def test_osprey_actions_are_written_by_both_consumers_and_never_registered() -> None:
+    s = settings(actions={"topic": "decisions", "provisional": {"default": "allow"}},
+                 integrations={"osprey": {"topic": "osprey.actions_input", "source": "both"}})
+    assert output_topics(s) == ["labels", "dlq", "decisions", "osprey.actions_input"]
+    assert output_topics(s, writer="provisional") == ["dlq", "decisions", "osprey.actions_input"]
+    assert "osprey_action" not in subjects(s) and "osprey_action" not in subjects(s, writer="provisional")
