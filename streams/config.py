@@ -263,6 +263,7 @@ class CoopSettings(_Section):
     submit_items: bool = False  # also POST every item (our labels in its data) to /api/v1/items/async/
     callback_secret: SecretStr | None = None  # verifies Coop-Signature on action callbacks
     reviews_topic: str = Field("safeguard.reviews", min_length=1)
+    outbox_topic: str = Field("safeguard.coop.requests", min_length=1)  # written by `run`, sent by `coop reports`
     timeout_s: float = Field(10.0, gt=0)  # one request
     max_retry_after_s: float = Field(60.0, gt=0)  # a longer Retry-After is capped to this
 

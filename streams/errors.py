@@ -47,6 +47,7 @@ class ErrorType(StrEnum):
     TRUNCATED_REASONING = "truncated_reasoning"  # generation hit the length limit before answering (after retries)
     REQUEST_REJECTED = "request_rejected"  # the replica refused the request itself (HTTP 4xx, e.g. too long)
     INTERNAL_ERROR = "internal_error"  # a bug met while handling this event; the partition keeps going
+    INTEGRATION_REJECTED = "integration_rejected"  # another tool (Coop) refused the request: its answer is kept
 
 
 class PoisonError(SafeguardError):

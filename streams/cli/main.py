@@ -154,11 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--exec", dest="run", action="store_true", help="run it instead of printing it")
     sv.set_defaults(func=_cmd_serve)
 
-    from streams.cli import bench, broker, capacity, engine, evaluation, policies, prefilter
+    from streams.cli import bench, broker, capacity, coop, engine, evaluation, policies, prefilter
 
     bench.add_command(sub, _emit_json)
     broker.add_command(sub, _emit_json)
     capacity.add_command(sub, _emit_json)
+    coop.add_command(sub)
     engine.add_command(sub, _emit_json)
     evaluation.add_command(sub, _emit_json)
     policies.add_commands(sub)

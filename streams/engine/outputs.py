@@ -19,6 +19,7 @@ from streams.config import Settings
 from streams.engine.work import OutRecord, Work
 from streams.errors import PoisonError
 from streams.inference.labeler import Outcome
+from streams.integrations.coop import CoopRequests
 from streams.integrations.osprey import osprey_actions
 from streams.interventions.actions import decide
 from streams.interventions.provisional import ProvisionalRules, View
@@ -62,6 +63,8 @@ class Outputs:
         self._deadline_latency = metrics.decision_latency.labels("deadline")
         self._interventions = Children(metrics.interventions)
         self._osprey = osprey_actions(settings.integrations.osprey)
+        coop = settings.integrations.coop
+        self._coop_requests = CoopRequests(coop) if coop.url is not None else None
         provisional = settings.actions.provisional
         self._provisional = ProvisionalRules(provisional, settings.prefilter.audit_rate) if provisional else None
         if self._decisions is not None:  # every action at 0 from the start: rate() == 0 alerts need a series
@@ -70,15 +73,16 @@ class Outputs:
 
     def build(self, work: Work) -> None:
         """Append the event's records to ``work.records``: its labels and dead letters, then (with
-        ``actions.topic``) its decision. Raises what encoding raises."""
+        ``actions.topic``) its decision, then its Coop requests. Raises what encoding raises."""
         reasons: list[dict[str, Any]] | None = [] if self._decisions is not None else None
         if work.failure is not None:
             self.dead_letter(work, work.failure)
             if reasons is not None and work.event is not None:  # no policy, unknown policy: nothing decided
-                self._decision(work, reasons, failed=True)
+                self._coop(work, [], self._decision(work, reasons, failed=True))
             return
         now = time.monotonic()
         failed = False
+        labels: list[dict[str, Any]] = []
         for outcome in work.outcomes:
             policy = outcome.policy
             if outcome.failure is not None:
@@ -90,15 +94,23 @@ class Outputs:
                                     "decided_by": "dead_letter"})
             else:
                 doc = self._label(work, outcome, now)
+                if not policy.meta.shadow:
+                    labels.append(doc)
                 if reasons is not None and not policy.meta.shadow:
                     reasons.append({"policy_id": doc["policy_id"], "policy_version": doc["policy_version"],
                                     "violation": doc["violation"], "category": doc["category"],
                                     "confidence": doc["confidence"], "label_id": doc["label_id"],
                                     "decided_by": doc["decided_by"]})
-        if reasons is not None:
-            self._decision(work, reasons, failed=failed)
+        decision = self._decision(work, reasons, failed=failed) if reasons is not None else None
+        self._coop(work, labels, decision)
 
-    def _decision(self, work: Work, reasons: list[dict[str, Any]], *, failed: bool) -> None:
+    def _coop(self, work: Work, labels: list[dict[str, Any]], decision: dict[str, Any] | None) -> None:
+        if self._coop_requests is not None and work.event is not None:
+            topic = self._coop_requests.topic
+            work.records += [OutRecord(topic, value, key=key)
+                             for key, value in self._coop_requests.build(work, labels, decision)]
+
+    def _decision(self, work: Work, reasons: list[dict[str, Any]], *, failed: bool) -> dict[str, Any]:
         """The final decision; with ``actions.provisional``, what it supersedes and whether it
         changed the action (the provisional view recomputed: streams.interventions.provisional)."""
         assert self._decisions is not None and work.event is not None
@@ -114,6 +126,7 @@ class Outputs:
                                                     work.timestamp)))
         if self._osprey is not None and self._osprey.decisions:
             work.records.append(OutRecord(self._osprey.topic, self._osprey.decision(doc)))
+        return doc
 
     def view(self, work: Work) -> View | None:
         """The event's provisional view (kept on the event once taken), or None: none due, or no

@@ -29,6 +29,7 @@ class OutRecord:
     topic: str
     value: bytes
     count: Callable[[], None] | None = None
+    key: bytes | None = None  # None: the event's key (every record but Coop requests, keyed by their own id)
 
 
 @dataclass(eq=False, slots=True)

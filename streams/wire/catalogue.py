@@ -16,9 +16,19 @@ from typing import Literal
 from pydantic import BaseModel
 
 from streams.config import Settings
-from streams.wire.events import DeadLetter, DecisionEvent, EscalationEvent, LabelEvent, OspreyAction, ReasoningRecord
+from streams.wire.events import (
+    CoopRequest,
+    DeadLetter,
+    DecisionEvent,
+    EscalationEvent,
+    LabelEvent,
+    OspreyAction,
+    ReasoningRecord,
+    ReviewEvent,
+)
 
-Writer = Literal["reasoning", "provisional", "escalation"]  # safeguard run, run --provisional, escalate
+# safeguard run, run --provisional, escalate, coop reports, coop callbacks
+Writer = Literal["reasoning", "provisional", "escalation", "coop", "callbacks"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class OutputKind:
     topic_of: Callable[[Settings], str | None]  # the topic, or None: not written under these settings
     writers: tuple[Writer, ...] = ("reasoning",)
     shadow: bool = False  # written only while a shadow policy is loaded
-    foreign: bool = False  # another tool's JSON envelope whatever output.format says: never registered
+    foreign: bool = False  # JSON whatever output.format says (another tool's envelope or requests): not registered
 
     def topic(self, settings: Settings) -> str:
         """The topic under ``settings``; raises ValueError when this kind is not written there."""
@@ -50,17 +60,22 @@ SHADOW_LABEL = OutputKind("shadow label", "label", LabelEvent, "kafka.shadow_lab
 REASONING = OutputKind("reasoning", "reasoning", ReasoningRecord, "kafka.reasoning_topic",
                        lambda s: s.kafka.reasoning_topic if s.output.reasoning == "separate" else None)
 DEAD_LETTER = OutputKind("dead letter", "dead_letter", DeadLetter, "kafka.dead_letter_topic",
-                         lambda s: s.kafka.dead_letter_topic, writers=("reasoning", "provisional"))
+                         lambda s: s.kafka.dead_letter_topic, writers=("reasoning", "provisional", "coop"))
 DECISION = OutputKind("decision", "decision", DecisionEvent, "actions.topic", lambda s: s.actions.topic)
 PROVISIONAL_DECISION = OutputKind("provisional decision", "decision", DecisionEvent, "actions.topic",
                                   _provisional_topic, writers=("provisional",))
 OSPREY_ACTION = OutputKind("osprey action", "osprey_action", OspreyAction, "integrations.osprey.topic",
                            lambda s: s.integrations.osprey.topic, writers=("reasoning", "provisional"), foreign=True)
+COOP_REQUEST = OutputKind("coop request", "coop_request", CoopRequest, "integrations.coop.outbox_topic",
+                          lambda s: s.integrations.coop.outbox_topic if s.integrations.coop.url else None,
+                          foreign=True)
+REVIEW = OutputKind("review", "review", ReviewEvent, "integrations.coop.reviews_topic",
+                    lambda s: s.integrations.coop.reviews_topic, writers=("callbacks",))
 ESCALATION = OutputKind("escalation", "escalation", EscalationEvent, "escalation.topic",
                         lambda s: s.escalation.topic, writers=("escalation",))
 
 CATALOGUE: tuple[OutputKind, ...] = (LABEL, SHADOW_LABEL, REASONING, DEAD_LETTER, DECISION, PROVISIONAL_DECISION,
-                                     OSPREY_ACTION, ESCALATION)
+                                     OSPREY_ACTION, COOP_REQUEST, REVIEW, ESCALATION)
 
 
 def written(settings: Settings, *, writer: Writer = "reasoning", shadow: bool = False) -> list[tuple[OutputKind, str]]:

@@ -109,7 +109,8 @@ class AtLeastOnce(Delivery):
             return
         left = [len(records)]
         for rec in records:
-            self._producer.send(rec.topic, work.key, rec.value, self._acker(work, rec.count, left))
+            key = rec.key if rec.key is not None else work.key
+            self._producer.send(rec.topic, key, rec.value, self._acker(work, rec.count, left))
 
     def _acker(self, work: Work, count: Callable[[], None] | None, left: list[int]) -> Callable[[], None]:
         def acked() -> None:
@@ -121,7 +122,8 @@ class AtLeastOnce(Delivery):
         return acked
 
     def send_now(self, work: Work, record: OutRecord) -> None:
-        self._producer.send(record.topic, work.key, record.value, record.count)
+        self._producer.send(record.topic, record.key if record.key is not None else work.key, record.value,
+                            record.count)
 
     def awaiting_acks(self) -> bool:
         return self._producer.pending() > 0
@@ -191,7 +193,7 @@ class ExactlyOnce(Delivery):
         if self._committing:  # a commit is being retried: nothing joins the transaction meanwhile
             self._late.append((work, record))
             return
-        self._producer.send(record.topic, work.key, record.value, None)
+        self._producer.send(record.topic, record.key if record.key is not None else work.key, record.value, None)
         if record.count is not None:
             self._counts.append(record.count)
         self._dirty = True
@@ -245,7 +247,7 @@ class ExactlyOnce(Delivery):
             while (head := self.ledger.oldest(tp)) is not None and head in decided:
                 decided.discard(head)
                 for rec in head.records:
-                    self._producer.send(rec.topic, head.key, rec.value, None)
+                    self._producer.send(rec.topic, rec.key if rec.key is not None else head.key, rec.value, None)
                     if rec.count is not None:
                         self._counts.append(rec.count)
                 self.ledger.settle(head)
