@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -46,7 +47,7 @@ def examples_from_labels(settings: Settings, policy: Policy, *, limit: int = 100
     ranked: list[tuple[int, Example]] = []
     missing = 0
     for (topic, partition), offsets in wanted.items():
-        found = _read_offsets(settings, topic, partition, sorted(offsets), timeout_s)
+        found = read_offsets(settings, topic, partition, sorted(offsets), timeout_s)
         for offset, value in found.items():
             try:
                 content = render_content(decoder.decode(value, topic))
@@ -76,11 +77,11 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
     consumer = _consumer(settings)
     decode = label_reader(settings, topic)
     try:
-        parts = _assign_all(consumer, topic)
+        parts = assign_all(consumer, topic)
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
         seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]] = {}
         deadline = time.monotonic() + timeout_s
-        while not _at_end(consumer, parts, ends):
+        while not at_end(consumer, parts, ends):
             if time.monotonic() > deadline:
                 raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
             for msg in consumer.consume(1000, 0.5):
@@ -113,7 +114,27 @@ def _newest(seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]], limit
     return dict(sorted(seen.items(), key=lambda item: item[1][0])[-limit:])
 
 
-def _read_offsets(settings: Settings, topic: str, partition: int, offsets: list[int], timeout_s: float
+def values(settings: Settings, topic: str, timeout_s: float = 120.0) -> Iterator[bytes]:
+    """Every value of ``topic`` from the beginning to the end it had when the read began (read
+    committed: aborted transactions are not there)."""
+    consumer = Consumer(reader_config(settings.kafka, f"{settings.kafka.group_id}-history-{uuid.uuid4().hex[:8]}")
+                        | {"isolation.level": "read_committed"})
+    try:
+        parts = assign_all(consumer, topic)
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+        deadline = time.monotonic() + timeout_s
+        while not at_end(consumer, parts, ends):
+            if time.monotonic() > deadline:
+                raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
+            for msg in consumer.consume(1000, 0.5):
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    yield value
+    finally:
+        consumer.close()
+
+
+def read_offsets(settings: Settings, topic: str, partition: int, offsets: list[int], timeout_s: float
                   ) -> dict[int, bytes | None]:
     """The values at ``offsets`` (sorted) of one partition; offsets that no longer exist are left out."""
     consumer = _consumer(settings)
@@ -138,15 +159,15 @@ def _read_offsets(settings: Settings, topic: str, partition: int, offsets: list[
         consumer.close()
 
 
-def _assign_all(consumer: Consumer, topic: str) -> list[TopicPartition]:
+def assign_all(consumer: Consumer, topic: str) -> list[TopicPartition]:
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None:
-        raise FatalError(f"labels topic {topic!r} cannot be read: {meta.error if meta else 'it does not exist'}")
+        raise FatalError(f"topic {topic!r} cannot be read: {meta.error if meta else 'it does not exist'}")
     parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
     consumer.assign([TopicPartition(topic, p.partition, -2) for p in parts])  # from the beginning
     return [TopicPartition(topic, p.partition) for p in parts]
 
 
-def _at_end(consumer: Consumer, parts: list[TopicPartition], ends: dict[int, int]) -> bool:
+def at_end(consumer: Consumer, parts: list[TopicPartition], ends: dict[int, int]) -> bool:
     positions = {tp.partition: tp.offset for tp in consumer.position(parts)}
     return all(ends[p] == 0 or positions.get(p, -1) >= ends[p] for p in ends)

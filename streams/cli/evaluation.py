@@ -33,7 +33,12 @@ def add_command(sub: Any, emit_json: Any) -> None:
         "errors, unknown labels as skipped; neither is ever scored as a negative.")
     e.add_argument("--policy", type=Path, action="append", required=True, metavar="FILE",
                    help="policy file (<id>.md); repeat for several policies")
-    e.add_argument("--dataset", type=Path, required=True, help="the labelled set (.gz is read too)")
+    e.add_argument("--dataset", type=Path, help="the labelled set (.gz is read too); or --from-reviews")
+    e.add_argument("--from-reviews", action="store_true",
+                   help="score against moderators' decisions instead: the review events on "
+                   "integrations.coop.reviews_topic (safeguard coop callbacks), with the content read back from "
+                   "Kafka; needs --config")
+    e.add_argument("--config", type=Path, help="consumer config, for --from-reviews (Kafka, topics, input format)")
     e.add_argument("--format", choices=FORMATS, default="auto",
                    help="dataset layout (default auto: detected from the file)")
     e.add_argument("--category", action="append", default=[], metavar="CODE[=POLICY_ID]",
@@ -70,7 +75,17 @@ def _cmd_eval(args: argparse.Namespace, emit_json: Any) -> int:
         raise ConfigError("with several --policy, give --category CODE=POLICY_ID for each policy")
     if args.concurrency <= 0:
         raise ConfigError("--concurrency must be > 0")
-    data = load_dataset(args.dataset, args.format, categories=categories)  # a bad row stops here: nothing written
+    if (args.dataset is None) == (not args.from_reviews):
+        raise ConfigError("give --dataset FILE or --from-reviews (with --config), one of them")
+    if args.from_reviews:
+        from streams.authoring.reviews import dataset_from_reviews
+        from streams.config import load_settings
+
+        if args.config is None:
+            raise ConfigError("--from-reviews needs --config (the consumer's: Kafka, topics, input format)")
+        data = dataset_from_reviews(load_settings(args.config), ids)
+    else:
+        data = load_dataset(args.dataset, args.format, categories=categories)  # a bad row stops here
     versions = [policies] + ([[load_policy(args.compare)]] if args.compare else [])
     replicas = replica_settings(args)
 

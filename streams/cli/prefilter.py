@@ -41,7 +41,11 @@ def add_commands(sub: Any, emit_json: Any) -> None:
                    help="2022 moderation set: which label to learn")
     t.add_argument("--from-labels", action="store_true",
                    help="learn from kafka.labels_topic (decided_by model, the current policy version)")
-    t.add_argument("--config", type=Path, help="consumer config, for --from-labels (Kafka, topics, input format)")
+    t.add_argument("--from-reviews", action="store_true",
+                   help="also learn from moderators' decisions: the review events on integrations.coop.reviews_topic "
+                   "(safeguard coop callbacks), content read back from Kafka; needs --config")
+    t.add_argument("--config", type=Path,
+                   help="consumer config, for --from-labels / --from-reviews (Kafka, topics, input format)")
     t.add_argument("--max", type=int, default=100_000,
                    help="--from-labels: the newest this many labels (default 100000)")
     t.add_argument("--target-recall", type=float, default=0.99,
@@ -90,6 +94,16 @@ def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
         data = load_dataset(path, args.format, categories=parse_categories(args.category))
         examples += examples_for(policy.id, data.items)
         sources.append(str(path))
+    if args.from_reviews:
+        from streams.authoring.reviews import dataset_from_reviews
+        from streams.config import load_settings
+
+        if args.config is None:
+            raise ConfigError("--from-reviews needs --config (the consumer's: Kafka, topics, input format)")
+        settings = load_settings(args.config)
+        reviewed = examples_for(policy.id, dataset_from_reviews(settings, [policy.id]).items)
+        examples += reviewed
+        sources.append(f"{settings.integrations.coop.reviews_topic} ({len(reviewed)} reviews)")
     if args.from_labels:
         from streams.cascade.gate import split_fresh, unseen
         from streams.cascade.history import examples_from_labels
@@ -106,7 +120,8 @@ def _cmd_train(args: argparse.Namespace, emit_json: Any) -> int:
         examples += history
         sources.append(f"{settings.kafka.labels_topic} ({len(history)} labels)")
     if not examples:
-        raise ConfigError("nothing to learn from: give --dataset FILE (repeatable) and/or --from-labels")
+        raise ConfigError("nothing to learn from: give --dataset FILE (repeatable), --from-labels and/or "
+                          "--from-reviews")
     out = args.replace or args.out or Path(f"{policy.id}.prefilter")
     logging.getLogger(__name__).info("training prefilter policy=%s version=%s examples=%d (about 15 s per 10,000)",
                                      policy.id, policy.version, len(examples))

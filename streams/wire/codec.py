@@ -170,13 +170,18 @@ def label_reader(settings: Settings, topic: str) -> Callable[[bytes], dict[str, 
     """A decoder of the label events the consumer writes on ``topic``, in ``output.format`` (Avro
     through ``schema_registry.url``): for the services that read labels back (escalation, training
     from the label history)."""
+    return record_reader(settings, topic, "label")
+
+
+def record_reader(settings: Settings, topic: str, schema: str) -> Callable[[bytes], dict[str, Any]]:
+    """A decoder of our records of ``schema`` on ``topic``, in ``output.format``."""
     if settings.output.format != "avro":
         return orjson.loads
     from confluent_kafka.schema_registry.avro import AvroDeserializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
     if not settings.schema_registry.url:
-        raise ConfigError("output.format avro needs schema_registry.url to read the labels")
-    deserialize = AvroDeserializer(registry_client(settings.schema_registry.url), schema_str("label"))
+        raise ConfigError(f"output.format avro needs schema_registry.url to read {topic}")
+    deserialize = AvroDeserializer(registry_client(settings.schema_registry.url), schema_str(schema))
     ctx = SerializationContext(topic, MessageField.VALUE)
     return lambda value: deserialize(value, ctx)
