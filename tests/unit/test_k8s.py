@@ -175,3 +175,45 @@ def test_the_provisional_deployment_runs_run_provisional_and_scales_on_its_own_g
     trigger = by_kind("ScaledObject", "safeguard-provisional")["spec"]["triggers"][0]["metadata"]
     assert trigger["consumerGroup"] == provisional_settings(settings).kafka.group_id
     assert trigger["topic"] in settings.kafka.input_topics
+
+
+COOP = ROOT / "k8s" / "coop"
+
+
+def coop_documents() -> list[dict]:
+    return [d for d in yaml.safe_load_all((COOP / "coop.yaml").read_text()) if d]
+
+
+@pytest.mark.parametrize("doc", coop_documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_coop_manifest_validates(doc: dict) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_coop_overlay_runs_both_coop_commands_on_settings_our_model_accepts(tmp_path: Path, monkeypatch) -> None:
+    from streams.cli.main import _parser as build_parser
+
+    kustomization = yaml.safe_load((COOP / "kustomization.yaml").read_text())
+    assert "../base" in kustomization["resources"] and "coop.yaml" in kustomization["resources"]
+    patch = yaml.safe_load((COOP / kustomization["patches"][0]["path"]).read_text())
+    assert (patch["kind"], patch["metadata"]["name"]) == ("StatefulSet", "safeguard-consumer")
+    assert patch["spec"]["template"]["spec"]["containers"][0]["name"] == \
+        by_kind("StatefulSet", "safeguard-consumer")["spec"]["template"]["spec"]["containers"][0]["name"]
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in coop_documents()}
+    path = tmp_path / "safeguard.yaml"
+    path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
+    env = dict(docs[("ConfigMap", "coop-env")]["data"])
+    env["SAFEGUARD_INTEGRATIONS__COOP__API_KEY"] = "from-the-secret"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(path)
+    assert settings.integrations.coop.url and settings.integrations.coop.report_actions == ["review"]
+    for name, command in (("safeguard-coop-reports", ["coop", "reports"]),
+                          ("safeguard-coop-callbacks", ["coop", "callbacks"])):
+        container = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][:2] == command
+        args = build_parser().parse_args(container["args"])  # the image's ENTRYPOINT is `safeguard`
+        assert str(args.config) == "/etc/safeguard/safeguard.yaml"
+        secrets = {e["name"] for e in container["env"]}
+        needed = ("SAFEGUARD_INTEGRATIONS__COOP__API_KEY" if command[1] == "reports"
+                  else "SAFEGUARD_INTEGRATIONS__COOP__CALLBACK_SECRET")
+        assert needed in secrets
