@@ -20,6 +20,6 @@ def test_production_imports_leave_the_development_rigs_out() -> None:
 def test_schemas_and_samples_are_package_data() -> None:
     assert {p.name for p in SCHEMAS.glob("*.avsc")} == {"content.avsc", "label.avsc", "reasoning.avsc",
                                                        "decision.avsc", "escalation.avsc", "dead_letter.avsc",
-                                                       "source.avsc"}
+                                                       "source.avsc", "review.avsc"}
     assert '"name": "source"' in schema_str("label")  # the shared record is inlined
     assert SAMPLES.is_file() and SAMPLES.read_text(encoding="utf-8").count("\n") >= 100

@@ -49,7 +49,8 @@ def roundtrip(schema: dict, record: dict) -> dict:
 
 
 @pytest.mark.parametrize("name,model", [("content", ContentEvent)] + list(dict.fromkeys((k.schema, k.model)
-                                                                                         for k in CATALOGUE)))
+                                                                                         for k in CATALOGUE
+                                                                                         if not k.foreign)))
 def test_fields_match_models(name: str, model: type) -> None:
     doc = json.loads((SCHEMAS / f"{name}.avsc").read_text())
     assert [f["name"] for f in doc["fields"]] == list(model.model_fields)
@@ -117,3 +118,13 @@ def test_the_decision_the_output_stage_builds_is_valid_and_round_trips() -> None
                                  window_start="2026-12-01T00:00:00.000Z", window_end="2026-12-02T00:00:00.000Z",
                                  event_ids=["e1", "e2", "e3"]).model_dump(mode="json")
     assert roundtrip(parsed()["escalation"], escalation) == escalation
+
+
+def test_a_review_event_round_trips_through_its_avro_schema() -> None:
+    from streams.wire.events import ReviewEvent, ReviewPolicy, review_id
+
+    review = ReviewEvent(review_id=review_id(b'{"item":{"id":"e1"}}'), event_id="e1", action="act-1",
+                         policies=[ReviewPolicy(id="p1", name="Spam", penalty="MEDIUM"),
+                                   ReviewPolicy(id="p2", name="Other")], actor=None)
+    doc = review.model_dump(mode="json")
+    assert roundtrip(parsed()["review"], doc) == doc
