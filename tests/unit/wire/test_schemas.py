@@ -36,7 +36,7 @@ def parsed() -> dict[str, dict]:
     named: dict = {}
     fastavro.parse_schema(json.loads((SCHEMAS / "source.avsc").read_text()), named_schemas=named)
     out = {}
-    for name in ("content", "label", "reasoning", "dead_letter", "decision", "escalation"):
+    for name in ("content", "label", "reasoning", "dead_letter", "decision", "escalation", "review"):
         out[name] = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()), named_schemas=named)
     return out
 
