@@ -269,4 +269,8 @@ async def post_callback(url: str, body: bytes, signature: str | None) -> tuple[i
     if signature is not None:
         headers["coop-signature"] = signature
     async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as resp:
-        return resp.status, await resp.json(content_type=None)
+        text = await resp.text()
+        try:
+            return resp.status, json.loads(text)
+        except ValueError:
+            return resp.status, {"text": text}

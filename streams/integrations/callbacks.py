@@ -57,7 +57,7 @@ def load_verifier(value: str) -> Callable[[bytes, str | None], bool]:
     from cryptography.hazmat.primitives.serialization import load_der_public_key
 
     text = value
-    if "BEGIN PUBLIC KEY" not in text:
+    if "-----BEGIN" not in text:
         try:
             text = Path(value).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -34,7 +34,7 @@ def listening_port(process, timeout_s: float = 60) -> int:
 
 async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_eval_scores(
         kafka_bootstrap, topics, sims, answer_key, consumers, tmp_path) -> None:
-    n = 30
+    n = 40
     names = topics(partitions=2)
     reviews = names["labels"].replace("labels-", "reviews-")
     create_topics(kafka_bootstrap, {reviews: 2})
@@ -60,11 +60,14 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
         assert status == 401, (signature, answer)
     status, _ = await post_callback(url, b"[1, 2]", coop.sign(b"[1, 2]"))  # signed, but not a callback
     assert status == 400
+    huge = FakeCoop.callback_body("e3", actor="x" * (2 << 20))
+    status, _ = await post_callback(url, huge, coop.sign(huge))  # over 1 MiB: refused before anything is read
+    assert status == 413
 
-    # moderators named spam (by its name in Coop, "Spam") on every third event and nothing on the others
+    # moderators named spam (by its name in Coop, "Spam") on every other event and nothing on the others
     accepted = {}
     for k in range(n):
-        cb = FakeCoop.callback_body(f"e{k}", policies=[("pol-9", "Spam")] if k % 3 == 0 else [])
+        cb = FakeCoop.callback_body(f"e{k}", policies=[("pol-9", "Spam")] if k % 2 == 0 else [])
         status, answer = await post_callback(url, cb, coop.sign(cb))
         assert status == 200, answer
         accepted[f"e{k}"] = answer["review_id"]
@@ -82,9 +85,18 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     model = [i.label for i in golden]  # the simulated model answers from the golden set
-    gold = [int(k % 3 == 0) for k in range(n)]
+    gold = [int(k % 2 == 0) for k in range(n)]
     tp = sum(m and g for m, g in zip(model, gold, strict=True))
     fp = sum(m and not g for m, g in zip(model, gold, strict=True))
     fn = sum(g and not m for m, g in zip(model, gold, strict=True))
     assert doc["n"] == n and doc["errors"] == 0
     assert (doc["tp"], doc["fp"], doc["fn"], doc["tn"]) == (tp, fp, fn, n - tp - fp - fn)
+
+    # the same reviews teach the prefilter: every reviewed event is an example, labelled as the moderators did
+    out = tmp_path / "spam.prefilter"
+    proc = await asyncio.to_thread(safeguard, "prefilter", "train", "--policy", str(SPAM), "--from-reviews",
+                                   "--config", str(path), "--out", str(out), "--holdout", "0.3", "--certify-available",
+                                   "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert trained["n_train"] + trained["n_holdout"] == n and trained["positives"] == sum(gold) and out.exists()
