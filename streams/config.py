@@ -257,12 +257,14 @@ class CoopSettings(_Section):
 
     url: str | None = Field(None, min_length=1)  # Coop's base URL; null disables reports and items
     api_key: SecretStr | None = None  # SAFEGUARD_INTEGRATIONS__COOP__API_KEY; sent as X-API-KEY, never logged
+    # (needed by `safeguard coop reports` only: the consumer writes the requests, it never calls Coop)
     report_actions: list[ActionName] = Field(default_factory=lambda: ["review"])
     reporter: CoopReporter = Field(default_factory=CoopReporter)
     item_type_id: str | None = Field(None, min_length=1)  # the Item Type of content items in Coop
     submit_items: bool = False  # also POST every item (our labels in its data) to /api/v1/items/async/
     callback_secret: SecretStr | None = None  # verifies Coop-Signature on action callbacks
     reviews_topic: str = Field("safeguard.reviews", min_length=1)
+    policy_map: dict[str, str] = Field(default_factory=dict)  # Coop policy id or name -> our policy id (reviews)
     outbox_topic: str = Field("safeguard.coop.requests", min_length=1)  # written by `run`, sent by `coop reports`
     timeout_s: float = Field(10.0, gt=0)  # one request
     max_retry_after_s: float = Field(60.0, gt=0)  # a longer Retry-After is capped to this
@@ -277,12 +279,11 @@ class CoopSettings(_Section):
     @model_validator(mode="after")
     def _complete(self) -> CoopSettings:
         if self.url is not None:
-            missing = [name for name, value in (("api_key", self.api_key), ("item_type_id", self.item_type_id),
+            missing = [name for name, value in (("item_type_id", self.item_type_id),
                                                 ("reporter.type_id", self.reporter.type_id)) if value is None]
             if missing:
-                raise ValueError(f"integrations.coop.url is set, so Coop needs {', '.join(missing)} too (the API "
-                                 "key from SAFEGUARD_INTEGRATIONS__COOP__API_KEY; the Item Types from Coop's "
-                                 "settings page)")
+                raise ValueError(f"integrations.coop.url is set, so the reports need {', '.join(missing)} too (the "
+                                 "Item Types from Coop's settings page)")
         return self
 
 

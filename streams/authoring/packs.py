@@ -28,8 +28,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
@@ -115,10 +117,12 @@ def write_pack(policies: list[Imported], out: Path) -> list[Path]:
         path = out / f"{policy.id}.md"
         path.write_text(policy.policy_text, encoding="utf-8")
         written.append(path)
+        golden = out / f"{policy.id}.golden.jsonl"
         if policy.golden:
-            golden = out / f"{policy.id}.golden.jsonl"
             golden.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in policy.golden))
             written.append(golden)
+        else:  # an earlier import's set would be read as this policy's (lint, eval): not any more
+            golden.unlink(missing_ok=True)
     return written
 
 
@@ -281,6 +285,22 @@ def _remove_permit(path: Path, text: str) -> Imported:
     return imported
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _rows(reader: Any, path: Path, into: Imported) -> Iterator[list[str]]:
+    """The CSV's rows; a row the csv module cannot read (a field over its size limit) ends the file
+    with a problem named, never a traceback."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        into.problems.append(f"{path.name}:{reader.line_num}: unreadable CSV ({exc}); the rest of the file is left out")
+
+
 def _common_prefix(code_label: dict[str, int]) -> str | None:
     prefixes = {m.group(1) for code in code_label if (m := _CODE.match(code))}
     return prefixes.pop() if len(prefixes) == 1 else None
@@ -289,6 +309,8 @@ def _common_prefix(code_label: dict[str, int]) -> str | None:
 def _find_dataset(policy: Path, ident: str, root: Path) -> Path | None:
     """``datasets/<slug>.csv`` in the pack (the teen-safety layout), searched upwards from the policy."""
     slug = policy.parent.name if policy.name == "policy.md" else policy.stem
+    if root.is_file():  # one policy file: its own folder (or the folder above it) only
+        root = policy.parent.parent if policy.name == "policy.md" else policy.parent
     for parent in [policy.parent, *policy.parents]:
         candidate = parent / "datasets" / f"{slug}.csv"
         if candidate.is_file():
@@ -307,7 +329,7 @@ def _read_validation(path: Path, code_label: dict[str, int], prefix: str | None,
         raise ConfigError(f"{path}: cannot read the validation set: {exc}") from exc
     reader = csv.reader(io.StringIO(raw, newline=""))
     header: list[str] | None = None
-    for row in reader:
+    for row in _rows(reader, path, into):
         line = reader.line_num
         if header is None:
             cells = [c.strip().lower() for c in row]
@@ -330,8 +352,8 @@ def _read_validation(path: Path, code_label: dict[str, int], prefix: str | None,
                 label = None
             elif code in code_label:
                 label = code_label[code]
-            elif prefix and (m := _CODE.match(code)) and m.group(1) == prefix:
-                label = 0 if float(m.group(2)) == 0 else 1
+            elif prefix and (m := _CODE.match(code)) and m.group(1) == prefix and _number(m.group(2)) is not None:
+                label = 0 if _number(m.group(2)) == 0 else 1
                 into.assumptions.append(f"{path.name}:{line}: code {code} has no section; read as "
                                         f"{'safe' if label == 0 else 'a violation'} by its number")
             else:

@@ -24,6 +24,7 @@ import binascii
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +45,8 @@ from streams.wire.events import ReviewEvent, ReviewPolicy, review_id, utc_now
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # a callback over 1 MiB is refused (413): Coop's own are a few KiB
+MAX_BODY = 64 << 10  # a callback over 64 KiB is refused (413): Coop's own are a few KiB
+ACK_WAIT_S = 60.0  # how long a callback waits for the broker to acknowledge its review (librdkafka retries meanwhile)
 _PEM = re.compile(r"-----BEGIN PUBLIC KEY-----(.+?)-----END PUBLIC KEY-----", re.DOTALL)
 
 
@@ -123,7 +125,8 @@ class CallbackServer:
         self._topic = REVIEW.topic(settings)
         self.encoder = Encoder(settings.output, settings.schema_registry)
         self._producer = Producer(producer_config(settings.kafka))
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="reviews-producer")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="reviews-producer")
+        self._closing = threading.Event()
         self._refused = RateLimitedLog(log, 10.0)
         self.callbacks = Counter("safeguard_coop_callbacks", "Coop action callbacks by outcome (accepted, "
                                  "unauthorized, invalid, unavailable)", ["outcome"], registry=registry)
@@ -166,26 +169,38 @@ class CallbackServer:
         return web.json_response({"review_id": review.review_id})
 
     async def _produce(self, review: ReviewEvent) -> str | None:
-        """Write the review and wait for the broker's acknowledgement; the error, or None."""
-        errors: list[Any] = []
+        """Write the review and wait for the broker's acknowledgement of it (a delivery report, served
+        by the polling thread); the error, or None."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[KafkaError | None] = loop.create_future()
+
+        def settle(err: KafkaError | None) -> None:
+            if not done.done():
+                done.set_result(err)
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
-            errors.append(err)
+            loop.call_soon_threadsafe(settle, err)
 
         try:
             value = self.encoder.encode(review, REVIEW.schema, self._topic)
             self._producer.produce(self._topic, value, review.event_id.encode(), on_delivery=delivered)
         except Exception as exc:  # noqa: BLE001 - a full local queue, a registry outage: the caller answers 503
             return f"{type(exc).__name__}: {exc}"
-        loop = asyncio.get_running_loop()
-        left = await loop.run_in_executor(self._executor, self._producer.flush, 10.0)
-        if left or not errors:
-            return "not acknowledged within 10 s"
-        return None if errors[0] is None else str(errors[0])
+        try:
+            err = await asyncio.wait_for(done, ACK_WAIT_S)
+        except TimeoutError:
+            return f"not acknowledged within {ACK_WAIT_S:.0f} s"
+        return None if err is None else str(err)
+
+    def poll_forever(self) -> None:
+        """The producer's delivery reports, on a thread of their own until :meth:`close`."""
+        while not self._closing.is_set():
+            self._producer.poll(0.1)
 
     def close(self) -> None:
+        self._closing.set()
         self._producer.flush(10)
-        self._executor.shutdown(wait=False)
+        self.executor.shutdown(wait=False)
 
 
 async def run_callbacks(settings: Settings, *, port: int = 8080, host: str = "0.0.0.0",  # noqa: S104
@@ -204,9 +219,9 @@ async def run_callbacks(settings: Settings, *, port: int = 8080, host: str = "0.
     stop = asyncio.Event()
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    polling = loop.run_in_executor(server.executor, server.poll_forever)
     try:
+        await web.TCPSite(runner, host, port).start()
         bound = runner.addresses[0][1]
         sys.stdout.write(orjson.dumps({"port": bound}).decode() + "\n")
         sys.stdout.flush()
@@ -216,3 +231,4 @@ async def run_callbacks(settings: Settings, *, port: int = 8080, host: str = "0.
     finally:
         await runner.cleanup()
         server.close()
+        await polling

@@ -21,9 +21,10 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -122,13 +123,19 @@ class Answer:
         return 200 <= self.status < 300
 
 
-RETRIED = frozenset({401, 403, 408, 429})  # and every 5xx: Coop (or its key) will be fine again; the request is
+# Answers that say nothing about the request: Coop is busy or down (408, 429, 5xx), or our side is
+# misconfigured (401/403: the API key; 3xx, 404, 405: the URL, as redirects are not followed, so the key
+# never goes to another host). Retried for as long as it takes, never dead-lettered: a revoked key or a
+# wrong URL must not dead-letter the whole backlog.
+RETRIED = frozenset({401, 403, 404, 405, 408, 429})
+CONFIGURATION = {401: "check SAFEGUARD_INTEGRATIONS__COOP__API_KEY", 403: "check SAFEGUARD_INTEGRATIONS__COOP__API_KEY",
+                 404: "check integrations.coop.url (Coop's base URL, without /api/v1)",
+                 405: "check integrations.coop.url (Coop's base URL, without /api/v1)"}
 
 
 def retryable(status: int) -> bool:
-    """A 429, a 5xx, a timeout, or an API key Coop refuses (a bad key must not dead-letter every
-    report: the sender waits, and says why)."""
-    return status in RETRIED or status >= 500
+    """An answer to send the request again for (RETRIED, any 3xx or 5xx)."""
+    return status in RETRIED or 300 <= status < 400 or status >= 500
 
 
 def retry_after(value: str | None, cap_s: float, now: float | None = None) -> float | None:
@@ -168,9 +175,14 @@ class Backoff:
 class CoopClient:
     """POSTs to Coop with the API key; :meth:`send` retries until Coop answers something final."""
 
-    def __init__(self, settings: CoopSettings, *, stopping: asyncio.Event | None = None) -> None:
+    def __init__(self, settings: CoopSettings, *, stopping: asyncio.Event | None = None,
+                 on_retry: Callable[[], None] | None = None) -> None:
         assert settings.url is not None and settings.api_key is not None
         self._url = settings.url
+        self._on_retry = on_retry
+        host = urlsplit(settings.url).hostname or ""
+        if settings.url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+            log.warning("integrations.coop.url is http://%s: the API key travels unencrypted; use https", host)
         self._headers = {"X-API-KEY": settings.api_key.get_secret_value(), "Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._cap = settings.max_retry_after_s
@@ -192,7 +204,8 @@ class CoopClient:
         """One attempt. A connection error or timeout is answered as status 0."""
         assert self._session is not None
         try:
-            async with self._session.post(self._url + path, data=body, headers=self._headers) as resp:
+            async with self._session.post(self._url + path, data=body, headers=self._headers,
+                                          allow_redirects=False) as resp:
                 text = (await resp.text(errors="replace"))[:2000]
                 self._retry_after = resp.headers.get("Retry-After")
                 return Answer(resp.status, text)
@@ -217,7 +230,11 @@ class CoopClient:
             if self.waiting_since is None:
                 self.waiting_since = time.monotonic()
             self.retries += 1
-            hint = " (check SAFEGUARD_INTEGRATIONS__COOP__API_KEY)" if answer.status in (401, 403) else ""
+            if self._on_retry is not None:
+                self._on_retry()
+            hint = CONFIGURATION.get(answer.status, "check integrations.coop.url" if 300 <= answer.status < 400
+                                     else "")
+            hint = f" ({hint})" if hint else ""
             log.warning("Coop did not take %s: %s%s; retrying in %.1f s (waiting for %.0f s; nothing is skipped or "
                         "committed meanwhile)", what, answer.status or answer.body, hint, delay,
                         time.monotonic() - self.waiting_since)

@@ -11,11 +11,13 @@ exactly-once only committed requests) in order, one partition's records one afte
   Coop's answer (a batch of items is split first, so only the item Coop refuses is dead-lettered);
 - once a record is done its offset is committed synchronously, before the next request.
 
-**What is guaranteed.** Every request is sent until Coop takes or refuses it (nothing lost). A
-request is sent once, except after a crash in the instant between Coop's answer and the commit
-that follows it: that one request is sent again (at-least-once, one request per partition at
-most). A request the consumer wrote twice (at-least-once delivery after a crash: same key, so the
-same partition, same id) is sent once: the ids of the last ``DEDUPE_WINDOW`` requests of each
+**What is guaranteed.** Every request is sent until Coop takes or refuses it (nothing lost; dead
+letters are acknowledged before their offsets are committed). A request is sent once, except that
+the one under way is sent again after a crash between Coop's answer and the commit that follows
+it, after an answer lost on the way (Coop created the report, the sender saw a timeout or a 502),
+or when its partition moved to another member before the commit (at-least-once, one request). A
+request the consumer wrote twice (at-least-once delivery after a crash: same key, so the same
+partition, same id) is sent once: the ids of the last ``DEDUPE_WINDOW`` requests of each
 partition are remembered, and read back from below the committed offset when a partition is
 assigned, so a restart or a rebalance remembers them too.
 """
@@ -31,9 +33,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
@@ -68,8 +71,8 @@ class SenderMetrics:
                                registry=registry)
         self.waiting = Gauge("safeguard_coop_waiting_seconds", "How long Coop has not taken a request (0: it does)",
                              registry=registry)
-        self.ready = Gauge("safeguard_ready", "1 while partitions are assigned and Coop takes requests",
-                           registry=registry)
+        self.ready = Gauge("safeguard_ready", "1 while the sender runs (Coop up or down: see "
+                           "safeguard_coop_waiting_seconds)", registry=registry)
 
 
 class Seen:
@@ -103,7 +106,10 @@ class CoopSender:
         self._metrics = metrics
         self._seen = Seen()
         self._stopping = asyncio.Event()
-        self._client = CoopClient(coop, stopping=self._stopping)
+        if coop.api_key is None:
+            raise ConfigError("safeguard coop reports needs integrations.coop.api_key: Coop's API key, set with "
+                              "SAFEGUARD_INTEGRATIONS__COOP__API_KEY")
+        self._client = CoopClient(coop, stopping=self._stopping, on_retry=metrics.retries.inc)
         self.encoder = Encoder(settings.output, settings.schema_registry)
         self._dlq = DEAD_LETTER.topic(settings)
         self._consumer_factory = consumer_factory
@@ -111,11 +117,15 @@ class CoopSender:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.assigned: set[int] = set()
+        self._letters: list[tuple[bytes, bytes | None]] = []
+        self._running = False
         self.done = 0  # records done (sent, rejected, duplicates, dead letters)
 
     @property
     def ready(self) -> bool:
-        return bool(self.assigned) and self._client.waiting_since is None
+        """Running (subscribed). Not tied to Coop: a pod that waits for Coop is still the pod to keep
+        (a rollout must be able to replace it; ``safeguard_coop_waiting_seconds`` says Coop is down)."""
+        return self._running
 
     def stop(self) -> None:
         self._stopping.set()
@@ -131,10 +141,11 @@ class CoopSender:
         self._producer = Producer(producer_config(self._settings.kafka))
         consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)
-        log.info("coop sender started topic=%s group=%s url=%s", self._topic, self._group,
-                 self._settings.integrations.coop.url)
+        log.info("coop sender started topic=%s group=%s coop=%s", self._topic, self._group,
+                 _safe_url(self._settings.integrations.coop.url or ""))
         self._metrics.waiting.set_function(lambda: time.monotonic() - self._client.waiting_since
                                            if self._client.waiting_since is not None else 0.0)
+        self._running = True
         last_input = time.monotonic()
         try:
             async with self._client:
@@ -143,44 +154,58 @@ class CoopSender:
                     msgs = [m for m in msgs if m.error() is None]
                     if msgs:
                         last_input = time.monotonic()
-                        if not await self._handle(msgs):
+                        if not await self._handle([self._parse(m) for m in msgs]):
                             break
                     elif (until_idle is not None and self.assigned
                           and time.monotonic() - last_input >= until_idle):
                         log.info("idle for %.1fs: exiting", until_idle)
                         break
         finally:
+            self._running = False
             await loop.run_in_executor(self._executor, consumer.close)
             self._executor.shutdown(wait=False)
             log.info("coop sender closed done=%d", self.done)
 
     # ---- one poll's records, in order ------------------------------------------------------------
 
-    async def _handle(self, msgs: list[Message]) -> bool:
-        """Send and commit each record in turn; False when stopping in the middle (the rest is read
-        again after the restart)."""
+    async def _handle(self, pending: list[Pending]) -> bool:
+        """Send and commit each record in turn. False when stopping in the middle (the rest is read
+        again after the restart). A partition that is no longer ours (a rebalance: its commit was
+        refused) is left at once: its new owner reads it from the last commit."""
+        gone: set[int] = set()
         i = 0
-        while i < len(msgs):
-            run = self._run_of_items(msgs, i)
-            pending = [self._parse(m) for m in run]
-            if not await self._send(pending):
-                return False
-            await self._commit(run[-1])
+        while i < len(pending):
+            run = _run(pending, i)
             i += len(run)
+            partition = _partition(run[0].msg)
+            if partition in gone:
+                continue
+            if not self._owned(run[0].msg):
+                gone.add(partition)
+                continue
+            if not await self._send(run) or not await self._flush():
+                return False
+            if not await self._commit(run[-1].msg):
+                if self._stopping.is_set():
+                    return False
+                gone.add(partition)
+                self._rewind(run[-1].msg)
         return True
 
-    @staticmethod
-    def _run_of_items(msgs: list[Message], start: int) -> list[Message]:
-        """The record at ``start`` alone, or the items after it from the same partition (one POST)."""
-        first = msgs[start]
-        if not _is_item(first):
-            return [first]
-        run = [first]
-        for m in msgs[start + 1:]:
-            if len(run) >= ITEMS_PER_POST or m.partition() != first.partition() or not _is_item(m):
-                break
-            run.append(m)
-        return run
+    def _owned(self, msg: Message) -> bool:
+        assert self._consumer is not None
+        try:
+            return any(tp.topic == msg.topic() and tp.partition == msg.partition()
+                       for tp in self._consumer.assignment())
+        except KafkaException:
+            return False
+
+    def _rewind(self, msg: Message) -> None:
+        """A commit the group refused, for a partition we may still own: read it again from after this
+        record (it was sent), or its new owner reads it from the last commit."""
+        assert self._consumer is not None
+        with contextlib.suppress(KafkaException):
+            self._consumer.seek(TopicPartition(str(msg.topic()), _partition(msg), int(msg.offset() or 0) + 1))
 
     def _parse(self, msg: Message) -> Pending:
         try:
@@ -199,40 +224,37 @@ class CoopSender:
             else:
                 todo.append(p)
         if not todo:
-            self._flush()
             return True
         first = todo[0].request
         assert first is not None
-        if first.kind == "report":
+        if first.kind == "report":  # a run of reports is one report (see _run)
             answer = await self._client.send(REPORT_PATH, orjson.dumps(first.body), f"report {first.id}")
             if answer is None:
                 return False
             self._answered(todo[0], answer)
-        else:
-            body = orjson.dumps({"items": [p.request.body for p in todo if p.request is not None]})
-            answer = await self._client.send(ITEMS_PATH, body, f"{len(todo)} items")
-            if answer is None:
+            return True
+        body = orjson.dumps({"items": [p.request.body for p in todo if p.request is not None]})
+        answer = await self._client.send(ITEMS_PATH, body, f"{len(todo)} items")
+        if answer is None:
+            return False
+        if answer.ok or len(todo) == 1:
+            for p in todo:
+                self._answered(p, answer)
+            return True
+        for p in todo:  # Coop refuses the whole batch for one bad item: find it
+            if not await self._send([p]):
                 return False
-            if answer.ok or len(todo) == 1:
-                for p in todo:
-                    self._answered(p, answer)
-            else:  # Coop refuses the whole batch for one bad item: find it
-                for p in todo:
-                    if not await self._send([p]):
-                        return False
-        self._flush()
         return True
 
     def _answered(self, p: Pending, answer: Answer) -> None:
         request = p.request
         assert request is not None
         self.done += 1
+        self._seen.add(_partition(p.msg), _seen_id(request))
         if answer.ok:
-            self._seen.add(_partition(p.msg), _seen_id(request))
             self._metrics.requests.labels(request.kind, "sent").inc()
             return
         self._metrics.requests.labels(request.kind, "rejected").inc()
-        self._seen.add(_partition(p.msg), _seen_id(request))
         self._dead_letter(p, ErrorType.INTEGRATION_REJECTED,
                           f"Coop answered {answer.status} to {request.kind} {request.id}: {answer.body}")
 
@@ -240,71 +262,145 @@ class CoopSender:
         msg = p.msg
         log.warning("dead letter (coop) topic=%s partition=%s offset=%s error_type=%s error=%s", msg.topic(),
                     msg.partition(), msg.offset(), error_type, error[:500])
-        letter = dead_letter_for(source=Source(topic=str(msg.topic()), partition=int(msg.partition() or 0),
+        letter = dead_letter_for(source=Source(topic=str(msg.topic()), partition=_partition(msg),
                                                offset=int(msg.offset() or 0)),
                                  key=msg.key(), value=msg.value(), error_type=error_type, error=error,
                                  event_id=p.request.event_id if p.request is not None else None)
-        assert self._producer is not None
-        self._producer.produce(self._dlq, self.encoder.encode(letter, DEAD_LETTER.schema, self._dlq), msg.key())
+        self._letters.append((self.encoder.encode(letter, DEAD_LETTER.schema, self._dlq), msg.key()))
         self.done += p.request is None
 
-    def _flush(self) -> None:
-        """Dead letters are acknowledged before their offsets are committed."""
+    async def _flush(self) -> bool:
+        """Produce the dead letters of the records just handled and wait until the broker has
+        acknowledged every one (one that fails is produced again), before their offsets are
+        committed. False when stopping first."""
         assert self._producer is not None
-        while self._producer.flush(10) > 0:
-            log.warning("dead letters not acknowledged yet (is the broker reachable?); waiting")
-
-    async def _commit(self, msg: Message) -> None:
-        assert self._consumer is not None
-        tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0) + 1)
         loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, lambda: self._consumer.commit(offsets=[tp],  # type: ignore[union-attr]
-                                                                                      asynchronous=False))
-        except KafkaException as exc:  # revoked meanwhile: the next owner reads it again, and knows the ids
-            log.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, tp.offset, exc)
+        while self._letters:
+            failed: list[tuple[bytes, bytes | None]] = []
+            for value, key in self._letters:
+                def delivered(err: KafkaError | None, _msg: Any, value: bytes = value, key: bytes | None = key,
+                              failed: list[tuple[bytes, bytes | None]] = failed) -> None:
+                    if err is not None:
+                        failed.append((value, key))
+                self._producer.produce(self._dlq, value, key, on_delivery=delivered)
+            self._letters = []
+            while await loop.run_in_executor(self._executor, self._producer.flush, 5.0) > 0:
+                if self._stopping.is_set():
+                    return False
+                log.warning("dead letters not acknowledged yet (is the broker reachable?); waiting")
+            if failed:
+                log.warning("%d dead letters not delivered; producing them again", len(failed))
+                self._letters = failed
+                if self._stopping.is_set():
+                    return False
+                await asyncio.sleep(1.0)
+        return True
+
+    async def _commit(self, msg: Message) -> bool:
+        """Commit past ``msg``, synchronously, retrying a failure the coordinator recovers from; False
+        when the group refuses it (the partition moved) or when stopping."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        tp = TopicPartition(str(msg.topic()), _partition(msg), int(msg.offset() or 0) + 1)
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                await loop.run_in_executor(self._executor, lambda: consumer.commit(offsets=[tp], asynchronous=False))
+                return True
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or err.code() in _MOVED or not self._owned(msg):
+                    log.warning("commit of %s[%d]@%d refused (%s): the partition moved; its new owner reads it "
+                                "from the last commit", tp.topic, tp.partition, tp.offset, exc)
+                    return False
+                if self._stopping.is_set():
+                    return False
+                log.warning("commit of %s[%d]@%d failed (%s); retrying in %.1f s", tp.topic, tp.partition,
+                            tp.offset, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
 
     # ---- rebalances (consumer thread, inside consume) --------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {p.partition for p in partitions}
-        with contextlib.suppress(KafkaException):
+        try:
             committed = consumer.committed(partitions, timeout=10)
-            for tp in committed:
-                if tp.offset > 0:
+        except KafkaException as exc:
+            log.warning("cannot read the committed offsets of %s: the ids sent before are not remembered (%s)",
+                        _fmt(partitions), exc)
+            committed = []
+        for tp in committed:
+            if tp.offset > 0:
+                try:
                     self._remember(tp.partition, tp.offset)
-        log.info("assigned partitions=%s", ",".join(f"{p.topic}[{p.partition}]" for p in partitions))
+                except KafkaException as exc:
+                    log.warning("cannot read back the requests below %s[%d]@%d: those ids are not remembered (%s)",
+                                tp.topic, tp.partition, tp.offset, exc)
+        log.info("assigned partitions=%s", _fmt(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned -= {p.partition for p in partitions}
-        log.info("revoked partitions=%s", ",".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        log.info("revoked partitions=%s", _fmt(partitions))
 
     def _remember(self, partition: int, committed: int) -> None:
         """The ids of the requests just below the committed offset: done before this member had them."""
         reader = Consumer(reader_config(self._settings.kafka, f"{self._group}-seen") | {
-            "isolation.level": "read_committed"})
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
         try:
-            start = max(0, committed - DEDUPE_WINDOW)
+            low, _ = reader.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10)
+            start = max(low, committed - DEDUPE_WINDOW)
             reader.assign([TopicPartition(self._topic, partition, start)])
             deadline = time.monotonic() + 30
-            position = start
-            while position < committed and time.monotonic() < deadline:
+            position, read = start, 0
+            while position < committed:
+                if time.monotonic() > deadline:
+                    log.warning("read back %d of the requests below %s[%d]@%d within 30 s: the older ones are not "
+                                "remembered", read, self._topic, partition, committed)
+                    break
                 for m in reader.consume(1000, 0.5):
                     if m.error() is not None or (m.offset() or 0) >= committed:
                         continue
                     with contextlib.suppress(ValidationError):
                         self._seen.add(partition, _seen_id(CoopRequest.model_validate_json(m.value() or b"")))
+                        read += 1
                 position = reader.position([TopicPartition(self._topic, partition)])[0].offset
         finally:
             reader.close()
 
 
+_MOVED = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+                    KafkaError._ASSIGNMENT_LOST, KafkaError.FENCED_INSTANCE_ID})
+
+
+def _run(pending: list[Pending], start: int) -> list[Pending]:
+    """The record at ``start`` alone, or with the items after it from the same partition (one POST),
+    by the records' parsed kind."""
+    first = pending[start]
+    if first.request is None or first.request.kind != "item":
+        return [first]
+    run = [first]
+    for p in pending[start + 1:]:
+        if (len(run) >= ITEMS_PER_POST or _partition(p.msg) != _partition(first.msg) or p.request is None
+                or p.request.kind != "item"):
+            break
+        run.append(p)
+    return run
+
+
+def _fmt(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{p.topic}[{p.partition}]" for p in partitions) or "-"
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials, for logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
 def _partition(msg: Message) -> int:
     return int(msg.partition() or 0)
-
-
-def _is_item(msg: Message) -> bool:
-    return (msg.key() or b"").startswith(b"item/")
 
 
 def _seen_id(request: CoopRequest) -> str:

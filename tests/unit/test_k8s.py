@@ -201,8 +201,9 @@ def test_the_coop_overlay_runs_both_coop_commands_on_settings_our_model_accepts(
     docs = {(d["kind"], d["metadata"]["name"]): d for d in coop_documents()}
     path = tmp_path / "safeguard.yaml"
     path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
-    env = dict(docs[("ConfigMap", "coop-env")]["data"])
-    env["SAFEGUARD_INTEGRATIONS__COOP__API_KEY"] = "from-the-secret"
+    env = dict(docs[("ConfigMap", "coop-env")]["data"])  # the consumer's: no API key, it never calls Coop
+    container = patch["spec"]["template"]["spec"]["containers"][0]
+    assert "SAFEGUARD_INTEGRATIONS__COOP__API_KEY" not in {e["name"] for e in container.get("env", [])}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(path)

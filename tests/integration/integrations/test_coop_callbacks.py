@@ -42,7 +42,8 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
     urls = sims(1, answer_key=answer_key([{"text": i.text, "label": i.label, "policy": "spam"} for i in golden])).urls
     coop = FakeCoop()
     path = write_config(tmp_path, kafka_bootstrap, names, urls, cache={"max_entries": 0},
-                        integrations={"coop": {"callback_secret": coop.public_pem, "reviews_topic": reviews}})
+                        integrations={"coop": {"callback_secret": coop.public_pem, "reviews_topic": reviews,
+                                               "policy_map": {"pol-77": "spam"}}})
     produce(kafka_bootstrap, names["input"], [(f"k{k}".encode(), orjson.dumps({"event_id": f"e{k}", "text": i.text}))
                                               for k, i in enumerate(golden)])
     await run_consumer(load_settings(path), until_idle=3.0)
@@ -64,10 +65,19 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
     status, _ = await post_callback(url, huge, coop.sign(huge))  # over 1 MiB: refused before anything is read
     assert status == 413
 
-    # moderators named spam (by its name in Coop, "Spam") on every other event and nothing on the others
+    # moderators named spam on every other event (by its name in Coop, "Spam", or as a Coop policy mapped to it
+    # by integrations.coop.policy_map), another policy of ours (harassment) or nothing on the others, and a
+    # Coop policy that is none of ours on a few: those say nothing about spam, and are left unscored
+    def named(k: int) -> list[tuple[str, str]]:
+        if k % 2 == 0:
+            return [("pol-9", "Spam")] if k % 4 == 0 else [("pol-77", "Commercial junk")]
+        return [("pol-5", "Harassment")] if k % 3 == 0 else [("pol-8", "Not one of ours")] if k % 5 == 1 else []
+
+    unknown = {k for k in range(n) if k % 2 == 1 and k % 3 != 0 and k % 5 == 1}
+    assert unknown
     accepted = {}
     for k in range(n):
-        cb = FakeCoop.callback_body(f"e{k}", policies=[("pol-9", "Spam")] if k % 2 == 0 else [])
+        cb = FakeCoop.callback_body(f"e{k}", policies=named(k))
         status, answer = await post_callback(url, cb, coop.sign(cb))
         assert status == 200, answer
         accepted[f"e{k}"] = answer["review_id"]
@@ -84,13 +94,14 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
                                    "--replica", urls[0], "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
-    model = [i.label for i in golden]  # the simulated model answers from the golden set
-    gold = [int(k % 2 == 0) for k in range(n)]
+    scored = [k for k in range(n) if k not in unknown]
+    model = [golden[k].label for k in scored]  # the simulated model answers from the golden set
+    gold = [int(k % 2 == 0) for k in scored]
     tp = sum(m and g for m, g in zip(model, gold, strict=True))
     fp = sum(m and not g for m, g in zip(model, gold, strict=True))
     fn = sum(g and not m for m, g in zip(model, gold, strict=True))
-    assert doc["n"] == n and doc["errors"] == 0
-    assert (doc["tp"], doc["fp"], doc["fn"], doc["tn"]) == (tp, fp, fn, n - tp - fp - fn)
+    assert doc["n"] == len(scored) and doc["errors"] == 0
+    assert (doc["tp"], doc["fp"], doc["fn"], doc["tn"]) == (tp, fp, fn, len(scored) - tp - fp - fn)
 
     # the same reviews teach the prefilter: every reviewed event is an example, labelled as the moderators did
     out = tmp_path / "spam.prefilter"
@@ -99,4 +110,5 @@ async def test_forged_callbacks_are_refused_and_signed_ones_become_reviews_that_
                                    "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert trained["n_train"] + trained["n_holdout"] == n and trained["positives"] == sum(gold) and out.exists()
+    assert trained["n_train"] + trained["n_holdout"] == len(scored) and trained["positives"] == sum(gold)
+    assert out.exists()

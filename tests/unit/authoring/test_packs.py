@@ -103,3 +103,23 @@ def test_two_policies_with_one_id_are_refused(tmp_path) -> None:
     (root / "other" / "thing.md").write_text(POLICY)
     with pytest.raises(ConfigError, match="both be 'thing'"):
         import_pack(root)
+
+
+def test_malformed_codes_and_oversized_fields_are_problems_not_tracebacks(tmp_path) -> None:
+    csv = ("Example,Classification,Responses,Response Label\n"
+           'a,TP1.2.3,"b",TP0\n'
+           'c,TP1,"' + "x" * 200_000 + '",TP1\n')
+    [imported] = import_pack(pack(tmp_path, csv=csv))
+    assert any("TP1.2.3" in p for p in imported.problems)
+    assert any("unreadable CSV" in p for p in imported.problems)
+
+
+def test_a_reimport_without_a_golden_set_removes_the_stale_one(tmp_path) -> None:
+    out = tmp_path / "out"
+    write_pack(import_pack(pack(tmp_path, csv="Example,Classification,Responses,Response Label\na,TP1,b,TP0\n")),
+               out)
+    assert (out / "thing.golden.jsonl").exists()
+    other = tmp_path / "again"
+    other.mkdir()
+    write_pack(import_pack(pack(other)), out)
+    assert not (out / "thing.golden.jsonl").exists()

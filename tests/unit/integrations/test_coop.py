@@ -161,3 +161,32 @@ async def test_coop_unreachable_is_retried(unused_tcp_port) -> None:
 def test_the_api_key_is_never_in_a_repr_or_log(caplog) -> None:
     s = settings()
     assert "coop-test-key" not in repr(s) and "coop-test-key" not in str(s.model_dump())
+
+
+async def test_a_wrong_url_or_a_redirect_is_retried_never_followed_nor_dead_lettered(coop) -> None:
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.headers.get("X-API-KEY", ""))
+        raise web.HTTPFound(coop.url + "/api/v1/report")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    elsewhere = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        for url in (coop.url + "/wrong-base", elsewhere):
+            stopping = asyncio.Event()
+            async with CoopClient(settings(url), stopping=stopping) as client:
+                task = asyncio.create_task(client.send(REPORT_PATH, report_body(), "report d-1"))
+                while client.retries < 2:
+                    await asyncio.sleep(0.05)
+                stopping.set()
+                assert await task is None  # waits (a configuration to fix), never a dead letter
+    finally:
+        await runner.cleanup()
+    assert coop.reports == [] and hits  # the redirect was not followed: the key never reached Coop from there
