@@ -325,12 +325,18 @@ class CoopSender:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {p.partition for p in partitions}
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-        except KafkaException as exc:
-            log.warning("cannot read the committed offsets of %s: the ids sent before are not remembered (%s)",
-                        _fmt(partitions), exc)
-            committed = []
+        committed: list[TopicPartition] = []
+        deadline = time.monotonic() + 30
+        while True:  # the coordinator may be moving or loading: ask again for a while
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                break
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    log.warning("cannot read the committed offsets of %s: the ids sent before are not remembered "
+                                "(%s)", _fmt(partitions), exc)
+                    break
+                time.sleep(0.5)
         for tp in committed:
             if tp.offset > 0:
                 try:

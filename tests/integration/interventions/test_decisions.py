@@ -83,14 +83,22 @@ def wait_committed(bootstrap: str, group: str, topic: str, events: int, timeout_
     """Wait until the group has committed at least ``events`` offsets of ``topic`` (summed)."""
     import time
 
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            done = sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+            try:
+                done = sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+            except KafkaException as exc:  # the group's coordinator not elected yet, or moving: ask again
+                if not exc.args[0].retriable() and exc.args[0].code() not in (KafkaError.NOT_COORDINATOR,
+                                                                              KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                                                              KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
+                    raise
+                time.sleep(0.2)
+                continue
             if done >= events:
                 return done
             time.sleep(0.1)
