@@ -30,7 +30,7 @@ from streams.inference.cache import DedupeCache
 from streams.inference.labeler import Decision, Labeler, decision_bytes
 from streams.inference.replicas.pool import ReplicaPool
 from streams.interventions.actions import check_rules
-from streams.interventions.provisional import ProvisionalRules, check_provisional_rules
+from streams.interventions.provisional import ProvisionalRules
 from streams.kafka.admin import existing_topics, require_topics
 from streams.kafka.config import transactional_id
 from streams.kafka.producer import OutputProducer
@@ -281,8 +281,6 @@ async def run_consumer(
             background(stack, reader.run())
         # after the policies topic: rules may name its policies
         check_rules(settings.actions, policies.policies)
-        if settings.actions.provisional is not None:
-            check_provisional_rules(settings.actions.provisional, list(policies.policies))
         if settings.policies.reload_interval_s > 0:
             watcher = DirectoryWatcher(settings.policies.dir, policies, settings.policies.reload_interval_s)
             background(stack, watcher.run())

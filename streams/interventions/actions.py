@@ -13,6 +13,7 @@ decision event (:mod:`streams.engine.outputs`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from streams.config import ActionRule, ActionSettings
 from streams.errors import ConfigError
@@ -38,12 +39,17 @@ def decide(settings: ActionSettings, reasons: Sequence[Reason], *, failed: bool)
 
 
 def check_rules(settings: ActionSettings, policies: Iterable[str]) -> None:
-    """Start-up check: every policy a rule names exists. Raises ConfigError naming the rule."""
+    """Start-up check: every policy a rule names (``actions.rules`` and ``actions.provisional.rules``)
+    exists. Raises ConfigError naming the rule."""
     known = set(policies)
-    for index, rule in enumerate(settings.rules, 1):
-        if rule.policy is not None and rule.policy not in known:
-            raise ConfigError(f"actions.rules[{index}] names policy {rule.policy!r}, which is not loaded "
-                              f"(policies: {', '.join(sorted(known)) or 'none'})")
+    groups: list[tuple[str, Sequence[Any]]] = [("actions.rules", settings.rules)]
+    if settings.provisional is not None:
+        groups.append(("actions.provisional.rules", settings.provisional.rules))
+    for where, rules in groups:
+        for index, rule in enumerate(rules, 1):
+            if rule.policy is not None and rule.policy not in known:
+                raise ConfigError(f"{where}[{index}] names policy {rule.policy!r}, which is not loaded "
+                                  f"(policies: {', '.join(sorted(known)) or 'none'})")
 
 
 def actions_of(settings: ActionSettings) -> list[str]:

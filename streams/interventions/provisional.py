@@ -129,14 +129,3 @@ def routed(work: Work) -> list[Policy]:
         for policy in request.policies:
             seen.setdefault(policy.id, policy)
     return sorted(seen.values(), key=lambda p: p.id)
-
-
-def check_provisional_rules(settings: ProvisionalSettings, policies: Sequence[str]) -> None:
-    """Start-up check: every policy a provisional rule names exists."""
-    from streams.errors import ConfigError
-
-    known = set(policies)
-    for index, rule in enumerate(settings.rules, 1):
-        if rule.policy is not None and rule.policy not in known:
-            raise ConfigError(f"actions.provisional.rules[{index}] names policy {rule.policy!r}, which is not loaded "
-                              f"(policies: {', '.join(sorted(known)) or 'none'})")

@@ -160,13 +160,13 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
 
 def test_the_provisional_deployment_runs_run_provisional_and_scales_on_its_own_group(tmp_path: Path) -> None:
     from streams.app import provisional_settings
-    from streams.interventions.provisional import check_provisional_rules
+    from streams.interventions.actions import check_rules
 
     path = tmp_path / "safeguard.yaml"
     path.write_text(by_kind("ConfigMap", "safeguard-config")["data"]["safeguard.yaml"])
     settings = load_settings(path)
     assert settings.actions.provisional is not None
-    check_provisional_rules(settings.actions.provisional, [p.stem for p in (ROOT / "policies").glob("*.md")])
+    check_rules(settings.actions, [p.stem for p in (ROOT / "policies").glob("*.md")])
     pod = by_kind("Deployment", "safeguard-provisional")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"][:2] == ["run", "--provisional"] and "/etc/safeguard/safeguard.yaml" in container["args"]

@@ -67,6 +67,10 @@ def test_rules_are_validated_at_start_up(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"actions.rules\[2\] names policy 'nope'"):
         check_rules(ActionSettings.model_validate({"rules": [{"policy": "spam", "action": "a"},
                                                              {"policy": "nope", "action": "b"}]}), ["spam"])
+    with pytest.raises(ConfigError, match=r"actions.provisional.rules\[1\] names policy 'gone'"):
+        check_rules(ActionSettings.model_validate({"topic": "d", "rules": [{"policy": "spam", "action": "a"}],
+                                                   "provisional": {"rules": [{"policy": "gone", "action": "hold"}]}}),
+                    ["spam"])
 
 
 def test_decision_id_is_deterministic_from_the_event_and_the_policy_versions() -> None:
