@@ -91,14 +91,11 @@ def _cmd_bench(args: argparse.Namespace, emit_json: Callable[[Any], None]) -> in
         emit_json(result)
         return 0
     con = Console()
-    table = Table(title=f"safeguard bench ({result['config']['broker_version']})")
-    for col in ("mode", "events/s", "p50 s", "p99 s", "e2e p50 s", "e2e p99 s", "CPU us/event"):
-        table.add_column(col, justify="right" if col != "mode" else "left")
-    for mode in ("ideal", "pipeline", "naive", "faust", "passthrough"):
-        if mode in result:
-            r = result[mode]
-            table.add_row(mode, *(str(r.get(k, "")) for k in ("events_per_s", "p50_s", "p99_s", "e2e_p50_s",
-                                                                "e2e_p99_s", "cpu_us_per_event")))
+    modes = [{"mode": mode, **result[mode]} for mode in ("ideal", "pipeline", "naive", "faust", "passthrough")
+             if mode in result]
+    table = _table(f"safeguard bench ({result['config']['broker_version']})", modes,
+                   [("mode", "mode"), ("events/s", "events_per_s"), ("p50 s", "p50_s"), ("p99 s", "p99_s"),
+                    ("e2e p50 s", "e2e_p50_s"), ("e2e p99 s", "e2e_p99_s"), ("CPU us/event", "cpu_us_per_event")])
     if table.row_count:
         con.print(table)
     if "cascade" in result:
@@ -131,6 +128,17 @@ def _cascade_table(c: dict[str, Any]) -> Table:
     return table
 
 
+def _table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str | Callable[[dict[str, Any]], str]]],
+           *, first_left: bool = True) -> Table:
+    """One row per result: each column a key of the row (shown as is) or a formatter of it."""
+    table = Table(title=title)
+    for i, (header, _) in enumerate(columns):
+        table.add_column(header, justify="left" if first_left and i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(row.get(how, "")) if isinstance(how, str) else how(row) for _, how in columns))
+    return table
+
+
 def _short(v: Any) -> str:
     return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -144,15 +152,12 @@ def _bench_scale(args: argparse.Namespace, err: Console, emit_json: Callable[[An
     if args.json:
         emit_json(result)
         return 0
-    table = Table(title=f"safeguard bench --scale (time scale {result['time_scale']:g}, one replica "
-                  f"{result['replica_events_per_s']:g} events/s)")
-    for col in ("consumers", "replicas", "partitions", "events", "events/s", "x 1x1", "utilisation", "p99 s",
-                "predicted", "error"):
-        table.add_column(col, justify="right")
-    for r in result["runs"]:
-        table.add_row(*(str(r.get(k, "")) for k in ("consumers", "replicas", "partitions", "events", "events_per_s",
-                                                    "vs_1x1", "utilisation", "p99_s", "predicted_events_per_s")),
-                      f"{r['prediction_error']:+.1%}")
+    table = _table(f"safeguard bench --scale (time scale {result['time_scale']:g}, one replica "
+                   f"{result['replica_events_per_s']:g} events/s)", result["runs"],
+                   [("consumers", "consumers"), ("replicas", "replicas"), ("partitions", "partitions"),
+                    ("events", "events"), ("events/s", "events_per_s"), ("x 1x1", "vs_1x1"),
+                    ("utilisation", "utilisation"), ("p99 s", "p99_s"), ("predicted", "predicted_events_per_s"),
+                    ("error", lambda r: f"{r['prediction_error']:+.1%}")], first_left=False)
     Console().print(table)
     return 0
 
