@@ -17,9 +17,9 @@ the one under way is sent again after a crash between Coop's answer and the comm
 it, after an answer lost on the way (Coop created the report, the sender saw a timeout or a 502),
 or when its partition moved to another member before the commit (at-least-once, one request). A
 request the consumer wrote twice (at-least-once delivery after a crash: same key, so the same
-partition, same id) is sent once: the ids of the last ``DEDUPE_WINDOW`` requests of each
-partition are remembered, and read back from below the committed offset when a partition is
-assigned, so a restart or a rebalance remembers them too.
+partition, same id) is sent once: the ids of each partition's last requests are remembered, and read
+back from below the committed offset when a partition is assigned, so a restart or a rebalance
+remembers them too (:mod:`streams.integrations.coop_seen`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,14 +42,14 @@ from pydantic import ValidationError
 from streams.config import Settings
 from streams.errors import ConfigError, ErrorType
 from streams.integrations.coop import ITEMS_PATH, REPORT_PATH, Answer, CoopClient
-from streams.kafka.config import consumer_config, producer_config, reader_config
+from streams.integrations.coop_seen import Seen, read_back, seen_id
+from streams.kafka.config import consumer_config, producer_config
 from streams.wire.catalogue import DEAD_LETTER, output_topics
 from streams.wire.codec import Encoder
 from streams.wire.events import CoopRequest, Source, dead_letter_for
 
 log = logging.getLogger(__name__)
 
-DEDUPE_WINDOW = 10_000  # request ids remembered per partition
 ITEMS_PER_POST = 100
 
 
@@ -73,24 +72,6 @@ class SenderMetrics:
                              registry=registry)
         self.ready = Gauge("safeguard_ready", "1 while the sender runs (Coop up or down: see "
                            "safeguard_coop_waiting_seconds)", registry=registry)
-
-
-class Seen:
-    """The ids of the last ``limit`` requests of each partition."""
-
-    def __init__(self, limit: int = DEDUPE_WINDOW) -> None:
-        self._limit = limit
-        self._ids: dict[int, OrderedDict[str, None]] = {}
-
-    def __contains__(self, item: tuple[int, str]) -> bool:
-        return item[1] in self._ids.get(item[0], ())
-
-    def add(self, partition: int, ident: str) -> None:
-        ids = self._ids.setdefault(partition, OrderedDict())
-        ids[ident] = None
-        ids.move_to_end(ident)
-        while len(ids) > self._limit:
-            ids.popitem(last=False)
 
 
 class CoopSender:
@@ -218,7 +199,7 @@ class CoopSender:
         for p in pending:
             if p.request is None:
                 self._dead_letter(p, ErrorType.SCHEMA_VIOLATION, p.error)
-            elif (_partition(p.msg), _seen_id(p.request)) in self._seen:
+            elif (_partition(p.msg), seen_id(p.request)) in self._seen:
                 self._metrics.requests.labels(p.request.kind, "duplicate").inc()
                 log.info("coop %s %s written twice (a consumer restart): sent once", p.request.kind, p.request.id)
             else:
@@ -250,7 +231,7 @@ class CoopSender:
         request = p.request
         assert request is not None
         self.done += 1
-        self._seen.add(_partition(p.msg), _seen_id(request))
+        self._seen.add(_partition(p.msg), seen_id(request))
         if answer.ok:
             self._metrics.requests.labels(request.kind, "sent").inc()
             return
@@ -340,7 +321,8 @@ class CoopSender:
         for tp in committed:
             if tp.offset > 0:
                 try:
-                    self._remember(tp.partition, tp.offset)
+                    read_back(self._settings.kafka, self._topic, f"{self._group}-seen", tp.partition, tp.offset,
+                              self._seen)
                 except KafkaException as exc:
                     log.warning("cannot read back the requests below %s[%d]@%d: those ids are not remembered (%s)",
                                 tp.topic, tp.partition, tp.offset, exc)
@@ -349,31 +331,6 @@ class CoopSender:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned -= {p.partition for p in partitions}
         log.info("revoked partitions=%s", _fmt(partitions))
-
-    def _remember(self, partition: int, committed: int) -> None:
-        """The ids of the requests just below the committed offset: done before this member had them."""
-        reader = Consumer(reader_config(self._settings.kafka, f"{self._group}-seen") | {
-            "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
-        try:
-            low, _ = reader.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10)
-            start = max(low, committed - DEDUPE_WINDOW)
-            reader.assign([TopicPartition(self._topic, partition, start)])
-            deadline = time.monotonic() + 30
-            position, read = start, 0
-            while position < committed:
-                if time.monotonic() > deadline:
-                    log.warning("read back %d of the requests below %s[%d]@%d within 30 s: the older ones are not "
-                                "remembered", read, self._topic, partition, committed)
-                    break
-                for m in reader.consume(1000, 0.5):
-                    if m.error() is not None or (m.offset() or 0) >= committed:
-                        continue
-                    with contextlib.suppress(ValidationError):
-                        self._seen.add(partition, _seen_id(CoopRequest.model_validate_json(m.value() or b"")))
-                        read += 1
-                position = reader.position([TopicPartition(self._topic, partition)])[0].offset
-        finally:
-            reader.close()
 
 
 _MOVED = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
@@ -407,10 +364,6 @@ def _safe_url(url: str) -> str:
 
 def _partition(msg: Message) -> int:
     return int(msg.partition() or 0)
-
-
-def _seen_id(request: CoopRequest) -> str:
-    return f"{request.kind}/{request.id}"
 
 
 async def run_coop_reports(settings: Settings, *, until_idle: float | None = None,
