@@ -123,3 +123,14 @@ def test_a_reimport_without_a_golden_set_removes_the_stale_one(tmp_path) -> None
     other.mkdir()
     write_pack(import_pack(pack(other)), out)
     assert not (out / "thing.golden.jsonl").exists()
+
+
+def test_the_remove_permit_layout_keeps_every_code_exceptions_included() -> None:
+    from pathlib import Path
+
+    packs = Path(__file__).resolve().parents[2] / "fixtures/roost-pack/resources/policy-packs"
+    [tvec] = import_pack(packs / "christchurch-call-foundation")
+    assert "<one of VX1, VX2, VX0, VX.01>" in tvec.policy_text
+    assert "## VIOLATES (1)" in tvec.policy_text and "## SAFE (0)" in tvec.policy_text
+    violates = tvec.policy_text.split("## VIOLATES (1)")[1].split("## SAFE (0)")[0]
+    assert "VX1:" in violates and "VX0:" not in violates
