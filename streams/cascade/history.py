@@ -74,36 +74,23 @@ def _model_labels(settings: Settings, policy: Policy, limit: int, timeout_s: flo
     oldest first. The whole topic is read (a nightly retraining must see the newest labels, not the
     first ``limit``), keeping at most twice ``limit`` in memory."""
     topic = settings.kafka.labels_topic
-    consumer = _consumer(settings)
     decode = label_reader(settings, topic)
-    try:
-        parts = assign_all(consumer, topic)
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]] = {}
-        deadline = time.monotonic() + timeout_s
-        while not at_end(consumer, parts, ends):
-            if time.monotonic() > deadline:
-                raise FatalError(f"could not read {topic} to its end within {timeout_s:.0f} s")
-            for msg in consumer.consume(1000, 0.5):
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                try:
-                    doc = decode(value)
-                except Exception:  # noqa: BLE001, S112 - a record that is not a label is not ours to learn from
-                    continue
-                if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
-                        and doc.get("decided_by") == "model"):
-                    src = doc["source"]
-                    seen[doc["label_id"]] = (str(doc.get("labeled_at") or ""),
-                                             (src["topic"], int(src["partition"]), int(src["offset"])),
-                                             bool(doc["violation"]), bool(doc.get("audit")))
-                    if len(seen) >= 2 * limit:
-                        seen = _newest(seen, limit)
-        # RFC 3339 UTC with fixed precision sorts as text; the sort is stable, so ties keep read order
-        return sorted(_newest(seen, limit).values(), key=lambda s: s[0])
-    finally:
-        consumer.close()
+    seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]] = {}
+    for value in values(settings, topic, timeout_s):
+        try:
+            doc = decode(value)
+        except Exception:  # noqa: BLE001, S112 - a record that is not a label is not ours to learn from
+            continue
+        if (doc.get("policy_id") == policy.id and doc.get("policy_version") == policy.version
+                and doc.get("decided_by") == "model"):
+            src = doc["source"]
+            seen[doc["label_id"]] = (str(doc.get("labeled_at") or ""),
+                                     (src["topic"], int(src["partition"]), int(src["offset"])),
+                                     bool(doc["violation"]), bool(doc.get("audit")))
+            if len(seen) >= 2 * limit:
+                seen = _newest(seen, limit)
+    # RFC 3339 UTC with fixed precision sorts as text; the sort is stable, so ties keep read order
+    return sorted(_newest(seen, limit).values(), key=lambda s: s[0])
 
 
 def _newest(seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]], limit: int
@@ -117,8 +104,7 @@ def _newest(seen: dict[str, tuple[str, tuple[str, int, int], bool, bool]], limit
 def values(settings: Settings, topic: str, timeout_s: float = 120.0) -> Iterator[bytes]:
     """Every value of ``topic`` from the beginning to the end it had when the read began (read
     committed: aborted transactions are not there)."""
-    consumer = Consumer(reader_config(settings.kafka, f"{settings.kafka.group_id}-history-{uuid.uuid4().hex[:8]}")
-                        | {"isolation.level": "read_committed"})
+    consumer = _consumer(settings)
     try:
         parts = assign_all(consumer, topic)
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}

@@ -41,7 +41,8 @@ from streams.kafka.config import producer_config
 from streams.ops.logutil import RateLimitedLog
 from streams.wire.catalogue import REVIEW
 from streams.wire.codec import Encoder
-from streams.wire.events import ReviewEvent, ReviewPolicy, review_id, utc_now
+from streams.wire.events import utc_now
+from streams.wire.integrations import ReviewEvent, ReviewPolicy, review_id
 
 log = logging.getLogger(__name__)
 

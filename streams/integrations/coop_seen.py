@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from streams.config import KafkaSettings
 from streams.kafka.config import reader_config
-from streams.wire.events import CoopRequest
+from streams.wire.integrations import CoopRequest
 
 log = logging.getLogger(__name__)
 

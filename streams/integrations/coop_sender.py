@@ -46,7 +46,8 @@ from streams.integrations.coop_seen import Seen, read_back, seen_id
 from streams.kafka.config import consumer_config, producer_config
 from streams.wire.catalogue import DEAD_LETTER, output_topics
 from streams.wire.codec import Encoder
-from streams.wire.events import CoopRequest, Source, dead_letter_for
+from streams.wire.events import Source, dead_letter_for
+from streams.wire.integrations import CoopRequest
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from streams.config import Settings
-from streams.wire.events import (
-    CoopRequest,
-    DeadLetter,
-    DecisionEvent,
-    EscalationEvent,
-    LabelEvent,
-    OspreyAction,
-    ReasoningRecord,
-    ReviewEvent,
-)
+from streams.wire.events import DeadLetter, DecisionEvent, EscalationEvent, LabelEvent, ReasoningRecord
+from streams.wire.integrations import CoopRequest, OspreyAction, ReviewEvent
 
 # safeguard run, run --provisional, escalate, coop reports, coop callbacks
 Writer = Literal["reasoning", "provisional", "escalation", "coop", "callbacks"]

@@ -8,7 +8,8 @@ import pytest
 
 from streams.config import OspreySettings
 from streams.integrations.osprey import OspreyActions, action_id, send_time
-from streams.wire.events import OspreyAction, label_id
+from streams.wire.events import label_id
+from streams.wire.integrations import OspreyAction
 from tests.osprey_input import json_path, parse_action
 
 

@@ -121,7 +121,7 @@ def test_the_decision_the_output_stage_builds_is_valid_and_round_trips() -> None
 
 
 def test_a_review_event_round_trips_through_its_avro_schema() -> None:
-    from streams.wire.events import ReviewEvent, ReviewPolicy, review_id
+    from streams.wire.integrations import ReviewEvent, ReviewPolicy, review_id
 
     review = ReviewEvent(review_id=review_id(b'{"item":{"id":"e1"}}'), event_id="e1", action="act-1",
                          policies=[ReviewPolicy(id="p1", name="Spam", penalty="MEDIUM"),
